@@ -1,0 +1,228 @@
+"""The input pipeline: grain over a TFDS data source, batches as global jax.Arrays.
+
+The split is cut into `num_shards` data shards (by default one per JAX process);
+each process reads its own shards, every shard through its own grain
+`DataLoader`, and the per-process batch is the concatenation of its shards'
+batches. A run with 1 process and 2 shards therefore sees exactly the global
+batches of a run with 2 processes, and its position (one grain state per shard)
+restores in either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Iterator
+
+import grain
+import jax
+from absl import flags
+import numpy as np
+
+from sgc_jax import sharding
+from sgc_jax.data import sources, views
+
+Batch = dict[str, np.ndarray]
+
+
+class MakeViews(grain.transforms.RandomMap):
+  """Record -> `num_views` augmented views with their crop geometry.
+
+  Still images: independent random resized crops (the later views overlap the
+  first by `crop.min_overlap`) and flips. Clips: the views are distinct frames
+  seen through one crop and flip (a static camera), so token i of one view and
+  token i of the other look at the same place. With `crop=None` (evaluation) a
+  single centred square view, no flip.
+  """
+
+  def __init__(self, image_size: int, num_views: int,
+               crop: views.CropSpec | None):
+    self.image_size = image_size
+    self.num_views = num_views
+    self.crop = crop
+
+  def _geometry(self, rng: np.random.Generator, shape):
+    clip = len(shape) == 4
+    height, width = shape[-3:-1]
+    if self.crop is None:
+      side = min(height, width)
+      y0, x0 = (height - side) / 2 / height, (width - side) / 2 / width
+      box = np.array([y0, x0, y0 + side / height, x0 + side / width], np.float32)
+      return [box] * self.num_views, [False] * self.num_views, [0] * self.num_views
+    if clip:
+      num_frames = shape[0]
+      if self.num_views > num_frames:
+        raise ValueError(f"{self.num_views} views asked of clips of "
+                         f"{num_frames} frames")
+      box = views.sample_box(rng, self.crop, height, width)
+      flip = bool(self.crop.flip and rng.uniform() < 0.5)
+      frames = sorted(rng.choice(num_frames, size=self.num_views, replace=False))
+      return [box] * self.num_views, [flip] * self.num_views, list(frames)
+    boxes = [views.sample_box(rng, self.crop, height, width)]
+    for _ in range(self.num_views - 1):
+      boxes.append(views.sample_overlapping_box(rng, self.crop, boxes[0],
+                                                height, width))
+    flips = [bool(self.crop.flip and rng.uniform() < 0.5) for _ in boxes]
+    return boxes, flips, [0] * self.num_views
+
+  def random_map(self, record: sources.Record, rng: np.random.Generator) -> Batch:
+    image = record["image"]
+    boxes, flips, frames = self._geometry(rng, image.shape)
+    clip = image.ndim == 4
+    out = {"image": [], "segmentation": [], "instances": []}
+    for box, flip, frame in zip(boxes, flips, frames):
+      def view(array, nearest):
+        return views.crop_resize(array[frame] if clip else array, box,
+                                 self.image_size, flip, nearest)
+      out["image"].append(view(image, nearest=False))
+      out["segmentation"].append(view(record["segmentation"], nearest=True))
+      out["instances"].append(view(record["instances"], nearest=True))
+    return {
+        "image": np.stack(out["image"]).astype(np.float32) / 127.5 - 1.0,
+        "segmentation": np.stack(out["segmentation"]).astype(np.uint8),
+        "instances": np.stack(out["instances"]).astype(np.int32),
+        "box": np.stack(boxes).astype(np.float32),
+        "flip": np.asarray(flips, bool),
+        "frame": np.asarray(frames, np.int32),
+        "mask": np.ones((), bool),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSpec:
+  split: str
+  global_batch_size: int
+  image_size: int
+  train: bool  # shuffle, augment, repeat; else one ordered pass, no augmentation
+  num_views: int = 1
+  crop: views.CropSpec = views.CropSpec()
+  seed: int = 0
+  worker_count: int = 0  # grain worker processes per data shard
+  num_shards: int | None = None  # data shards; default: one per JAX process
+
+
+class InputPipeline:
+  """An iterator of global batches (jax.Arrays sharded over the batch axes).
+
+  Training iterates forever; evaluation makes exactly one pass in which every
+  process yields the same number of batches: the last ones are padded, and the
+  `mask` entry is False on padding. Nothing of the split is dropped.
+  """
+
+  def __init__(self, source: sources.CheckedSource, spec: PipelineSpec,
+               mesh: jax.sharding.Mesh, *, process_index: int | None = None,
+               process_count: int | None = None):
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    num_shards = spec.num_shards or process_count
+    if num_shards % process_count:
+      raise ValueError(f"data.num_shards={num_shards} must be a multiple of the "
+                       f"{process_count} processes")
+    batch_split = math.lcm(num_shards, sharding.batch_shards(mesh))
+    if spec.global_batch_size % batch_split:
+      raise ValueError(
+          f"batch size {spec.global_batch_size} must be divisible by {batch_split}: "
+          f"{num_shards} data shards and {sharding.batch_shards(mesh)} devices on "
+          f"the batch axes {sharding.BATCH_AXES}")
+    if len(source) < num_shards:
+      raise ValueError(f"{source.description}: {len(source)} records cannot fill "
+                       f"{num_shards} data shards")
+    self.spec = spec
+    self.source = source
+    self._mesh = mesh
+    self._shard_batch = spec.global_batch_size // num_shards
+    shards_per_process = num_shards // process_count
+    self._shards = range(process_index * shards_per_process,
+                         (process_index + 1) * shards_per_process)
+    self._loaders = [self._loader(shard, num_shards) for shard in self._shards]
+    self._iterators = [iter(loader) for loader in self._loaders]
+    # Evaluation: every shard yields this many batches (shards differ by <= 1 record).
+    self.num_batches = (None if spec.train else
+                        math.ceil(math.ceil(len(source) / num_shards) / self._shard_batch))
+    self._batches_done = 0
+
+  def _loader(self, shard: int, num_shards: int) -> grain.DataLoader:
+    spec = self.spec
+    if spec.worker_count and not flags.FLAGS.is_parsed():
+      # grain's workers read absl flags; outside absl.app (tests, notebooks)
+      # nobody parsed them, so take their defaults.
+      flags.FLAGS.mark_as_parsed()
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(self.source),
+        shard_options=grain.sharding.ShardOptions(
+            shard_index=shard, shard_count=num_shards, drop_remainder=spec.train),
+        shuffle=spec.train, num_epochs=None if spec.train else 1, seed=spec.seed)
+    make_views = MakeViews(spec.image_size, spec.num_views if spec.train else 1,
+                           spec.crop if spec.train else None)
+    return grain.DataLoader(
+        data_source=self.source, sampler=sampler,
+        operations=[make_views,
+                    grain.transforms.Batch(self._shard_batch, drop_remainder=spec.train)],
+        worker_count=spec.worker_count)
+
+  def __iter__(self) -> Iterator[dict[str, jax.Array]]:
+    return self
+
+  def _next_shard_batch(self, iterator) -> Batch | None:
+    try:
+      return next(iterator)
+    except StopIteration:
+      if self.spec.train:
+        raise
+      return None
+
+  def next_local(self) -> Batch:
+    """The next batch of this process's shards, as host arrays."""
+    if self.num_batches is not None and self._batches_done >= self.num_batches:
+      raise StopIteration
+    parts = [self._next_shard_batch(iterator) for iterator in self._iterators]
+    template = next((p for p in parts if p is not None), None)
+    if template is None:  # this process is done, others may not be: pad fully
+      template = self._empty_batch()
+    parts = [_pad(p if p is not None else _zeros_like(template), self._shard_batch)
+             for p in parts]
+    self._batches_done += 1
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+  def __next__(self) -> dict[str, jax.Array]:
+    local = self.next_local()
+    batch_sharding = sharding.batch_sharding(self._mesh)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(batch_sharding, x), local)
+
+  def _empty_batch(self) -> Batch:
+    example = MakeViews(self.spec.image_size, 1, None).random_map(
+        self.source[0], np.random.default_rng(0))
+    return {k: np.zeros((1,) + v.shape, v.dtype) for k, v in example.items()}
+
+  def get_state(self) -> bytes:
+    """The position in the data: restoring it replays the same batches."""
+    return json.dumps({
+        "shards": list(self._shards),
+        "batches_done": self._batches_done,
+        "loaders": [it.get_state().decode() if isinstance(it.get_state(), bytes)
+                    else it.get_state() for it in self._iterators],
+    }).encode()
+
+  def set_state(self, state: bytes) -> None:
+    decoded = json.loads(state)
+    if decoded["shards"] != list(self._shards):
+      raise ValueError(f"data state of shards {decoded['shards']} cannot restore "
+                       f"this process's shards {list(self._shards)}")
+    for iterator, loader_state in zip(self._iterators, decoded["loaders"]):
+      iterator.set_state(loader_state.encode() if isinstance(loader_state, str)
+                         else loader_state)
+    self._batches_done = decoded["batches_done"]
+
+
+def _zeros_like(batch: Batch) -> Batch:
+  return {k: np.zeros_like(v) for k, v in batch.items()}
+
+
+def _pad(batch: Batch, size: int) -> Batch:
+  missing = size - len(batch["mask"])
+  if missing <= 0:
+    return batch
+  return {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)])
+          for k, v in batch.items()}

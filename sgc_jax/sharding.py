@@ -1,0 +1,54 @@
+"""The device mesh and the sharding of batches on it."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "model")
+BATCH_AXES = ("data", "fsdp")  # the batch is split over both
+
+
+def mesh_shape(data: int, fsdp: int, model: int, num_devices: int) -> tuple[int, ...]:
+  """Resolves one -1 entry to "the rest of the devices" and checks the product."""
+  shape = [data, fsdp, model]
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh (data={data}, fsdp={fsdp}, model={model}): at most "
+                     "one axis may be -1")
+  if any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f"mesh (data={data}, fsdp={fsdp}, model={model}): sizes "
+                     "must be positive or -1")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if num_devices % known:
+      raise ValueError(f"mesh (data={data}, fsdp={fsdp}, model={model}): "
+                       f"{num_devices} devices are not divisible by {known}")
+    shape[shape.index(-1)] = num_devices // known
+  if math.prod(shape) != num_devices:
+    raise ValueError(f"mesh (data={data}, fsdp={fsdp}, model={model}) needs "
+                     f"{math.prod(shape)} devices, {num_devices} are present")
+  return tuple(shape)
+
+
+def create_mesh(data: int = -1, fsdp: int = 1, model: int = 1,
+                devices: Sequence[jax.Device] | None = None) -> Mesh:
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(data, fsdp, model, len(devices))
+  return Mesh(mesh_utils.create_device_mesh(shape, devices), MESH_AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_shards(mesh: Mesh) -> int:
+  return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
