@@ -1,0 +1,205 @@
+"""User data: a folder of images with optional label maps, prepared as a TFDS data set.
+
+Layout of the folder (label maps are the saved results of a segmentation model):
+
+    SRC/classes.txt            one class name per line; label k is line k
+    SRC/images/NAME.{png,jpg,jpeg,bmp,webp}
+    SRC/labels/NAME.png        optional: single-channel (L or P), same size as
+                               the image, values < number of classes or 255
+or the same under SRC/train/ and SRC/validation/ for two splits.
+
+    python -m sgc_jax.data.folder SRC --data_dir DIR [--name NAME] [--skip_bad]
+
+prints `folder:<prepared dir>`, the `data.name` to train on it. Images of any
+size are kept as they are; grayscale and RGBA become RGB (alpha is dropped). A
+file that cannot be used stops the build with its name and the problem; with
+`--skip_bad` the build goes on without the bad files, lists them on stderr and
+records them in the data set's metadata (`skipped_files`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import numpy as np
+import PIL.Image
+import tensorflow_datasets as tfds
+from absl import app, flags, logging
+
+from sgc_jax.data.sgc_scenes import encode_png
+from sgc_jax.data.sources import IGNORE_LABEL, DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclasses.dataclass(kw_only=True)
+class SegFolderConfig(tfds.core.BuilderConfig):
+  source_dir: str = ""
+  skip_bad: bool = False
+
+
+def read_class_names(source_dir: str) -> list[str]:
+  path = os.path.join(source_dir, "classes.txt")
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: missing; it must list one class name per line")
+  with open(path) as f:
+    names = [line.strip() for line in f if line.strip()]
+  if not names or len(names) > IGNORE_LABEL:
+    raise DataError(f"{path}: {len(names)} classes; 1 to {IGNORE_LABEL} are supported")
+  return names
+
+
+def split_dirs(source_dir: str) -> dict[str, str]:
+  found = {split: os.path.join(source_dir, split)
+           for split in ("train", "validation")
+           if os.path.isdir(os.path.join(source_dir, split, "images"))}
+  if found:
+    return found
+  if os.path.isdir(os.path.join(source_dir, "images")):
+    return {"train": source_dir}
+  raise DataError(f"{source_dir}: no images/ folder (nor train/images, "
+                  "validation/images)")
+
+
+def load_image(path: str) -> np.ndarray:
+  try:
+    with PIL.Image.open(path) as image:
+      image.load()
+      return np.asarray(image.convert("RGB"))
+  except Exception as error:
+    raise DataError(f"{path}: not a readable image ({error})") from error
+
+
+def load_label_map(path: str, image_shape, num_classes: int) -> np.ndarray:
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: label map missing (the folder has labels/, so "
+                    "every image needs one)")
+  try:
+    with PIL.Image.open(path) as label:
+      label.load()
+      mode, array = label.mode, np.asarray(label)
+  except Exception as error:
+    raise DataError(f"{path}: not a readable PNG label map ({error})") from error
+  if mode not in ("L", "P"):
+    raise DataError(f"{path}: label map must be single-channel (mode L or P), "
+                    f"got mode {mode}")
+  if array.shape != tuple(image_shape[:2]):
+    raise DataError(f"{path}: label map is {array.shape[1]}x{array.shape[0]}, its "
+                    f"image is {image_shape[1]}x{image_shape[0]}")
+  labels = np.unique(array)
+  bad = labels[(labels >= num_classes) & (labels != IGNORE_LABEL)]
+  if bad.size:
+    raise DataError(f"{path}: label {int(bad[0])} is out of range for "
+                    f"{num_classes} classes (255 means unlabeled)")
+  return array.astype(np.uint8)
+
+
+class SegFolder(tfds.core.GeneratorBasedBuilder):
+  """Images (and label maps) from a local folder."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release."}
+
+  def _has_labels(self) -> bool:
+    return any(os.path.isdir(os.path.join(d, "labels"))
+               for d in split_dirs(self.builder_config.source_dir).values())
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    source_dir = self.builder_config.source_dir
+    features = {
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+        "file_name": tfds.features.Text(),
+    }
+    if self._has_labels():
+      features["segmentation"] = tfds.features.Image(shape=(None, None, 1),
+                                                     encoding_format="png")
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f"Images and label maps from {source_dir}",
+        features=tfds.features.FeaturesDict(features),
+        metadata=tfds.core.MetadataDict(class_names=read_class_names(source_dir),
+                                        ignore_label=IGNORE_LABEL,
+                                        source_dir=os.path.abspath(source_dir),
+                                        skipped_files=[]),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    config = self.builder_config
+    num_classes = len(read_class_names(config.source_dir))
+    with_labels = self._has_labels()
+    splits, problems = {}, []
+    for split, directory in split_dirs(config.source_dir).items():
+      good = []
+      image_dir = os.path.join(directory, "images")
+      names = sorted(n for n in os.listdir(image_dir)
+                     if n.lower().endswith(IMAGE_EXTENSIONS))
+      if not names:
+        raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+      for name in names:
+        try:
+          self._read(directory, name, num_classes, with_labels)
+          good.append(name)
+        except DataError as error:
+          problems.append(str(error))
+      splits[split] = (directory, good)
+    if problems:
+      report = "\n  ".join(problems)
+      if not config.skip_bad:
+        raise DataError(f"{len(problems)} bad file(s) in {config.source_dir} "
+                        f"(pass skip_bad to build without them):\n  {report}")
+      logging.warning("skipping %d bad file(s):\n  %s", len(problems), report)
+      print(f"skipped {len(problems)} bad file(s):\n  {report}", file=sys.stderr)
+      self.info.metadata["skipped_files"] = problems
+    return {split: self._generate_examples(directory, names, num_classes, with_labels)
+            for split, (directory, names) in splits.items()}
+
+  @staticmethod
+  def _read(directory, name, num_classes, with_labels):
+    image = load_image(os.path.join(directory, "images", name))
+    example = {"image": encode_png(image), "file_name": name}
+    if with_labels:
+      label_path = os.path.join(directory, "labels", os.path.splitext(name)[0] + ".png")
+      label = load_label_map(label_path, image.shape, num_classes)
+      example["segmentation"] = encode_png(label)
+    return example
+
+  def _generate_examples(self, directory, names, num_classes, with_labels):
+    for name in names:
+      yield name, self._read(directory, name, num_classes, with_labels)
+
+
+def prepare(source_dir: str, data_dir: str, name: str | None = None,
+            skip_bad: bool = False) -> str:
+  """Prepares the folder as a data set; returns the directory to read it from."""
+  name = name or os.path.basename(os.path.normpath(source_dir))
+  config = SegFolderConfig(name=name, source_dir=source_dir, skip_bad=skip_bad)
+  builder = SegFolder(config=config, data_dir=data_dir)
+  builder.download_and_prepare(file_format="array_record")
+  return str(builder.data_path)
+
+
+_SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Build without bad files, listing them.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Where to write the data set.",
+                                required=True)
+_NAME = flags.DEFINE_string("name", None, "Data set name (default: folder name).")
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError("usage: python -m sgc_jax.data.folder SRC --data_dir DIR")
+  try:
+    path = prepare(argv[1], _DATA_DIR.value, _NAME.value, _SKIP_BAD.value)
+  except DataError as error:
+    sys.exit(f"error: {error}")
+  print(f"folder:{path}")
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,105 @@
+"""The one entry point of sgc_jax.
+
+    python -m sgc_jax.main --config=configs/NAME.py[:args] --workdir=DIR \
+        --mode=data|preview [--config.a.b=value ...]
+
+Modes:
+  data     build (or check) the data set of the config and print its summary
+  preview  write PNGs of data examples and of training views to WORKDIR/preview
+The config is validated before anything is built or compiled; a bad field is a
+one-line error that names it.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from sgc_jax import config_lib
+
+MODES = ("data", "preview")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, with :args.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs go.")
+_MODE = flags.DEFINE_enum("mode", "data", MODES, "What to do.")
+
+
+def validate(config) -> None:
+  """Checks the fields every mode relies on; raises ConfigError naming the field."""
+  config_lib.check_positive(config, "data.batch_size", "data.image_size",
+                            "data.num_views")
+  if config.data.worker_count < 0:
+    raise config_lib.ConfigError(
+        f"config.data.worker_count={config.data.worker_count}: must be >= 0")
+  crop = config.data.crop
+  if not 0 < crop.min_area <= crop.max_area <= 1:
+    raise config_lib.ConfigError(
+        f"config.data.crop: need 0 < min_area ({crop.min_area}) <= max_area "
+        f"({crop.max_area}) <= 1")
+  if not 0 < crop.min_aspect <= crop.max_aspect:
+    raise config_lib.ConfigError("config.data.crop: need 0 < min_aspect <= max_aspect")
+  for axis in ("data", "fsdp", "model"):
+    size = config.mesh[axis]
+    if size != -1 and size < 1:
+      raise config_lib.ConfigError(f"config.mesh.{axis}={size}: must be >= 1 or -1")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  if config is None:
+    sys.exit("error: --config is required")
+  try:
+    validate(config)
+  except config_lib.ConfigError as error:
+    sys.exit(f"config error: {error}")
+  # Heavy imports after validation, so that a bad config fails fast.
+  from sgc_jax import preview
+  from sgc_jax.data import sources
+  try:
+    dataset = sources.open_dataset(config.data.name, config.data.data_dir)
+  except sources.DataError as error:
+    sys.exit(f"data error: {error}")
+  if _MODE.value == "data":
+    print(preview.describe(dataset))
+  elif _MODE.value == "preview":
+    if not _WORKDIR.value:
+      sys.exit("error: --workdir is required for --mode=preview")
+    for path in preview.write_previews(config, dataset, _WORKDIR.value):
+      print(f"wrote {path}")
+
+
+def _config_error_message(error: Exception, argv: list[str]) -> str:
+  text = " ".join(str(error).replace("\\n", " ").split())
+  if "ConfigError: " in text:  # raised inside get_config, reported as a traceback
+    return text.rsplit("ConfigError: ", 1)[1]
+  if "Did you mean" in text or isinstance(error, (AttributeError, KeyError)):
+    quoted = re.search(r"[\"'\\]+(\w+)[\"'\\]+", text)
+    unknown = quoted.group(1) if quoted else text
+    flag = next((a.split("=")[0] for a in argv
+                 if a.startswith("--config.") and f".{unknown}." in a.split("=")[0] + "."),
+                unknown)
+    hint = text[text.index("Did you mean"):].rstrip("'\"") if "Did you mean" in text else ""
+    return f"{flag}: no such config field. {hint}".strip()
+  return text
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with config errors (unknown field, wrong type) on one line."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as error:  # config_flags wraps field errors in several types
+    sys.exit(f"config error: {_config_error_message(error, argv)}")
+
+
+def run():
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

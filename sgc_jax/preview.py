@@ -1,0 +1,68 @@
+"""A look at the data: a text summary and PNG grids of examples and training views."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from sgc_jax import viz
+from sgc_jax.data import pipeline, sources, views
+
+
+def describe(dataset: sources.Dataset) -> str:
+  info = dataset.builder.info
+  splits = ", ".join(f"{name}: {split.num_examples}" for name, split in info.splits.items())
+  kind = f"clips of {dataset.num_frames} frames" if dataset.num_frames else "images"
+  size = f"{dataset.image_size}px" if dataset.image_size else "any size"
+  return (f"{dataset.name}: {kind}, {size}, {dataset.num_classes} classes "
+          f"({', '.join(dataset.class_names[:12])}{' ...' if dataset.num_classes > 12 else ''})\n"
+          f"  splits: {splits}\n  stored in: {dataset.builder.data_dir}")
+
+
+def _with_legend(tiles: np.ndarray, class_names) -> np.ndarray:
+  strip = viz.legend(class_names, tiles.shape[1])
+  return np.concatenate([tiles, strip], 0)
+
+
+def _instance_colours(instances: np.ndarray) -> np.ndarray:
+  colours = viz.class_palette(64)[:64]
+  return np.where(instances[..., None] > 0, colours[instances % 64], 0).astype(np.uint8)
+
+
+def write_previews(config, dataset: sources.Dataset, workdir: str) -> list[str]:
+  """data.png: image | classes | instances; views.png: the training views."""
+  out_dir = os.path.join(workdir, "preview")
+  os.makedirs(out_dir, exist_ok=True)
+  source = dataset.split(config.data.eval_split)
+  count = min(config.preview.num_examples, len(source))
+  size = config.data.image_size
+  eval_views = pipeline.MakeViews(size, 1, None)
+  rows = []
+  for index in range(count):
+    record = source[index]
+    frames = record["image"] if dataset.num_frames else record["image"][None]
+    labels = record["segmentation"] if dataset.num_frames else record["segmentation"][None]
+    instances = record["instances"] if dataset.num_frames else record["instances"][None]
+    row = []
+    for frame in range(len(frames)):
+      one = {"image": frames[frame], "segmentation": labels[frame],
+             "instances": instances[frame]}
+      view = eval_views.random_map(one, np.random.default_rng(0))
+      row += [viz.to_uint8(view["image"][0]),
+              viz.colour_classes(view["segmentation"][0], dataset.num_classes),
+              _instance_colours(view["instances"][0])]
+    rows.append(row)
+  data_path = os.path.join(out_dir, "data.png")
+  viz.save_png(_with_legend(viz.grid(rows), dataset.class_names), data_path)
+
+  crop = views.CropSpec(**config.data.crop)
+  train_views = pipeline.MakeViews(size, config.data.num_views, crop)
+  rows = []
+  for index in range(count):
+    example = train_views.random_map(source[index], np.random.default_rng(index))
+    rows.append([viz.to_uint8(v) for v in example["image"]] +
+                [viz.colour_classes(s, dataset.num_classes) for s in example["segmentation"]])
+  views_path = os.path.join(out_dir, "views.png")
+  viz.save_png(_with_legend(viz.grid(rows), dataset.class_names), views_path)
+  return [data_path, views_path]
