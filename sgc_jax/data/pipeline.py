@@ -139,24 +139,26 @@ class InputPipeline:
     self._iterators = [iter(loader) for loader in self._loaders]
     # Evaluation: every shard yields this many batches (shards differ by <= 1 record).
     self.num_batches = (None if spec.train else
-                        math.ceil(math.ceil(len(source) / num_shards) / self._shard_batch))
+                        math.ceil(len(ShardView(source, 0, num_shards)) / self._shard_batch))
     self._batches_done = 0
 
   def _loader(self, shard: int, num_shards: int) -> grain.DataLoader:
     spec = self.spec
+    records = ShardView(self.source, shard, num_shards)
     if spec.worker_count and not flags.FLAGS.is_parsed():
       # grain's workers read absl flags; outside absl.app (tests, notebooks)
       # nobody parsed them, so take their defaults.
       flags.FLAGS.mark_as_parsed()
+    # Sharding is ours (ShardView), not grain's: grain 0.2.18's ShardOptions
+    # with drop_remainder=False loses the record at a shard boundary.
     sampler = grain.samplers.IndexSampler(
-        num_records=len(self.source),
-        shard_options=grain.sharding.ShardOptions(
-            shard_index=shard, shard_count=num_shards, drop_remainder=spec.train),
-        shuffle=spec.train, num_epochs=None if spec.train else 1, seed=spec.seed)
+        num_records=len(records), shard_options=grain.sharding.NoSharding(),
+        shuffle=spec.train, num_epochs=None if spec.train else 1,
+        seed=int(np.random.SeedSequence([spec.seed, shard]).generate_state(1)[0]))
     make_views = MakeViews(spec.image_size, spec.num_views if spec.train else 1,
                            spec.crop if spec.train else None)
     return grain.DataLoader(
-        data_source=self.source, sampler=sampler,
+        data_source=records, sampler=sampler,
         operations=[make_views,
                     grain.transforms.Batch(self._shard_batch, drop_remainder=spec.train)],
         worker_count=spec.worker_count)
@@ -214,6 +216,32 @@ class InputPipeline:
       iterator.set_state(loader_state.encode() if isinstance(loader_state, str)
                          else loader_state)
     self._batches_done = decoded["batches_done"]
+
+
+class ShardView:
+  """Shard `shard` of `num_shards` contiguous, near-equal ranges of a source.
+
+  Shards differ in length by at most one record; together they hold every record
+  exactly once.
+  """
+
+  def __init__(self, source, shard: int, num_shards: int):
+    self._source = source
+    base, extra = divmod(len(source), num_shards)
+    self._start = shard * base + min(shard, extra)
+    self._length = base + (shard < extra)
+    self._name = f"shard {shard} of {num_shards}"
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index: int):
+    if not 0 <= index < self._length:
+      raise IndexError(index)
+    return self._source[self._start + index]
+
+  def __repr__(self) -> str:  # grain checks it when a state is restored
+    return f"ShardView({self._source!r}, {self._name})"
 
 
 def _zeros_like(batch: Batch) -> Batch:

@@ -97,6 +97,7 @@ class CatalogAdapter:
   """How a TFDS catalog data set becomes segmentation records."""
   record: Adapter
   class_names: Callable[[tfds.core.DatasetInfo], Sequence[str]]
+  image_key: str = "image"
 
 
 def _names_from_label_feature(info: tfds.core.DatasetInfo) -> Sequence[str]:
@@ -106,7 +107,8 @@ def _names_from_label_feature(info: tfds.core.DatasetInfo) -> Sequence[str]:
 CATALOG_ADAPTERS = {
     "coco/2017_panoptic": CatalogAdapter(coco_panoptic_record,
                                          _names_from_label_feature),
-    "cityscapes": CatalogAdapter(cityscapes_record, lambda _: CITYSCAPES_CLASSES),
+    "cityscapes": CatalogAdapter(cityscapes_record, lambda _: CITYSCAPES_CLASSES,
+                                 image_key="image_left"),
     # The instance annotations of the scene parsing challenge: 100 categories,
     # whose names TFDS does not carry.
     "scene_parse150": CatalogAdapter(
@@ -171,6 +173,7 @@ class Dataset:
   num_frames: int  # 0 for still images
   builder: tfds.core.DatasetBuilder
   adapter: Adapter
+  image_key: str = "image"
 
   @property
   def num_classes(self) -> int:
@@ -178,7 +181,7 @@ class Dataset:
 
   @property
   def image_size(self) -> int | None:
-    shape = self.builder.info.features["image"].shape
+    shape = self.builder.info.features[self.image_key].shape
     return shape[-2] if shape[-2] == shape[-3] else None
 
   def split(self, split: str) -> CheckedSource:
@@ -211,21 +214,27 @@ def open_dataset(name: str, data_dir: str | None) -> Dataset:
       builder = sgc_scenes.build(name.split("/", 1)[1] if "/" in name else "res64",
                                  data_dir)
     else:
-      builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
-      if not builder.is_prepared():
-        raise DataError(f"{name} is not prepared under {builder.data_dir!r}; "
-                        "prepare it offline first (sgc_jax never downloads)")
+      # From the prepared files alone: catalog builders' code imports TensorFlow,
+      # their prepared data does not need it.
+      try:
+        builder = tfds.core.read_only_builder.builder_from_files(name, data_dir=data_dir)
+      except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError,
+              ValueError) as error:
+        raise DataError(f"{name} is not prepared under {data_dir!r}; prepare it "
+                        f"offline first (sgc_jax never downloads): {error}") from error
     catalog = _catalog_adapter(name)
   if catalog:
     class_names, adapter = tuple(catalog.class_names(builder.info)), catalog.record
+    image_key = catalog.image_key
   else:
+    image_key = "image"
     metadata = builder.info.metadata or {}
     if "class_names" not in metadata:
       raise DataError(f"{name}: no class_names in its metadata and no adapter; "
                       f"known adapters: {sorted(CATALOG_ADAPTERS)}")
     class_names, adapter = tuple(metadata["class_names"]), native_record
-  image_feature = builder.info.features["image"]
+  image_feature = builder.info.features[image_key]
   num_frames = image_feature.shape[0] if isinstance(
       image_feature, tfds.features.Sequence) else 0
   return Dataset(name=name, class_names=class_names, num_frames=num_frames,
-                 builder=builder, adapter=adapter)
+                 builder=builder, adapter=adapter, image_key=image_key)

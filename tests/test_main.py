@@ -1,0 +1,71 @@
+"""The entry point: config errors on one line before any work, data and preview modes."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m", "sgc_jax.main", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.data.nme=x", "--config.data.nme: no such config field. Did you mean \"name\""),
+    ("--config.data.batch_size=abc", "--config.data.batch_size=abc: invalid literal for int()"),
+    ("--config.data.batch_size=-4", "config.data.batch_size=-4: must be positive"),
+    ("--config.mesh.fsdp=0", "config.mesh.fsdp=0: must be >= 1 or -1"),
+    ("--config.data.crop.min_area=2.0", "config.data.crop: need 0 < min_area"),
+])
+def test_bad_config_fields_are_one_line_errors(flag, message):
+  result = _main("--config=configs/sgc_scenes.py", flag, "--mode=data", timeout=60)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines() == [f"config error: {result.stderr.strip()[14:]}"]
+  assert message in result.stderr
+
+
+def test_bad_config_argument_is_a_one_line_error():
+  result = _main("--config=configs/sgc_scenes.py:size=big", "--mode=data", timeout=60)
+  assert result.returncode != 0
+  assert result.stderr.strip() == ("config error: config argument size='big': "
+                                   "expected type int")
+
+
+def test_data_and_preview_modes(tmp_path):
+  common = ["--config=configs/sgc_scenes.py", f"--workdir={tmp_path / 'work'}",
+            f"--config.data.data_dir={tmp_path / 'tfds'}",
+            "--config.data.name=sgc_scenes/smoke64",
+            "--config.data.num_shards=1",  # a field that defaults to None
+            "--config.preview.num_examples=4"]
+  result = _main(*common, "--mode=data")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "sgc_scenes/smoke64: images, 64px, 10 classes" in result.stdout
+  assert "train: 512, validation: 128" in result.stdout
+  result = _main(*common, "--mode=preview")
+  assert result.returncode == 0, result.stderr[-2000:]
+  for name in ("data.png", "views.png"):
+    image = np.asarray(PIL.Image.open(tmp_path / "work" / "preview" / name))
+    assert image.ndim == 3 and image.shape[0] > 4 * 64 and image.std() > 20
+
+
+def test_reading_and_augmenting_never_imports_tensorflow(data_dir, scenes64):
+  script = f"""
+import sys
+from sgc_jax import sharding
+from sgc_jax.data import pipeline, sources
+dataset = sources.open_dataset("sgc_scenes/smoke64", {data_dir!r})
+spec = pipeline.PipelineSpec(split="train", global_batch_size=8, image_size=32,
+                             train=True, num_views=2)
+next(pipeline.InputPipeline(dataset.split("train"), spec, sharding.create_mesh()))
+assert "tensorflow" not in sys.modules, "tensorflow was imported"
+print("ok")
+"""
+  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
