@@ -33,7 +33,10 @@ setuptools.setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8.0,<10", "pytest-xdist>=3.5,<4"],
+        # tensorflow-cpu: only so that tests can build the catalog builders'
+        # DatasetInfo for tfds.testing.mock_data; sgc_jax never imports it.
+        "test": ["pytest>=8.0,<10", "pytest-xdist>=3.5,<4",
+                 "tensorflow-cpu>=2.20,<2.22"],
         "cuda": ["jax[cuda12]>=0.10.0,<0.11"],
         "tpu": ["jax[tpu]>=0.10.0,<0.11"],
         "torch": ["torch>=2.9,<2.15"],  # only to read published PyTorch weights
