@@ -32,6 +32,37 @@ def get_config(arg=None):
       min_area=0.35, max_area=1.0, min_aspect=3 / 4, max_aspect=4 / 3,
       flip=True, min_overlap=0.3))
 
+  config.total_steps = 1500
+  config.log_every = 25
+  config.ema_decay = 0.0  # > 0: keep an EMA of the generator's parameters
+
+  # Sized for the quick start: about 5 minutes of training on a 2-core CPU.
+  config.model = ml_collections.ConfigDict(dict(
+      resolution=arg.size, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+      attn_resolutions=(), z_channels=64, dropout=0.0, detail_levels=(1,),
+      top_down=True, dtype="float32"))
+  config.model.codebook = ml_collections.ConfigDict(dict(
+      mode=arg.quantizer, num_codes=256, dim_sem=16, dim_det=16, w_sem=1.0,
+      w_det=1.0, distance="l2", beta=0.25, decay=0.99, epsilon=1e-5,
+      chunk_size=1024, dead_fraction=0.03, restart_noise=0.01,
+      semantic_weight=0.1, semantic_temperature=1.0, consistency_weight=0.05,
+      consistency_temperature=1.0, consistency_sharpen=0.5,
+      alpha=0.5, min_codes=2, label_threshold=0.5))
+
+  config.loss = ml_collections.ConfigDict(dict(
+      reconstruction="l1", perceptual_weight=1.0,
+      lpips_weights=config_dict.placeholder(str),  # .npz; None: perceptual off
+      disc_weight=0.1, disc_start=100_000, max_adaptive_weight=1e4))
+  config.disc = ml_collections.ConfigDict(dict(ch=64, num_layers=3))
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=2e-3, disc_learning_rate=2e-3, b1=0.5, b2=0.9,
+      warmup_steps=50, final_lr_fraction=0.05, grad_clip=1.0))
+
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
-  config.preview = ml_collections.ConfigDict(dict(num_examples=8))
+  config.sharding = ml_collections.ConfigDict(dict(
+      rules=((".*codebook.*", "replicate"), (".*kernel", "fsdp"),
+             (".*embedding", "fsdp")),
+      min_size=2**16))
+  config.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3))
+  config.preview = ml_collections.ConfigDict(dict(num_examples=8, every=500))
   return config

@@ -1,10 +1,17 @@
 """Benchmarks that print tables.
 
     python -m sgc_jax.bench data [--data_dir=DIR] [--workers=2] [--batch_size=32]
+    python -m sgc_jax.bench train --config=configs/X.py[:args] [--config.a=b ...]
+        [--steps=5] [--batch_size=8]
 
 `data`: images/s of the training input pipeline (decode, two augmented views,
 batching, placement on the mesh) at 64 and 128 px, on the `smoke` configs of
 sgc_scenes (built if missing).
+
+`train`: the jitted train step of a config on synthetic batches (images count
+views: a batch of 8 two-view examples is 16 images): images/s, ms per step,
+compile time, peak memory, parameters, FLOPs per image from XLA's cost analysis
+and the achieved GFLOP/s. Repeat --config to compare configs side by side.
 """
 
 from __future__ import annotations
@@ -12,7 +19,10 @@ from __future__ import annotations
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
 from sgc_jax import sharding
 from sgc_jax.data import pipeline, sources
@@ -21,6 +31,9 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS'
 _WORKERS = flags.DEFINE_integer("workers", 2, "grain worker processes.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 _BATCHES = flags.DEFINE_integer("batches", 40, "Batches timed (after 5 of warm-up).")
+_STEPS = flags.DEFINE_integer("steps", 5, "train: steps timed (after 2 of warm-up).")
+_GAN = flags.DEFINE_bool("gan", False, "train: time the step with the GAN terms.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "train: the config.")
 
 
 def bench_data() -> list[tuple]:
@@ -44,9 +57,67 @@ def bench_data() -> list[tuple]:
   return rows
 
 
+def synthetic_batch(config, batch_size: int, num_classes: int) -> dict:
+  rng = np.random.default_rng(0)
+  size, views = config.data.image_size, config.data.num_views
+  box = np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32), (batch_size, views, 1))
+  return {
+      "image": rng.uniform(-1, 1, (batch_size, views, size, size, 3)).astype(np.float32),
+      "segmentation": rng.integers(0, num_classes, (batch_size, views, size, size)).astype(np.uint8),
+      "instances": np.zeros((batch_size, views, size, size), np.int32),
+      "box": box, "flip": np.zeros((batch_size, views), bool),
+      "frame": np.zeros((batch_size, views), np.int32), "mask": np.ones(batch_size, bool)}
+
+
+def bench_train(config, batch_size: int, steps: int, with_gan: bool, num_classes: int = 10):
+  from sgc_jax import train  # jax-heavy: only for this benchmark
+  mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
+  model_config = train.model_config(config, num_classes)
+  trainer = train.Trainer(config, model_config, mesh, np.full(num_classes, 1 / num_classes))
+  state = trainer.create_train_state(config.seed)
+  host = synthetic_batch(config, batch_size, num_classes)
+  batch = jax.tree.map(lambda x: jax.device_put(x, sharding.batch_sharding(mesh)), host)
+  step_fn = trainer.jit_train_step(with_gan, batch)
+  start = time.perf_counter()
+  compiled = step_fn.lower(state, batch).compile()
+  compile_seconds = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  memory = compiled.memory_analysis()
+  for _ in range(2):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  seconds = (time.perf_counter() - start) / steps
+  images = batch_size * config.data.num_views
+  flops = float(cost.get("flops", 0.0))
+  peak = (getattr(memory, "temp_size_in_bytes", 0) + getattr(memory, "argument_size_in_bytes", 0)
+          + getattr(memory, "output_size_in_bytes", 0)) if memory is not None else 0
+  params = sum(x.size for x in jax.tree.leaves(state.params))
+  return {"images/s": images / seconds, "ms/step": 1000 * seconds,
+          "compile s": compile_seconds, "peak MiB": peak / 2**20,
+          "params M": params / 1e6, "GFLOP/image": flops / images / 1e9,
+          "GFLOP/s": flops / seconds / 1e9}
+
+
 def main(argv):
+  if argv[1:] == ["train"]:
+    if _CONFIG.value is None:
+      raise app.UsageError("train needs --config")
+    config = _CONFIG.value
+    row = bench_train(config, _BATCH.value, _STEPS.value, _GAN.value)
+    print(f"\ntrain step on {jax.devices()[0].platform} ({jax.device_count()} device(s)), "
+          f"quantizer {config.model.codebook.mode}, batch {_BATCH.value} x "
+          f"{config.data.num_views} views, {config.model.dtype}, gan={_GAN.value}")
+    print("| " + " | ".join(row) + " |")
+    print("|" + "---:|" * len(row))
+    print("| " + " | ".join(f"{v:.4g}" for v in row.values()) + " |")
+    return
   if argv[1:] != ["data"]:
-    raise app.UsageError("usage: python -m sgc_jax.bench data [flags]")
+    raise app.UsageError("usage: python -m sgc_jax.bench data|train [flags]")
   rows = bench_data()
   print(f"\ninput pipeline on {jax.devices()[0].platform}, "
         f"{jax.device_count()} device(s)")

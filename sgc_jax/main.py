@@ -6,6 +6,7 @@
 Modes:
   data     build (or check) the data set of the config and print its summary
   preview  write PNGs of data examples and of training views to WORKDIR/preview
+  train    train (resuming from WORKDIR's checkpoints)
 The config is validated before anything is built or compiled; a bad field is a
 one-line error that names it.
 """
@@ -20,7 +21,7 @@ from ml_collections import config_flags
 
 from sgc_jax import config_lib
 
-MODES = ("data", "preview")
+MODES = ("data", "preview", "train")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, with :args.",
                                           lock_config=True)
@@ -67,11 +68,22 @@ def main(argv):
     sys.exit(f"data error: {error}")
   if _MODE.value == "data":
     print(preview.describe(dataset))
+  elif not _WORKDIR.value:
+    sys.exit(f"error: --workdir is required for --mode={_MODE.value}")
   elif _MODE.value == "preview":
-    if not _WORKDIR.value:
-      sys.exit("error: --workdir is required for --mode=preview")
     for path in preview.write_previews(config, dataset, _WORKDIR.value):
       print(f"wrote {path}")
+  elif _MODE.value == "train":
+    from sgc_jax import train
+    try:
+      train.model_config(config, dataset.num_classes)
+    except ValueError as error:
+      sys.exit(f"config error: {error}")
+    try:
+      metrics = train.train_and_evaluate(config, _WORKDIR.value)
+    except train.NonFiniteLoss as error:
+      sys.exit(f"error: {error}")
+    print("final: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
 
 
 def _config_error_message(error: Exception, argv: list[str]) -> str:

@@ -52,3 +52,43 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def batch_shards(mesh: Mesh) -> int:
   return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def _path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                  for k in path)
+
+
+def spec_for(name: str, shape: tuple[int, ...], mesh: Mesh,
+             rules: Sequence[tuple[str, str]], min_size: int) -> P:
+  """The PartitionSpec of one array by the first rule whose regex matches its path.
+
+  Rule actions: "replicate", or "fsdp": shard the largest dimension that the
+  fsdp axis divides (arrays under `min_size` elements stay replicated).
+  """
+  import re
+  fsdp = mesh.shape["fsdp"]
+  for pattern, action in rules:
+    if re.fullmatch(pattern, name):
+      break
+  else:
+    action = "replicate"
+  if action == "replicate" or fsdp == 1 or math.prod(shape) < min_size:
+    return P()
+  if action != "fsdp":
+    raise ValueError(f"sharding rule {pattern!r}: unknown action {action!r}")
+  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+    if shape[dim] % fsdp == 0:
+      spec = [None] * len(shape)
+      spec[dim] = "fsdp"
+      return P(*spec)
+  return P()
+
+
+def tree_shardings(tree, mesh: Mesh, rules: Sequence[tuple[str, str]],
+                   min_size: int = 2**16):
+  """NamedShardings for every leaf of a (shape) tree, by `spec_for`."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: NamedSharding(mesh, spec_for(
+          _path_name(path), tuple(getattr(leaf, "shape", ())), mesh, rules, min_size)),
+      tree)

@@ -1,0 +1,79 @@
+"""What a run shows: JSON lines, TensorBoard events, a progress bar, PNG grids.
+
+Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import tqdm
+
+from sgc_jax import viz
+
+
+class Writer:
+  def __init__(self, workdir: str, total_steps: int, initial_step: int):
+    self.enabled = jax.process_index() == 0
+    self._jsonl = self._tensorboard = self._bar = None
+    if not self.enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    try:
+      from tensorboardX import SummaryWriter
+      self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except ImportError:  # optional: JSON lines always work
+      self._tensorboard = None
+    self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, unit="step",
+                          dynamic_ncols=True, mininterval=2.0)
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+    self._jsonl.flush()
+    if self._tensorboard is not None:
+      for name, value in values.items():
+        self._tensorboard.add_scalar(name, value, step)
+
+  def progress(self, steps: int, postfix: dict[str, float]) -> None:
+    if self.enabled:
+      self._bar.update(steps)
+      self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+
+  def image(self, step: int, name: str, image: np.ndarray, workdir: str) -> str | None:
+    if not self.enabled:
+      return None
+    directory = os.path.join(workdir, "images")
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{name}_{step:07d}.png")
+    viz.save_png(image, path)
+    if self._tensorboard is not None:
+      self._tensorboard.add_image(name, image, step, dataformats="HWC")
+    return path
+
+  def close(self) -> None:
+    if self.enabled:
+      self._bar.close()
+      self._jsonl.close()
+      if self._tensorboard is not None:
+        self._tensorboard.close()
+
+
+def reconstruction_grid(images, reconstructions, segmentation, token_classes,
+                        num_classes: int, class_names) -> np.ndarray:
+  """Rows of input | reconstruction | ground-truth classes | token classes."""
+  size = images.shape[1]
+  rows = []
+  for x, x_hat, seg, tokens in zip(images, reconstructions, segmentation, token_classes):
+    factor = size // tokens.shape[0]
+    token_map = np.repeat(np.repeat(tokens, factor, 0), factor, 1)
+    rows.append([viz.to_uint8(x), viz.to_uint8(x_hat),
+                 viz.colour_classes(seg, num_classes),
+                 viz.colour_classes(token_map, num_classes)])
+  tiles = viz.grid(rows)
+  return np.concatenate([tiles, viz.legend(class_names, tiles.shape[1])], 0)

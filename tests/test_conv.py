@@ -1,0 +1,36 @@
+"""The CPU convolution with GEMM kernel gradients equals XLA's convolution."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from sgc_jax.models import conv
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [
+    (3, 1, ((1, 1), (1, 1))),
+    (1, 1, ((0, 0), (0, 0))),
+    (3, 2, ((0, 1), (0, 1))),  # the VQGAN downsampling
+    (4, 2, ((1, 1), (1, 1))),  # the PatchGAN discriminator
+    (4, 1, ((1, 1), (1, 1))),
+])
+def test_gradients_equal_xla(kernel, stride, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 9, 10, 5)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 5, 7)), jnp.float32)
+  dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+  strides = (stride, stride)
+
+  def loss(f, x, w):
+    y = f(x, w, strides, padding, dimension_numbers=dn)
+    return jnp.sum(jnp.sin(y))
+
+  ours = jax.grad(lambda x, w: loss(conv.conv_general_dilated, x, w), (0, 1))(x, w)
+  reference = jax.grad(lambda x, w: loss(lax.conv_general_dilated, x, w), (0, 1))(x, w)
+  np.testing.assert_allclose(conv.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn),
+                             lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn),
+                             rtol=1e-5, atol=1e-5)
+  for a, b in zip(ours, reference):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
