@@ -34,6 +34,7 @@ def get_config(arg=None):
 
   config.total_steps = 1500
   config.log_every = 25
+  config.eval_every = 500  # and at the end: over the whole validation split
   config.ema_decay = 0.0  # > 0: keep an EMA of the generator's parameters
 
   # Sized for the quick start: about 5 minutes of training on a 2-core CPU.
@@ -55,7 +56,7 @@ def get_config(arg=None):
       disc_weight=0.1, disc_start=100_000, max_adaptive_weight=1e4))
   config.disc = ml_collections.ConfigDict(dict(ch=64, num_layers=3))
   config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=2e-3, disc_learning_rate=2e-3, b1=0.5, b2=0.9,
+      learning_rate=2e-3, disc_learning_rate=2e-3, b1=0.5, b2=0.9, eps=1e-8,
       warmup_steps=50, final_lr_fraction=0.05, grad_clip=1.0))
 
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))

@@ -19,7 +19,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from sgc_jax import config_lib
+from sgc_jax import config_lib, platform
 
 MODES = ("data", "preview", "train")
 
@@ -81,6 +81,8 @@ def main(argv):
       sys.exit(f"config error: {error}")
     try:
       metrics = train.train_and_evaluate(config, _WORKDIR.value)
+    except config_lib.ConfigError as error:
+      sys.exit(f"config error: {error}")
     except train.NonFiniteLoss as error:
       sys.exit(f"error: {error}")
     print("final: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
@@ -110,6 +112,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run():
+  platform.configure_xla()
   app.run(main, flags_parser=parse_flags)
 
 

@@ -10,6 +10,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from sgc_jax.config_lib import ConfigError
+
 MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")  # the batch is split over both
 
@@ -18,19 +20,19 @@ def mesh_shape(data: int, fsdp: int, model: int, num_devices: int) -> tuple[int,
   """Resolves one -1 entry to "the rest of the devices" and checks the product."""
   shape = [data, fsdp, model]
   if shape.count(-1) > 1:
-    raise ValueError(f"mesh (data={data}, fsdp={fsdp}, model={model}): at most "
+    raise ConfigError(f"mesh (data={data}, fsdp={fsdp}, model={model}): at most "
                      "one axis may be -1")
   if any(s == 0 or s < -1 for s in shape):
-    raise ValueError(f"mesh (data={data}, fsdp={fsdp}, model={model}): sizes "
+    raise ConfigError(f"mesh (data={data}, fsdp={fsdp}, model={model}): sizes "
                      "must be positive or -1")
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if num_devices % known:
-      raise ValueError(f"mesh (data={data}, fsdp={fsdp}, model={model}): "
+      raise ConfigError(f"mesh (data={data}, fsdp={fsdp}, model={model}): "
                        f"{num_devices} devices are not divisible by {known}")
     shape[shape.index(-1)] = num_devices // known
   if math.prod(shape) != num_devices:
-    raise ValueError(f"mesh (data={data}, fsdp={fsdp}, model={model}) needs "
+    raise ConfigError(f"mesh (data={data}, fsdp={fsdp}, model={model}) needs "
                      f"{math.prod(shape)} devices, {num_devices} are present")
   return tuple(shape)
 

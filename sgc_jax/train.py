@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from sgc_jax import checkpoint, losses, report, sharding
+from sgc_jax import checkpoint, evaluate, losses, report, sharding
 from sgc_jax.data import pipeline, sources, views
 from sgc_jax.models import codebook as codebook_lib
 from sgc_jax.models import lpips as lpips_lib
@@ -64,7 +64,7 @@ def _optimizer(config: ml_collections.ConfigDict, learning_rate: float):
       0.0, learning_rate, max(1, opt.warmup_steps), max(opt.warmup_steps + 1, config.total_steps),
       end_value=learning_rate * opt.final_lr_fraction)
   return optax.chain(optax.clip_by_global_norm(opt.grad_clip),
-                     optax.adam(schedule, b1=opt.b1, b2=opt.b2))
+                     optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps))
 
 
 @dataclasses.dataclass
@@ -368,6 +368,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           "codes": metrics["codes_used"]})
       if step % config.preview.every == 0 or step == config.total_steps:
         _preview(trainer, state, writer, workdir, step, dataset, preview_records)
+      if step % config.eval_every == 0 or step == config.total_steps:
+        eval_metrics = evaluate.evaluate(trainer, state, preview_source, config)
+        writer.scalars(step, eval_metrics)
+        logging.info("step %d: %s", step, eval_metrics)
+        metrics.update(eval_metrics)
       if checkpoint.save(mgr, step, state, batches.get_state(), config,
                          force=preemption.requested or step == config.total_steps):
         last_saved = step

@@ -21,6 +21,7 @@ from absl import flags
 import numpy as np
 
 from sgc_jax import sharding
+from sgc_jax.config_lib import ConfigError
 from sgc_jax.data import sources, views
 
 Batch = dict[str, np.ndarray]
@@ -117,11 +118,11 @@ class InputPipeline:
     process_count = jax.process_count() if process_count is None else process_count
     num_shards = spec.num_shards or process_count
     if num_shards % process_count:
-      raise ValueError(f"data.num_shards={num_shards} must be a multiple of the "
+      raise ConfigError(f"data.num_shards={num_shards} must be a multiple of the "
                        f"{process_count} processes")
     batch_split = math.lcm(num_shards, sharding.batch_shards(mesh))
     if spec.global_batch_size % batch_split:
-      raise ValueError(
+      raise ConfigError(
           f"batch size {spec.global_batch_size} must be divisible by {batch_split}: "
           f"{num_shards} data shards and {sharding.batch_shards(mesh)} devices on "
           f"the batch axes {sharding.BATCH_AXES}")

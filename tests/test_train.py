@@ -1,0 +1,164 @@
+"""The trainer: 1 vs 8 devices, exact resume, SIGTERM, a short run that learns."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import sgc_scenes
+from sgc_jax import sharding, train
+from sgc_jax.data import pipeline, sources, views
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(data_dir, quantizer="sgc", **overrides):
+  config = sgc_scenes.get_config(f"quantizer={quantizer},size=32")
+  config.data.name = "sgc_scenes/smoke64"
+  config.data.data_dir = data_dir
+  config.data.batch_size = 8
+  config.data.worker_count = 0
+  config.model.update(dict(ch=32, ch_mult=(1, 2, 2), z_channels=32))
+  config.model.codebook.update(dict(num_codes=64, dim_sem=8, dim_det=8, chunk_size=128))
+  config.optimizer.warmup_steps = 2
+  config.log_every = 1
+  config.preview.update(dict(every=1000, num_examples=2))
+  config.checkpoint.update(dict(every=2, keep=5))
+  config.update(overrides)
+  return config
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _run_steps(config, mesh, dataset, steps, with_gan):
+  model_config = train.model_config(config, dataset.num_classes)
+  frequency = train.class_frequency(dataset.split("train"), dataset.num_classes)
+  trainer = train.Trainer(config, model_config, mesh, frequency)
+  state = trainer.create_train_state(config.seed)
+  spec = pipeline.PipelineSpec(split="train", global_batch_size=config.data.batch_size,
+                               image_size=config.data.image_size, train=True,
+                               num_views=2, crop=views.CropSpec(), seed=0, num_shards=1)
+  batches = pipeline.InputPipeline(dataset.split("train"), spec, mesh)
+  step = None
+  for _ in range(steps):
+    batch = next(batches)
+    step = step or trainer.jit_train_step(with_gan, batch)
+    state, metrics = step(state, batch)
+  return state, metrics
+
+
+@pytest.mark.parametrize("quantizer, with_gan", [("sgc", True), ("ema", False)])
+def test_one_device_and_eight_devices_agree(data_dir, scenes64, quantizer, with_gan):
+  config = tiny_config(data_dir, quantizer)
+  config.loss.disc_start = 0
+  # Conv biases before a GroupNorm have a zero gradient, i.e. float noise, which
+  # Adam's g/sqrt(v) blows up to a full step of random sign. A larger eps keeps
+  # noise noise-sized; real gradients are unaffected at this tolerance.
+  config.optimizer.eps = 1e-3
+  one = sharding.create_mesh(devices=jax.devices()[:1])
+  eight = sharding.create_mesh()
+  assert eight.devices.size == 8
+  state_1, metrics_1 = _run_steps(config, one, scenes64, 3, with_gan)
+  state_8, metrics_8 = _run_steps(config, eight, scenes64, 3, with_gan)
+  for a, b in zip(_leaves(state_1.params), _leaves(state_8.params)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+  for a, b in zip(_leaves(state_1.codebook), _leaves(state_8.codebook)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+  if with_gan:
+    for a, b in zip(_leaves(state_1.disc_params), _leaves(state_8.disc_params)):
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+  np.testing.assert_allclose(metrics_1["loss/total"], metrics_8["loss/total"], rtol=1e-4)
+  # The codebook is replicated: every device holds the same centres.
+  centres = state_8.codebook["codebook"]["centres"]
+  shards = [np.asarray(s.data) for s in centres.addressable_shards]
+  for shard in shards[1:]:
+    np.testing.assert_array_equal(shard, shards[0])
+
+
+def _final(workdir):
+  mgr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  step = mgr.latest_step()
+  restored = mgr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
+  mgr.close()
+  return step, restored["state"], restored["data"]
+
+
+def test_resume_is_exact(data_dir, scenes64, tmp_path):
+  straight = str(tmp_path / "straight")
+  train.train_and_evaluate(tiny_config(data_dir, total_steps=4), straight)
+  resumed = str(tmp_path / "resumed")
+  train.train_and_evaluate(tiny_config(data_dir, total_steps=2), resumed)
+  metrics = train.train_and_evaluate(tiny_config(data_dir, total_steps=4), resumed)
+  assert metrics["step"] == 4
+  step_a, state_a, data_a = _final(straight)
+  step_b, state_b, data_b = _final(resumed)
+  assert step_a == step_b == 4
+  assert data_a == data_b
+  leaves_a, leaves_b = _leaves(state_a), _leaves(state_b)
+  assert len(leaves_a) == len(leaves_b)
+  for a, b in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_saves_and_the_run_resumes(data_dir, scenes64, tmp_path):
+  workdir = tmp_path / "work"
+  args = [sys.executable, "-m", "sgc_jax.main", "--mode=train",
+          "--config=configs/sgc_scenes.py:size=32", f"--workdir={workdir}",
+          f"--config.data.data_dir={data_dir}", "--config.data.name=sgc_scenes/smoke64",
+          "--config.data.batch_size=8", "--config.data.worker_count=0",
+          "--config.model.ch_mult=(1,2,2)", "--config.model.codebook.num_codes=64",
+          "--config.log_every=1", "--config.checkpoint.every=1000"]
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  process = subprocess.Popen(args + ["--config.total_steps=10000"], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  metrics_file = workdir / "metrics.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline and process.poll() is None:
+    if metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 2:
+      break
+    time.sleep(0.5)
+  assert process.poll() is None, process.stdout.read()[-3000:]
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=120)
+  assert process.returncode == 0, output[-3000:]
+  step, _, _ = _final(str(workdir))
+  assert step >= 2
+  resumed = subprocess.run(args + [f"--config.total_steps={step + 1}"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"resumed from step {step}" in resumed.stderr
+  assert _final(str(workdir))[0] == step + 1
+
+
+def test_non_finite_loss_stops_with_the_term_named(data_dir, scenes64, tmp_path):
+  config = tiny_config(data_dir, total_steps=3)
+  config.optimizer.learning_rate = 1e30
+  config.optimizer.grad_clip = 1e30
+  with pytest.raises(train.NonFiniteLoss, match=r"step \d+: loss term '\w+' is (nan|inf)"):
+    train.train_and_evaluate(config, str(tmp_path / "bad"))
+
+
+def test_a_short_sgc_run_learns_and_uses_its_codebook(data_dir, scenes64, tmp_path):
+  config = tiny_config(data_dir, total_steps=60, log_every=1)
+  config.checkpoint.every = 1000
+  metrics = train.train_and_evaluate(config, str(tmp_path / "learn"))
+  lines = [json.loads(l) for l in open(tmp_path / "learn" / "metrics.jsonl")]
+  first = next(l for l in lines if "loss/reconstruction" in l)
+  print(f"\nreconstruction L1 {first['loss/reconstruction']:.3f} -> "
+        f"{metrics['loss/reconstruction']:.3f}; val PSNR {metrics['val/psnr']:.1f} dB, "
+        f"codebook usage {metrics['val/codebook_usage']:.2f}, "
+        f"token purity {metrics['val/token_purity']:.2f}")
+  assert metrics["loss/reconstruction"] < 0.6 * first["loss/reconstruction"]
+  assert metrics["val/codebook_usage"] >= 0.9
+  assert metrics["val/images"] == 128  # the whole validation split
+  assert os.path.exists(tmp_path / "learn" / "images" / "reconstructions_0000060.png")
