@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, on a fresh machine with Python 3.11 and pip: makes .venv, installs
-# sgc_jax, builds the embedded sgc_scenes data set and writes previews of it.
+# sgc_jax, builds the embedded sgc_scenes data set, previews it, trains SGC-VQGAN
+# on it and evaluates it over the validation split (PNGs under WORKDIR/images).
 # Environment: PYTHON (python3), VENV (.venv), CONFIG (configs/sgc_scenes.py),
 # WORKDIR (workdir/quickstart), DATA_DIR (data). Extra arguments go to every step.
 set -euo pipefail
@@ -22,4 +23,6 @@ step() {
 }
 step data "$@"
 step preview "$@"
-echo "== done: previews in $WORKDIR/preview/"
+step train "$@"
+echo "== done: data previews in $WORKDIR/preview/, reconstructions and semantic"
+echo "   token maps in $WORKDIR/images/, metrics in $WORKDIR/metrics.jsonl"

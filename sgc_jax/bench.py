@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from sgc_jax import platform, sharding
+from sgc_jax import sharding
 from sgc_jax.data import pipeline, sources
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's).")
@@ -128,5 +128,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  platform.configure_xla()
   app.run(main)

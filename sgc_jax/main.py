@@ -19,7 +19,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from sgc_jax import config_lib, platform
+from sgc_jax import config_lib
 
 MODES = ("data", "preview", "train")
 
@@ -112,7 +112,6 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run():
-  platform.configure_xla()
   app.run(main, flags_parser=parse_flags)
 
 

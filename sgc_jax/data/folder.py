@@ -29,7 +29,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
 from sgc_jax.data.sgc_scenes import encode_png
-from sgc_jax.data.sources import IGNORE_LABEL, DataError
+from sgc_jax.data.sources import IGNORE_LABEL, DataError, check_label_range
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -88,11 +88,7 @@ def load_label_map(path: str, image_shape, num_classes: int) -> np.ndarray:
   if array.shape != tuple(image_shape[:2]):
     raise DataError(f"{path}: label map is {array.shape[1]}x{array.shape[0]}, its "
                     f"image is {image_shape[1]}x{image_shape[0]}")
-  labels = np.unique(array)
-  bad = labels[(labels >= num_classes) & (labels != IGNORE_LABEL)]
-  if bad.size:
-    raise DataError(f"{path}: label {int(bad[0])} is out of range for "
-                    f"{num_classes} classes (255 means unlabeled)")
+  check_label_range(array, num_classes, path)
   return array.astype(np.uint8)
 
 

@@ -158,12 +158,15 @@ def check_record(record: Record, num_classes: int, where: str) -> None:
   if segmentation.shape != image.shape[:-1]:
     raise DataError(f"{where}: segmentation {segmentation.shape} does not match "
                     f"image {image.shape[:-1]}")
-  labels = np.unique(segmentation)
+  check_label_range(segmentation, num_classes, where)
+
+
+def check_label_range(label_map: np.ndarray, num_classes: int, where: str) -> None:
+  labels = np.unique(label_map)
   bad = labels[(labels >= num_classes) & (labels != IGNORE_LABEL)]
   if bad.size:
     raise DataError(f"{where}: label {int(bad[0])} is out of range for "
-                    f"{num_classes} classes (and is not the ignore label "
-                    f"{IGNORE_LABEL})")
+                    f"{num_classes} classes ({IGNORE_LABEL} means unlabeled)")
 
 
 @dataclasses.dataclass(frozen=True)
