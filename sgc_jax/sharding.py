@@ -90,7 +90,7 @@ def spec_for(name: str, shape: tuple[int, ...], mesh: Mesh,
 def tree_shardings(tree, mesh: Mesh, rules: Sequence[tuple[str, str]],
                    min_size: int = 2**16):
   """NamedShardings for every leaf of a (shape) tree, by `spec_for`."""
-  return jax.tree_util.tree_map_with_path(
+  return jax.tree.map_with_path(
       lambda path, leaf: NamedSharding(mesh, spec_for(
           _path_name(path), tuple(getattr(leaf, "shape", ())), mesh, rules, min_size)),
       tree)

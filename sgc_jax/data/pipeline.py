@@ -201,11 +201,11 @@ class InputPipeline:
 
   def get_state(self) -> bytes:
     """The position in the data: restoring it replays the same batches."""
+    states = [iterator.get_state() for iterator in self._iterators]
     return json.dumps({
         "shards": list(self._shards),
         "batches_done": self._batches_done,
-        "loaders": [it.get_state().decode() if isinstance(it.get_state(), bytes)
-                    else it.get_state() for it in self._iterators],
+        "loaders": [s.decode() if isinstance(s, bytes) else s for s in states],
     }).encode()
 
   def set_state(self, state: bytes) -> None:
