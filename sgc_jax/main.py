@@ -43,6 +43,9 @@ def validate(config) -> None:
         f"({crop.max_area}) <= 1")
   if not 0 < crop.min_aspect <= crop.max_aspect:
     raise config_lib.ConfigError("config.data.crop: need 0 < min_aspect <= max_aspect")
+  if "model" in config:
+    config_lib.check_choice(config, "model.codebook.mode", ("vq", "ema", "sgc"))
+    config_lib.check_choice(config, "model.codebook.distance", ("l2", "cosine"))
   for axis in ("data", "fsdp", "model"):
     size = config.mesh[axis]
     if size != -1 and size < 1:

@@ -22,6 +22,7 @@ def _main(*args, timeout=300):
     ("--config.data.batch_size=-4", "config.data.batch_size=-4: must be positive"),
     ("--config.mesh.fsdp=0", "config.mesh.fsdp=0: must be >= 1 or -1"),
     ("--config.data.crop.min_area=2.0", "config.data.crop: need 0 < min_area"),
+    ("--config.model.codebook.mode=kmeans", "config.model.codebook.mode='kmeans': must be one of"),
 ])
 def test_bad_config_fields_are_one_line_errors(flag, message):
   result = _main("--config=configs/sgc_scenes.py", flag, "--mode=data", timeout=60)

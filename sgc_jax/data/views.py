@@ -29,9 +29,6 @@ class CropSpec:
   min_overlap: float = 0.3
 
 
-FULL_BOX = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
-
-
 def sample_box(rng: np.random.Generator, spec: CropSpec, height: int,
                width: int) -> Box:
   """A random box of the given area share and aspect ratio, inside the image."""
