@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,26 +24,7 @@ def evaluate(trainer, state, source, config) -> dict[str, float]:
                                num_shards=config.data.num_shards)
   batches = pipeline.InputPipeline(source, spec, trainer.mesh)
   params = state.ema_params if state.ema_params is not None else state.params
-  num_classes = max(mc.codebook.num_classes, 1)
-
-  @jax.jit
-  def batch_totals(params, codebook, batch):
-    variables = {"params": params, "codebook": codebook}
-    x = batch["image"][:, 0]
-    weight = batch["mask"].astype(jnp.float32)
-    indices, classes = trainer.model.apply(variables, x, method=SGCVQGAN.encode)
-    x_hat = trainer.model.apply(variables, indices, method=SGCVQGAN.decode)
-    labels = codebook_lib.token_labels(batch["segmentation"][:, 0], mc.grid, num_classes,
-                                       config.model.codebook.label_threshold)
-    token_weight = jnp.broadcast_to(weight[:, None, None], labels.shape) * (labels >= 0)
-    usage = jnp.zeros(mc.codebook.num_codes).at[indices.reshape(-1)].add(
-        jnp.broadcast_to(weight[:, None, None], indices.shape).reshape(-1))
-    return {"psnr": jnp.sum(losses.psnr(x, x_hat) * weight),
-            "l1": jnp.sum(jnp.abs(x - x_hat).mean((1, 2, 3)) * weight),
-            "images": weight.sum(), "usage": usage,
-            "pure": jnp.sum((classes == labels) * token_weight),
-            "labeled": token_weight.sum()}
-
+  batch_totals = _batch_totals_fn(trainer, config.model.codebook.label_threshold)
   totals = None
   for batch in batches:
     out = batch_totals(params, state.codebook, batch)
@@ -58,3 +41,29 @@ def evaluate(trainer, state, source, config) -> dict[str, float]:
     results["val/token_purity"] = float(totals["pure"] / max(totals["labeled"], 1.0))
   return results
 
+
+@functools.cache
+def _batch_totals_fn(trainer, label_threshold: float):
+  """The jitted per-batch sums of `evaluate`, compiled once per trainer."""
+  mc = trainer.model_config
+  num_classes = max(mc.codebook.num_classes, 1)
+
+  @jax.jit
+  def batch_totals(params, codebook, batch):
+    variables = {"params": params, "codebook": codebook}
+    x = batch["image"][:, 0]
+    weight = batch["mask"].astype(jnp.float32)
+    indices, classes = trainer.model.apply(variables, x, method=SGCVQGAN.encode)
+    x_hat = trainer.model.apply(variables, indices, method=SGCVQGAN.decode)
+    labels = codebook_lib.token_labels(batch["segmentation"][:, 0], mc.grid, num_classes,
+                                       label_threshold)
+    token_weight = jnp.broadcast_to(weight[:, None, None], labels.shape) * (labels >= 0)
+    usage = jnp.zeros(mc.codebook.num_codes).at[indices.reshape(-1)].add(
+        jnp.broadcast_to(weight[:, None, None], indices.shape).reshape(-1))
+    return {"psnr": jnp.sum(losses.psnr(x, x_hat) * weight),
+            "l1": jnp.sum(jnp.abs(x - x_hat).mean((1, 2, 3)) * weight),
+            "images": weight.sum(), "usage": usage,
+            "pure": jnp.sum((classes == labels) * token_weight),
+            "labeled": token_weight.sum()}
+
+  return batch_totals

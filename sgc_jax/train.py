@@ -67,7 +67,7 @@ def _optimizer(config: ml_collections.ConfigDict, learning_rate: float):
                      optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps))
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # hashed by identity: jitted helpers are cached per trainer
 class Trainer:
   """Everything static about a run: modules, optimizers, mesh and shardings."""
   config: ml_collections.ConfigDict
@@ -276,7 +276,9 @@ def host_metrics(metrics) -> dict[str, float]:
 
 
 
+@functools.cache
 def _reconstruct_fn(trainer: Trainer):
+  """The jitted encode -> decode of a trainer's model, compiled once per trainer."""
   model = trainer.model
 
   @jax.jit
