@@ -9,7 +9,6 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 # VGG16 "features" convolutions, grouped by the ReLU after which LPIPS taps.
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -23,14 +22,17 @@ class LPIPS(nn.Module):
 
   @nn.compact
   def __call__(self, x, y):
+    convs = [[nn.Conv(channels, (3, 3), padding=1, name=f"vgg_{s}_{i}")
+              for i, channels in enumerate(stage)] for s, stage in enumerate(VGG16_STAGES)]
+
     def features(image):
       h = (image - _SHIFT) / _SCALE
       taps = []
-      for s, stage in enumerate(VGG16_STAGES):
+      for s, stage in enumerate(convs):
         if s:
           h = nn.max_pool(h, (2, 2), (2, 2))
-        for i, channels in enumerate(stage):
-          h = nn.relu(nn.Conv(channels, (3, 3), padding=1, name=f"vgg_{s}_{i}")(h))
+        for conv in stage:
+          h = nn.relu(conv(h))
         taps.append(h)
       return taps
 
@@ -44,7 +46,6 @@ class LPIPS(nn.Module):
 
 
 def load_params(path: str) -> dict:
-  """LPIPS parameters from an .npz with flattened 'a/b/c' keys."""
-  with np.load(path) as data:
-    flat = {tuple(k.split("/")): np.asarray(v) for k, v in data.items()}
-  return traverse_util.unflatten_dict(flat)
+  """LPIPS parameters from the .npz that `sgc_jax.convert.lpips` writes."""
+  from sgc_jax.convert import torch_file
+  return torch_file.load_tree(path)
