@@ -44,5 +44,7 @@ setuptools.setup(
     entry_points={"console_scripts": [
         "sgc-jax=sgc_jax.main:run",
         "sgc-prepare-folder=sgc_jax.data.folder:run",
+        "sgc-tokenize=sgc_jax.tokenizer_cli:tokenize_main",
+        "sgc-detokenize=sgc_jax.tokenizer_cli:detokenize_main",
     ]},
 )

@@ -39,6 +39,9 @@ def get_config(arg=None):
   config.log_every = 10
   config.eval_every = 1000  # and at the end: over the whole validation split
   config.ema_decay = 0.0  # > 0: keep an EMA of the generator's parameters
+  # A taming-transformers VQGAN .ckpt (or its converted .npz) to start the
+  # generator from; needs quantizer=vq and the same architecture.
+  config.init_from = config_dict.placeholder(str)
 
   config.model = ml_collections.ConfigDict(dict(
       resolution=arg.size, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
@@ -66,6 +69,13 @@ def get_config(arg=None):
       rules=((".*codebook.*", "replicate"), (".*kernel", "fsdp"),
              (".*embedding", "fsdp")),
       min_size=2**16))
+  # --mode=eval: LPIPS and rFID need local weight files (converted by
+  # sgc_jax.convert.lpips / .inception); without them they are reported absent.
+  config.eval = ml_collections.ConfigDict(dict(
+      lpips_weights=config_dict.placeholder(str),  # None: config.loss.lpips_weights
+      inception_weights=config_dict.placeholder(str),
+      probe_images=2000,  # training images whose tokens train the linear probe
+      probe_steps=500, num_examples=8))
   config.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3))
   config.preview = ml_collections.ConfigDict(dict(num_examples=8, every=60))
   return config

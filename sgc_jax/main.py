@@ -1,12 +1,14 @@
 """The one entry point of sgc_jax.
 
     python -m sgc_jax.main --config=configs/NAME.py[:args] --workdir=DIR \
-        --mode=data|preview [--config.a.b=value ...]
+        --mode=data|preview|train|eval|export [--config.a.b=value ...]
 
 Modes:
   data     build (or check) the data set of the config and print its summary
   preview  write PNGs of data examples and of training views to WORKDIR/preview
   train    train (resuming from WORKDIR's checkpoints)
+  eval     every metric of WORKDIR's latest checkpoint -> WORKDIR/eval/
+  export   WORKDIR's latest checkpoint -> an inference bundle in WORKDIR/bundle
 The config is validated before anything is built or compiled; a bad field is a
 one-line error that names it.
 """
@@ -21,7 +23,7 @@ from ml_collections import config_flags
 
 from sgc_jax import config_lib
 
-MODES = ("data", "preview", "train")
+MODES = ("data", "preview", "train", "eval", "export")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, with :args.",
                                           lock_config=True)
@@ -76,19 +78,34 @@ def main(argv):
   elif _MODE.value == "preview":
     for path in preview.write_previews(config, dataset, _WORKDIR.value):
       print(f"wrote {path}")
-  elif _MODE.value == "train":
+  else:
     from sgc_jax import train
+    from sgc_jax.convert import torch_file
     try:
       train.model_config(config, dataset.num_classes)
     except ValueError as error:
       sys.exit(f"config error: {error}")
     try:
-      metrics = train.train_and_evaluate(config, _WORKDIR.value)
+      run_mode(_MODE.value, config, _WORKDIR.value)
     except config_lib.ConfigError as error:
       sys.exit(f"config error: {error}")
-    except train.NonFiniteLoss as error:
+    except (FileNotFoundError, torch_file.WeightFileError, train.NonFiniteLoss) as error:
       sys.exit(f"error: {error}")
+
+
+def run_mode(mode: str, config, workdir: str) -> None:
+  from sgc_jax import train
+  if mode == "train":
+    metrics = train.train_and_evaluate(config, workdir)
     print("final: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+  elif mode == "eval":
+    from sgc_jax import eval_checkpoint
+    results = eval_checkpoint.evaluate_checkpoint(config, workdir)
+    print(eval_checkpoint.markdown(results))
+    print(f"wrote {workdir}/eval/eval.json, eval.md and PNGs")
+  elif mode == "export":
+    from sgc_jax import export
+    print(f"wrote the inference bundle {export.export_checkpoint(config, workdir)}")
 
 
 def _config_error_message(error: Exception, argv: list[str]) -> str:

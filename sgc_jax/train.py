@@ -76,6 +76,11 @@ class Trainer:
   class_frequency: np.ndarray
   lpips_params: Any = None
 
+  @property
+  def num_classes(self) -> int:
+    """Classes of the data set (the codebook has 1 in vq / ema mode)."""
+    return len(self.class_frequency)
+
   def __post_init__(self):
     c = self.config
     self.model = SGCVQGAN(self.model_config, token_groups=sharding.batch_shards(self.mesh))
@@ -277,7 +282,7 @@ def host_metrics(metrics) -> dict[str, float]:
 
 
 @functools.cache
-def _reconstruct_fn(trainer: Trainer):
+def reconstruct_fn(trainer: Trainer):
   """The jitted encode -> decode of a trainer's model, compiled once per trainer."""
   model = trainer.model
 
@@ -293,7 +298,7 @@ def _reconstruct_fn(trainer: Trainer):
 def _preview(trainer, state, writer, workdir, step, dataset, records):
   params = state.ema_params if state.ema_params is not None else state.params
   images = np.stack([r["image"][0] for r in records])
-  reconstructions, _, classes = _reconstruct_fn(trainer)(
+  reconstructions, _, classes = reconstruct_fn(trainer)(
       params, state.codebook, jnp.asarray(images))
   num_classes = dataset.num_classes
   token_classes = np.asarray(classes) if trainer.model_config.codebook.mode == "sgc" else \
@@ -304,23 +309,52 @@ def _preview(trainer, state, writer, workdir, step, dataset, records):
   return writer.image(step, "reconstructions", grid, workdir)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from `workdir` if it holds checkpoints); returns last metrics."""
-  dataset = sources.open_dataset(config.data.name, config.data.data_dir)
+def build_trainer(config: ml_collections.ConfigDict, dataset) -> Trainer:
+  """The trainer of a config on a data set: mesh, model config, class
+  frequencies (for the codebook's allocation) and the LPIPS weights."""
   mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
-  train_source = dataset.split(config.data.train_split)
   mc = model_config(config, dataset.num_classes)
   if mc.resolution != config.data.image_size:
     raise ValueError(f"config.model.resolution={mc.resolution} differs from "
                      f"config.data.image_size={config.data.image_size}")
-  frequency = class_frequency(train_source, dataset.num_classes)
+  frequency = class_frequency(dataset.split(config.data.train_split), dataset.num_classes)
   logging.info("class frequencies: %s", dict(zip(dataset.class_names, frequency.round(4))))
   lpips_params = None
   if config.loss.lpips_weights:
     lpips_params = lpips_lib.load_params(config.loss.lpips_weights)
   else:
     logging.warning("perceptual loss OFF: no config.loss.lpips_weights file given")
-  trainer = Trainer(config, mc, mesh, frequency, lpips_params)
+  return Trainer(config, mc, mesh, frequency, lpips_params)
+
+
+def restore_state(trainer: Trainer, mgr, step: int):
+  """The train state of checkpoint `step`, placed by the trainer's shardings,
+  and the data position."""
+  abstract = checkpoint.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
+  return checkpoint.restore(mgr, step, abstract)
+
+
+def initial_state(trainer: Trainer) -> TrainState:
+  """A fresh state; with `config.init_from`, the generator starts from imported
+  taming-transformers VQGAN weights (.ckpt, or the .npz the converter writes)."""
+  state = trainer.create_train_state(trainer.config.seed)
+  if trainer.config.init_from:
+    from sgc_jax.convert import taming
+    params = taming.load(trainer.config.init_from, trainer.model_config)
+    params = jax.device_put(params, trainer.state_shardings.params)
+    state = state.replace(params=params, opt_state=jax.jit(
+        trainer.tx.init, out_shardings=trainer.state_shardings.opt_state)(params),
+        ema_params=params if state.ema_params is not None else None)
+    logging.info("generator initialised from %s", trainer.config.init_from)
+  return state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from `workdir` if it holds checkpoints); returns last metrics."""
+  dataset = sources.open_dataset(config.data.name, config.data.data_dir)
+  trainer = build_trainer(config, dataset)
+  mesh = trainer.mesh
+  train_source = dataset.split(config.data.train_split)
   spec = pipeline.PipelineSpec(
       split=config.data.train_split, global_batch_size=config.data.batch_size,
       image_size=config.data.image_size, train=True, num_views=config.data.num_views,
@@ -330,13 +364,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mgr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.keep)
   latest = mgr.latest_step()
   if latest is not None:
-    abstract = checkpoint.abstract_with_shardings(trainer.abstract_state,
-                                                  trainer.state_shardings)
-    state, data_state = checkpoint.restore(mgr, latest, abstract)
+    state, data_state = restore_state(trainer, mgr, latest)
     batches.set_state(data_state)
     logging.info("resumed from step %d", latest)
   else:
-    state = trainer.create_train_state(config.seed)
+    state = initial_state(trainer)
   step = int(state.step)
   preview_source = dataset.split(config.data.eval_split)
   eval_views = pipeline.MakeViews(config.data.image_size, 1, None)
@@ -371,7 +403,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step % config.preview.every == 0 or step == config.total_steps:
         _preview(trainer, state, writer, workdir, step, dataset, preview_records)
       if step % config.eval_every == 0 or step == config.total_steps:
-        eval_metrics = evaluate.evaluate(trainer, state, preview_source, config)
+        evaluation = evaluate.evaluate(trainer, state, dataset, config)
+        eval_metrics = {f"val/{k}": v for k, v in evaluation.metrics.items() if v is not None}
         writer.scalars(step, eval_metrics)
         logging.info("step %d: %s", step, eval_metrics)
         metrics.update(eval_metrics)

@@ -66,3 +66,37 @@ def legend(class_names: Sequence[str], width: int, row_height: int = 14) -> np.n
 
 def save_png(array: np.ndarray, path: str) -> None:
   PIL.Image.fromarray(array).save(path)
+
+
+def usage_histogram(usage: np.ndarray, code_class: np.ndarray, num_classes: int,
+                    height: int = 200, bar_width: int = 2) -> np.ndarray:
+  """Tokens per code, codes sorted by use, bars coloured by the code's class;
+  log scale, so that rarely used codes stay visible."""
+  order = np.argsort(-usage, kind="stable")
+  values = np.log1p(np.asarray(usage, np.float64)[order])
+  values = values / max(values.max(), 1e-12)
+  palette = class_palette(num_classes)
+  colours = palette[np.where(code_class[order] < num_classes, code_class[order], num_classes)]
+  max_width = 1024
+  step = max(1, int(np.ceil(len(order) * bar_width / max_width)))
+  bars = range(0, len(order), step)
+  image = np.full((height, len(bars) * bar_width, 3), 255, np.uint8)
+  for n, start in enumerate(bars):
+    bar = int(round(values[start] * (height - 1)))
+    image[height - bar:, n * bar_width:(n + 1) * bar_width] = colours[start]
+  return image
+
+
+def scatter(points: np.ndarray, classes: np.ndarray, num_classes: int,
+            size: int = 400, radius: int = 3) -> np.ndarray:
+  """A 2-D scatter plot of points coloured by class."""
+  points = np.asarray(points, np.float64)
+  low, high = points.min(0), points.max(0)
+  scaled = (points - low) / np.maximum(high - low, 1e-12) * (size - 4 * radius) + 2 * radius
+  palette = class_palette(num_classes)
+  image = PIL.Image.new("RGB", (size, size), "white")
+  draw = PIL.ImageDraw.Draw(image)
+  for (x, y), k in zip(scaled, classes):
+    colour = tuple(int(c) for c in palette[k if 0 <= k < num_classes else num_classes])
+    draw.ellipse([x - radius, size - y - radius, x + radius, size - y + radius], fill=colour)
+  return np.asarray(image)

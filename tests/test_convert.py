@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import torch_reference as ref
+from sgc_jax import tree_io
 from sgc_jax.convert import inception as inception_convert
 from sgc_jax.convert import lpips as lpips_convert
 from sgc_jax.convert import taming, torch_file
@@ -168,7 +169,7 @@ def test_inception_import_layer_by_layer(tmp_path):
   sd = ref.inception_state_dict()
   params = inception_convert.convert(sd)
   path = str(tmp_path / "inception.npz")
-  torch_file.save_tree(params, path)
+  tree_io.save(params, path)
   reloaded = inception_convert.load(path)
   np.testing.assert_array_equal(reloaded["Mixed_7c"]["branch_pool"]["conv"]["kernel"],
                                 params["Mixed_7c"]["branch_pool"]["conv"]["kernel"])

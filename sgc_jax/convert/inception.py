@@ -11,6 +11,7 @@ import argparse
 import jax
 import numpy as np
 
+from sgc_jax import tree_io
 from sgc_jax.convert import torch_file
 from sgc_jax.models import inception
 
@@ -57,7 +58,7 @@ def convert(state_dict: dict[str, np.ndarray], source: str = "state dict") -> di
 def load(path: str) -> dict:
   """InceptionV3 parameters from pytorch-fid's .pth or from this module's .npz."""
   if path.endswith(".npz"):
-    return torch_file.load_tree(path)
+    return tree_io.load(path)
   return convert(torch_file.load_state_dict(path), path)
 
 
@@ -66,7 +67,7 @@ def main(argv=None):
   parser.add_argument("weights")
   parser.add_argument("--out", required=True)
   args = parser.parse_args(argv)
-  torch_file.save_tree(load(args.weights), args.out)
+  tree_io.save(load(args.weights), args.out)
   print(f"wrote {args.out}")
 
 

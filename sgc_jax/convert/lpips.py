@@ -12,6 +12,7 @@ import argparse
 
 import numpy as np
 
+from sgc_jax import tree_io
 from sgc_jax.convert import torch_file
 from sgc_jax.models.lpips import VGG16_STAGES
 
@@ -48,7 +49,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   params = convert(torch_file.load_state_dict(args.vgg), torch_file.load_state_dict(args.heads),
                    args.vgg, args.heads)
-  torch_file.save_tree(params, args.out)
+  tree_io.save(params, args.out)
   print(f"wrote {args.out}")
 
 

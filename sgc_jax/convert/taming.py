@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from sgc_jax import tree_io
 from sgc_jax.convert import torch_file
 from sgc_jax.models.codebook import CodebookConfig
 from sgc_jax.models.vqgan import SGCVQGAN, ModelConfig
@@ -104,7 +105,7 @@ def convert(state_dict: dict[str, np.ndarray], model_config: ModelConfig,
 def load(path: str, model_config: ModelConfig) -> dict:
   """Parameters from a taming .ckpt or from the .npz `main` writes."""
   if path.endswith(".npz"):
-    return torch_file.load_tree(path)
+    return tree_io.load(path)
   return convert(torch_file.load_state_dict(path), model_config, path)
 
 
@@ -128,7 +129,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   state_dict = torch_file.load_state_dict(args.checkpoint)
   model_config = infer_model_config(state_dict, args.resolution)
-  torch_file.save_tree(convert(state_dict, model_config, args.checkpoint), args.out)
+  tree_io.save(convert(state_dict, model_config, args.checkpoint), args.out)
   print(f"wrote {args.out}; train from it with:")
   print("  " + " \\\n    ".join(config_overrides(model_config) +
                               [f"--config.init_from={args.out}"]))

@@ -15,7 +15,6 @@ import pickle
 import zipfile
 
 import numpy as np
-from flax import traverse_util
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
@@ -145,14 +144,3 @@ def conv_kernel(weight: np.ndarray) -> np.ndarray:
   """PyTorch OIHW convolution weight -> Flax HWIO kernel."""
   return np.ascontiguousarray(np.transpose(weight, (2, 3, 1, 0)))
 
-
-def save_tree(params: dict, path: str) -> None:
-  """A parameter tree as an .npz with flattened 'a/b/c' keys."""
-  flat = traverse_util.flatten_dict(params, sep="/")
-  np.savez(path, **{k: np.asarray(v) for k, v in flat.items()})
-
-
-def load_tree(path: str) -> dict:
-  """The parameter tree `save_tree` wrote."""
-  return traverse_util.unflatten_dict(
-      {tuple(k.split("/")): v for k, v in load_state_dict(path).items()})

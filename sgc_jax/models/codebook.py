@@ -390,6 +390,16 @@ class Codebook(nn.Module):
   def lookup(self, indices: jax.Array) -> jax.Array:
     return jnp.take(self.codes(), indices, axis=0)
 
+  def nearest(self, z: jax.Array) -> jax.Array:
+    """Inference: the nearest code of every token z [..., D] over all K codes.
+
+    No chunking: [..., K] distances (one image's at a time is small), and no
+    shape arithmetic, so that it exports with a symbolic batch dimension.
+    """
+    c = self.config
+    z = prepare_tokens(z.astype(jnp.float32), c)
+    return jnp.argmin(squared_distances(z, self.codes(), _weights(c)), -1).astype(jnp.int32)
+
   def code_classes(self, indices: jax.Array) -> jax.Array:
     return jnp.take(self.code_class.value, indices, axis=0)
 

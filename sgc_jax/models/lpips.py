@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from sgc_jax import tree_io
+
 # VGG16 "features" convolutions, grouped by the ReLU after which LPIPS taps.
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 # ImageNet statistics in [-1, 1] units, as the reference's ScalingLayer.
@@ -47,5 +49,4 @@ class LPIPS(nn.Module):
 
 def load_params(path: str) -> dict:
   """LPIPS parameters from the .npz that `sgc_jax.convert.lpips` writes."""
-  from sgc_jax.convert import torch_file
-  return torch_file.load_tree(path)
+  return tree_io.load(path)

@@ -266,8 +266,7 @@ class SGCVQGAN(nn.Module):
 
   def encode(self, images):
     """Inference, no mask: nearest code over all K -> indices and their classes."""
-    z = self.tokens(images)
-    _, indices, _, _ = self.quantize(z)
+    indices = self.codebook.nearest(self.tokens(images))
     return indices, self.codebook.code_classes(indices)
 
   def decode(self, indices):

@@ -1,0 +1,106 @@
+"""`--mode=eval`: every metric of a trained checkpoint over the validation split,
+written as WORKDIR/eval/eval.json, eval.md and PNGs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from sgc_jax import checkpoint, evaluate, report, train, viz
+from sgc_jax.data import pipeline, sources
+
+# Rows of the markdown table: key, label, format.
+TABLE = (("psnr", "PSNR (dB)", ".2f"), ("ssim", "SSIM", ".3f"), ("l1", "L1", ".4f"),
+         ("lpips", "LPIPS", ".4f"), ("rfid", "rFID", ".2f"),
+         ("codebook_usage", "codebook usage", ".3f"), ("perplexity", "perplexity", ".1f"),
+         ("normalized_entropy", "usage entropy / log K", ".3f"),
+         ("top10_share", "tokens on top-10 % codes", ".3f"),
+         ("token_purity", "token purity (allocated class)", ".3f"),
+         ("code_purity", "token purity (code's majority class)", ".3f"),
+         ("zero_shot_miou", "zero-shot mIoU", ".3f"),
+         ("hungarian_miou", "Hungarian mIoU", ".3f"), ("probe_miou", "linear-probe mIoU", ".3f"))
+
+
+def format_value(value, spec: str) -> str:
+  return "absent" if value is None else format(value, spec)
+
+
+def markdown(results: dict) -> str:
+  lines = ["| metric | value |", "|---|---:|"]
+  lines += [f"| {label} | {format_value(results.get(key), spec)} |" for key, label, spec in TABLE]
+  return "\n".join(lines) + "\n"
+
+
+def load_perceptual(config) -> evaluate.PerceptualModels:
+  from sgc_jax.convert import inception as inception_convert
+  from sgc_jax.models import lpips as lpips_lib
+  lpips_path = config.eval.lpips_weights or config.loss.lpips_weights
+  lpips_params = lpips_lib.load_params(lpips_path) if lpips_path else None
+  inception_params = (inception_convert.load(config.eval.inception_weights)
+                      if config.eval.inception_weights else None)
+  for name, value in (("LPIPS", lpips_params), ("rFID", inception_params)):
+    if value is None:
+      logging.warning("%s absent: no weight file in the config (config.eval.*_weights)", name)
+  return evaluate.PerceptualModels(lpips_params, inception_params)
+
+
+def write_images(trainer, state, dataset, config, evaluation, directory: str) -> list[str]:
+  num_classes = trainer.num_classes
+  source = dataset.split(config.data.eval_split)
+  make = pipeline.MakeViews(config.data.image_size, 1, None)
+  records = [make.random_map(source[i], np.random.default_rng(0))
+             for i in range(min(config.eval.num_examples, len(source)))]
+  images = np.stack([r["image"][0] for r in records])
+  reconstructions, indices, _ = train.reconstruct_fn(trainer)(
+      evaluate.eval_params(state), state.codebook, images)
+  semantic = evaluation.code_class[np.asarray(indices)]
+  pictures = {
+      "reconstructions": report.reconstruction_grid(
+          images, np.asarray(reconstructions), np.stack([r["segmentation"][0] for r in records]),
+          semantic, num_classes, dataset.class_names),
+      "codebook_usage": viz.usage_histogram(evaluation.usage, evaluation.code_class,
+                                            num_classes),
+      "codes_pca": viz.scatter(_pca(evaluation.codes), evaluation.code_class, num_classes),
+  }
+  paths = []
+  for name, picture in pictures.items():
+    path = os.path.join(directory, f"{name}.png")
+    viz.save_png(picture, path)
+    paths.append(path)
+  return paths
+
+
+def _pca(points: np.ndarray) -> np.ndarray:
+  centred = points - points.mean(0)
+  _, _, vt = np.linalg.svd(centred, full_matrices=False)
+  return centred @ vt[:2].T
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+  """Restores WORKDIR's latest checkpoint, evaluates it, writes the results."""
+  dataset = sources.open_dataset(config.data.name, config.data.data_dir)
+  trainer = train.build_trainer(config, dataset)
+  mgr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.keep)
+  step = mgr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
+  state, _ = train.restore_state(trainer, mgr, step)
+  mgr.close()
+  evaluation = evaluate.evaluate(trainer, state, dataset, config, probe=True,
+                                 perceptual=load_perceptual(config))
+  results = {"step": step, "quantizer": config.model.codebook.mode, **evaluation.metrics}
+  directory = os.path.join(workdir, "eval")
+  if jax.process_index() == 0:
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "eval.json"), "w") as f:
+      json.dump(results, f, indent=1)
+    with open(os.path.join(directory, "eval.md"), "w") as f:
+      f.write(f"Step {step}, quantizer {results['quantizer']}, "
+              f"{int(results['images'])} images of {config.data.name}:"
+              f"{config.data.eval_split}\n\n" + markdown(results))
+    write_images(trainer, state, dataset, config, evaluation, directory)
+  return results

@@ -1,0 +1,106 @@
+"""Export to an inference bundle, the bundle without the model code, the CLIs."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from sgc_jax import export, inference, tokenizer_cli, train
+from test_train import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def bundle(data_dir, scenes64, tmp_path_factory):
+  config = tiny_config(data_dir)
+  trainer = train.build_trainer(config, scenes64)
+  state = trainer.create_train_state(0)
+  directory = str(tmp_path_factory.mktemp("bundle"))
+  export.write_bundle(directory, trainer.model_config,
+                      {"params": state.params, "codebook": state.codebook},
+                      scenes64.class_names, {"step": 0})
+  return directory
+
+
+def test_bundle_runs_without_the_model_code_and_matches_it(bundle, tmp_path):
+  images = np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
+  np.save(tmp_path / "images.npy", images)
+  script = f"""
+import sys
+import numpy as np
+from sgc_jax import inference
+tokenizer = inference.load({bundle!r})
+images = np.load({str(tmp_path / "images.npy")!r})
+indices, semantic = tokenizer.encode(images)
+one, _ = tokenizer.encode(images[:1])  # the batch dimension is symbolic
+assert (one == indices[:1]).all()
+np.savez({str(tmp_path / "out.npz")!r}, indices=indices, semantic=semantic,
+         decoded=tokenizer.decode(indices))
+loaded = sorted(m for m in sys.modules if m.startswith(("sgc_jax", "flax", "optax", "orbax")))
+assert loaded == ["sgc_jax", "sgc_jax.inference", "sgc_jax.tree_io"], loaded
+"""
+  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  exported = np.load(tmp_path / "out.npz")
+  model = inference.load(bundle, use_model_code=True)
+  indices, semantic = model.encode(images)
+  np.testing.assert_array_equal(exported["indices"], indices)
+  np.testing.assert_array_equal(exported["semantic"], semantic)
+  assert indices.shape == (3, 8, 8) and 0 <= indices.min() and indices.max() < 64
+  np.testing.assert_allclose(exported["decoded"], model.decode(indices), atol=1e-5)
+  assert exported["decoded"].shape == (3, 32, 32, 3)
+
+
+def test_bundle_errors(bundle, tmp_path):
+  with pytest.raises(inference.BundleError, match="not an sgc_jax bundle"):
+    inference.load(str(tmp_path))
+  tokenizer = inference.load(bundle)
+  with pytest.raises(inference.BundleError, match=r"this bundle encodes \[N, 32, 32, 3\]"):
+    tokenizer.encode(np.zeros((1, 64, 64, 3)))
+  with pytest.raises(inference.BundleError, match="has 64 codes"):
+    tokenizer.decode(np.full((1, 8, 8), 64))
+
+
+def test_tokenize_and_detokenize_cli(bundle, tmp_path):
+  images_dir = tmp_path / "images"
+  images_dir.mkdir()
+  rng = np.random.default_rng(0)
+  for name, size in (("a.png", (40, 30)), ("b.jpg", (32, 32)), ("c.png", (17, 50))):
+    PIL.Image.fromarray(rng.integers(0, 255, size + (3,), dtype=np.uint8)).save(images_dir / name)
+  (images_dir / "broken.png").write_bytes(b"not a png")
+
+  def cli(*args):
+    return subprocess.run([sys.executable, "-c",
+                           "import sys; from sgc_jax import tokenizer_cli; "
+                           f"tokenizer_cli.{args[0]}(sys.argv[1:])", *args[1:]],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+  result = cli("tokenize_main", str(images_dir), "--bundle", bundle, "--out", str(tmp_path / "t"))
+  assert result.returncode != 0
+  assert result.stderr.strip().endswith(f"error: {images_dir / 'broken.png'}: not a readable "
+                                        "image (cannot identify image file "
+                                        f"'{images_dir / 'broken.png'}')")
+  os.remove(images_dir / "broken.png")
+  tokens = tmp_path / "tokens"
+  assert tokenizer_cli.tokenize(str(images_dir), bundle, str(tokens), batch_size=2) == 3
+  assert sorted(os.listdir(tokens)) == ["a.npz", "a_semantic.png", "b.npz", "b_semantic.png",
+                                        "c.npz", "c_semantic.png"]
+  assert np.load(tokens / "a.npz")["indices"].shape == (8, 8)
+  assert np.asarray(PIL.Image.open(tokens / "a_semantic.png")).shape == (32, 32, 3)
+  # The CLI's tokens are the tokenizer's tokens of the resized, cropped image.
+  direct, _ = inference.load(bundle).encode(
+      tokenizer_cli.read_image(str(images_dir / "c.png"), 32)[None])
+  np.testing.assert_array_equal(np.load(tokens / "c.npz")["indices"], direct[0])
+
+  out = tmp_path / "decoded"
+  assert tokenizer_cli.detokenize(str(tokens), bundle, str(out)) == 3
+  assert np.asarray(PIL.Image.open(out / "b.png")).shape == (32, 32, 3)
+  np.savez(tokens / "d.npz", indices=np.zeros((4, 4), np.int32))
+  result = cli("detokenize_main", str(tokens), "--bundle", bundle, "--out", str(out))
+  assert result.returncode != 0
+  assert f"error: {tokens / 'd.npz'}: token grid (4, 4), the bundle decodes (8, 8)" in result.stderr
