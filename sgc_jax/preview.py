@@ -31,9 +31,11 @@ def _instance_colours(instances: np.ndarray) -> np.ndarray:
 
 
 def write_previews(config, dataset: sources.Dataset, workdir: str) -> list[str]:
-  """data.png: image | classes | instances; views.png: the training views."""
+  """data.png: image | classes | instances; views.png: the training views;
+  examples/NNNN.png: the example images themselves (to try sgc-tokenize on)."""
   out_dir = os.path.join(workdir, "preview")
-  os.makedirs(out_dir, exist_ok=True)
+  examples_dir = os.path.join(out_dir, "examples")
+  os.makedirs(examples_dir, exist_ok=True)
   source = dataset.split(config.data.eval_split)
   count = min(config.preview.num_examples, len(source))
   size = config.data.image_size
@@ -44,6 +46,7 @@ def write_previews(config, dataset: sources.Dataset, workdir: str) -> list[str]:
     frames = record["image"] if dataset.num_frames else record["image"][None]
     labels = record["segmentation"] if dataset.num_frames else record["segmentation"][None]
     instances = record["instances"] if dataset.num_frames else record["instances"][None]
+    viz.save_png(frames[0], os.path.join(examples_dir, f"{index:04d}.png"))
     row = []
     for frame in range(len(frames)):
       one = {"image": frames[frame], "segmentation": labels[frame],
@@ -65,4 +68,4 @@ def write_previews(config, dataset: sources.Dataset, workdir: str) -> list[str]:
                 [viz.colour_classes(s, dataset.num_classes) for s in example["segmentation"]])
   views_path = os.path.join(out_dir, "views.png")
   viz.save_png(_with_legend(viz.grid(rows), dataset.class_names), views_path)
-  return [data_path, views_path]
+  return [data_path, views_path, examples_dir]

@@ -9,11 +9,12 @@ import time
 
 import jax
 import numpy as np
+import PIL.Image
 import orbax.checkpoint as ocp
 import pytest
 
 from configs import sgc_scenes
-from sgc_jax import sharding, train
+from sgc_jax import eval_checkpoint, export, sharding, train
 from sgc_jax.data import pipeline, sources, views
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -166,3 +167,24 @@ def test_a_short_sgc_run_learns_and_uses_its_codebook(data_dir, scenes64, tmp_pa
   assert metrics["val/codebook_usage"] >= 0.9
   assert metrics["val/images"] == 128  # the whole validation split
   assert os.path.exists(tmp_path / "learn" / "images" / "reconstructions_0000060.png")
+
+  # --mode=eval on the checkpoint: the same reconstruction numbers as the
+  # trainer's final evaluation, every metric in range, absent ones absent.
+  results = eval_checkpoint.evaluate_checkpoint(config, str(tmp_path / "learn"))
+  print(eval_checkpoint.markdown(results))
+  assert results["step"] == 60 and results["images"] == 128
+  assert results["psnr"] == pytest.approx(metrics["val/psnr"], abs=1e-4)
+  assert results["token_purity"] == pytest.approx(metrics["val/token_purity"], abs=1e-6)
+  assert results["lpips"] is None and results["rfid"] is None
+  for key in ("ssim", "codebook_usage", "normalized_entropy", "top10_share", "token_purity",
+              "code_purity", "zero_shot_miou", "hungarian_miou", "probe_miou"):
+    assert 0 < results[key] <= 1, key
+  # Purity by the code's own majority class is at least purity by its allocated class.
+  assert results["code_purity"] >= results["token_purity"]
+  eval_dir = tmp_path / "learn" / "eval"
+  assert json.load(open(eval_dir / "eval.json"))["hungarian_miou"] == results["hungarian_miou"]
+  assert "| LPIPS | absent |" in open(eval_dir / "eval.md").read()
+  for name in ("reconstructions", "codebook_usage", "codes_pca"):
+    assert min(PIL.Image.open(eval_dir / f"{name}.png").size) >= 64, name
+  bundle = export.export_checkpoint(config, str(tmp_path / "learn"))
+  assert json.load(open(os.path.join(bundle, "model.json")))["step"] == 60

@@ -1,0 +1,68 @@
+"""The quality table: eval.json of several runs side by side, into the README.
+
+    python -m sgc_jax.compare workdir/compare/{vq,ema,sgc} --readme README.md
+
+replaces the text between the README's `<!-- quality-table -->` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from sgc_jax.eval_checkpoint import TABLE, format_value
+
+BEGIN, END = "<!-- quality-table -->", "<!-- /quality-table -->"
+
+
+def table(runs: dict[str, dict]) -> str:
+  names = list(runs)
+  lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+  for key, label, spec in TABLE:
+    lines.append(f"| {label} | " + " | ".join(format_value(runs[n].get(key), spec)
+                                              for n in names) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def read_runs(workdirs: list[str]) -> dict[str, dict]:
+  runs = {}
+  for workdir in workdirs:
+    path = os.path.join(workdir, "eval", "eval.json")
+    if not os.path.isfile(path):
+      raise SystemExit(f"error: {path} missing: run --mode=eval on {workdir} first")
+    with open(path) as f:
+      results = json.load(f)
+    runs[results.get("quantizer", os.path.basename(workdir))] = results
+  return runs
+
+
+def replace_between_markers(text: str, body: str) -> str:
+  if BEGIN not in text or END not in text:
+    raise SystemExit(f"error: the README has no {BEGIN} ... {END} markers")
+  head, rest = text.split(BEGIN, 1)
+  _, tail = rest.split(END, 1)
+  return f"{head}{BEGIN}\n{body}{END}{tail}"
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("workdirs", nargs="+")
+  parser.add_argument("--readme", help="write the table into this file's markers")
+  args = parser.parse_args(argv)
+  runs = read_runs(args.workdirs)
+  steps = sorted({r["step"] for r in runs.values()})
+  images = sorted({int(r["images"]) for r in runs.values()})
+  body = (f"Step {'/'.join(map(str, steps))}, {'/'.join(map(str, images))} validation "
+          "images each.\n\n" + table(runs))
+  print(body)
+  if args.readme:
+    with open(args.readme) as f:
+      text = f.read()
+    with open(args.readme, "w") as f:
+      f.write(replace_between_markers(text, body))
+    print(f"wrote the table into {args.readme}")
+
+
+if __name__ == "__main__":
+  main()
