@@ -6,7 +6,11 @@ import json
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from sgc_jax.data import pipeline
 
 
 def manager(workdir: str, save_every: int, keep: int) -> ocp.CheckpointManager:
@@ -17,20 +21,43 @@ def manager(workdir: str, save_every: int, keep: int) -> ocp.CheckpointManager:
           enable_async_checkpointing=True, create=True))
 
 
+def gather_strings(text: str) -> list[str]:
+  """Every process's `text`, in process order (a collective: all must call it)."""
+  if jax.process_count() == 1:
+    return [text]
+  data = np.frombuffer(text.encode(), np.uint8)
+  lengths = multihost_utils.process_allgather(np.array([len(data)], np.int32))
+  padded = np.zeros(int(lengths.max()), np.uint8)
+  padded[:len(data)] = data
+  everyone = multihost_utils.process_allgather(padded)
+  return [bytes(row[:n]).decode() for row, n in zip(everyone, lengths.ravel())]
+
+
 def save(mgr: ocp.CheckpointManager, step: int, state, data_state: bytes, config,
          force: bool = False) -> bool:
+  """Saves if the manager's policy (or `force`) says so; every process calls it.
+
+  The data position of every process's shards is gathered, so that a run with
+  another number of processes (same data.num_shards) can restore it.
+  """
+  if not (force or mgr.should_save(step)):
+    return False
+  merged = pipeline.merge_states([s.encode() for s in gather_strings(data_state.decode())])
   return mgr.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
-      data=ocp.args.JsonSave({"process_0": data_state.decode()}),
+      data=ocp.args.JsonSave(json.loads(merged)),
       config=ocp.args.JsonSave(json.loads(config.to_json()))), force=force)
 
 
-def restore(mgr: ocp.CheckpointManager, step: int, abstract_state):
-  """The state (placed as `abstract_state`'s shardings) and the data position."""
-  restored = mgr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data=ocp.args.JsonRestore()))
-  return restored["state"], restored["data"]["process_0"].encode()
+def restore(mgr: ocp.CheckpointManager, step: int, abstract_state, with_data: bool = True):
+  """The state (placed as `abstract_state`'s shardings, whatever the mesh it
+  was saved from) and the data position of every shard (None without data)."""
+  args = {"state": ocp.args.StandardRestore(abstract_state)}
+  if with_data:
+    args["data"] = ocp.args.JsonRestore()
+  restored = mgr.restore(step, args=ocp.args.Composite(**args))
+  data = json.dumps(restored["data"]).encode() if with_data else None
+  return restored["state"], data
 
 
 def abstract_with_shardings(abstract_tree, shardings):

@@ -88,7 +88,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   step = mgr.latest_step()
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
-  state, _ = train.restore_state(trainer, mgr, step)
+  state, _ = train.restore_state(trainer, mgr, step, with_data=False)
   mgr.close()
   evaluation = evaluate.evaluate(trainer, state, dataset, config, probe=True,
                                  perceptual=load_perceptual(config))

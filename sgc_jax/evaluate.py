@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from sgc_jax import losses, metrics
 from sgc_jax.data import pipeline
@@ -93,10 +94,10 @@ def split_totals(trainer, params, codebook, source, config, *, reconstruct: bool
                        batch)
     features = out.pop("inception", None)
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-    if features is not None:
-      keep = np.asarray(jax.device_get(batch["mask"]))
-      for statistics, f in zip(fid, jax.device_get(features)):
-        statistics.add(np.asarray(f)[keep])
+    if features is not None:  # batch-sharded: every process gets all of them
+      keep, features = multihost_utils.process_allgather((batch["mask"], features), tiled=True)
+      for statistics, f in zip(fid, features):
+        statistics.add(np.asarray(f)[np.asarray(keep)])
   totals = jax.tree.map(np.asarray, jax.device_get(totals))
   totals["fid"] = fid
   return totals

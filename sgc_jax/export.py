@@ -19,6 +19,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from sgc_jax import checkpoint, evaluate, train, tree_io
 from sgc_jax.data import sources
@@ -79,9 +80,11 @@ def export_checkpoint(config, workdir: str, directory: str | None = None) -> str
   step = mgr.latest_step()
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
-  state, _ = train.restore_state(trainer, mgr, step)
+  state, _ = train.restore_state(trainer, mgr, step, with_data=False)
   mgr.close()
-  variables = {"params": evaluate.eval_params(state), "codebook": state.codebook}
+  # FSDP-sharded parameters span processes: every process takes part in gathering them.
+  variables = multihost_utils.process_allgather(
+      {"params": evaluate.eval_params(state), "codebook": state.codebook}, tiled=True)
   directory = directory or os.path.join(workdir, "bundle")
   if jax.process_index() == 0:
     write_bundle(directory, trainer.model_config, variables, dataset.class_names,

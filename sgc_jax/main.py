@@ -29,6 +29,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, with :ar
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs go.")
 _MODE = flags.DEFINE_enum("mode", "data", MODES, "What to do.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for a multi-process run "
+    "outside a TPU pod / SLURM / MPI (there it is found automatically).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def validate(config) -> None:
@@ -65,7 +70,11 @@ def main(argv):
   except config_lib.ConfigError as error:
     sys.exit(f"config error: {error}")
   # Heavy imports after validation, so that a bad config fails fast.
-  from sgc_jax import preview
+  from sgc_jax import distributed, preview
+  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except ValueError as error:
+    sys.exit(f"error: {error}")
   from sgc_jax.data import sources
   try:
     dataset = sources.open_dataset(config.data.name, config.data.data_dir)

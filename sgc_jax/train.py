@@ -327,11 +327,11 @@ def build_trainer(config: ml_collections.ConfigDict, dataset) -> Trainer:
   return Trainer(config, mc, mesh, frequency, lpips_params)
 
 
-def restore_state(trainer: Trainer, mgr, step: int):
+def restore_state(trainer: Trainer, mgr, step: int, with_data: bool = True):
   """The train state of checkpoint `step`, placed by the trainer's shardings,
-  and the data position."""
+  and the data position (None without data)."""
   abstract = checkpoint.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
-  return checkpoint.restore(mgr, step, abstract)
+  return checkpoint.restore(mgr, step, abstract, with_data)
 
 
 def initial_state(trainer: Trainer) -> TrainState:

@@ -200,23 +200,38 @@ class InputPipeline:
     return {k: np.zeros((1,) + v.shape, v.dtype) for k, v in example.items()}
 
   def get_state(self) -> bytes:
-    """The position in the data: restoring it replays the same batches."""
-    states = [iterator.get_state() for iterator in self._iterators]
+    """The position in the data of this process's shards, as JSON: restoring it
+    (`set_state`, in any process that reads these shards) replays the same batches."""
     return json.dumps({
-        "shards": list(self._shards),
         "batches_done": self._batches_done,
-        "loaders": [s.decode() if isinstance(s, bytes) else s for s in states],
+        "shards": {str(shard): _text(iterator.get_state())
+                   for shard, iterator in zip(self._shards, self._iterators)},
     }).encode()
 
   def set_state(self, state: bytes) -> None:
+    """Restores from a state holding (at least) this process's shards, e.g. the
+    `merge_states` of every process's states."""
     decoded = json.loads(state)
-    if decoded["shards"] != list(self._shards):
-      raise ValueError(f"data state of shards {decoded['shards']} cannot restore "
-                       f"this process's shards {list(self._shards)}")
-    for iterator, loader_state in zip(self._iterators, decoded["loaders"]):
-      iterator.set_state(loader_state.encode() if isinstance(loader_state, str)
-                         else loader_state)
+    missing = [shard for shard in self._shards if str(shard) not in decoded["shards"]]
+    if missing:
+      raise ValueError(f"data state of shards {sorted(decoded['shards'], key=int)} lacks "
+                       f"this process's shards {missing}: was data.num_shards changed?")
+    for shard, iterator in zip(self._shards, self._iterators):
+      iterator.set_state(decoded["shards"][str(shard)].encode())
     self._batches_done = decoded["batches_done"]
+
+
+def merge_states(states: list[bytes]) -> bytes:
+  """One state of every shard from the states of several processes."""
+  decoded = [json.loads(s) for s in states]
+  if len({d["batches_done"] for d in decoded}) != 1:
+    raise ValueError("processes disagree on the number of batches read")
+  shards = {k: v for d in decoded for k, v in d["shards"].items()}
+  return json.dumps({"batches_done": decoded[0]["batches_done"], "shards": shards}).encode()
+
+
+def _text(state) -> str:
+  return state.decode() if isinstance(state, bytes) else state
 
 
 class ShardView:
