@@ -3,6 +3,8 @@
     python -m sgc_jax.bench data [--data_dir=DIR] [--workers=2] [--batch_size=32]
     python -m sgc_jax.bench train --config=configs/X.py[:args] [--config.a=b ...]
         [--steps=5] [--batch_size=8]
+    python -m sgc_jax.bench comms --config=configs/X.py --batch_size=64
+        [--config.mesh.data=1 --config.mesh.fsdp=-1]
 
 `data`: images/s of the training input pipeline (decode, two augmented views,
 batching, placement on the mesh) at 64 and 128 px, on the `smoke` configs of
@@ -12,6 +14,11 @@ sgc_scenes (built if missing).
 views: a batch of 8 two-view examples is 16 images): images/s, ms per step,
 compile time, peak memory, parameters, FLOPs per image from XLA's cost analysis
 and the achieved GFLOP/s. Repeat --config to compare configs side by side.
+
+`comms`: compiles (does not run) the train step of a config on the present
+devices (simulate N with XLA_FLAGS=--xla_force_host_platform_device_count=N)
+and prints, from the optimised HLO, the collectives per step and the bytes each
+device sends, the per-device memory of the state, and the FLOPs per device.
 """
 
 from __future__ import annotations
@@ -103,7 +110,59 @@ def bench_train(config, batch_size: int, steps: int, with_gan: bool, num_classes
           "GFLOP/s": flops / seconds / 1e9}
 
 
+def compiled_train_step(config, batch_size: int, num_classes: int = 10):
+  """(trainer, compiled train step without GAN) on synthetic abstract inputs."""
+  from sgc_jax import train
+  mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
+  model_config = train.model_config(config, num_classes)
+  trainer = train.Trainer(config, model_config, mesh, np.full(num_classes, 1 / num_classes))
+  host = synthetic_batch(config, batch_size, num_classes)
+  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=sharding.batch_sharding(mesh)), host)
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                       trainer.abstract_state, trainer.state_shardings)
+  return trainer, trainer.jit_train_step(False, host).lower(state, batch).compile()
+
+
+def state_bytes_per_device(trainer) -> int:
+  """Bytes of the train state one device holds under the trainer's shardings."""
+  total = 0
+  for leaf, s in zip(jax.tree.leaves(trainer.abstract_state),
+                     jax.tree.leaves(trainer.state_shardings)):
+    total += int(np.prod(s.shard_shape(leaf.shape))) * leaf.dtype.itemsize
+  return total
+
+
+def bench_comms(config, batch_size: int) -> dict:
+  from sgc_jax import hlo
+  trainer, compiled = compiled_train_step(config, batch_size)
+  found = hlo.collectives(compiled.as_text(), jax.device_count())
+  table = hlo.summary(found)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  row = {"devices": jax.device_count(),
+         "mesh": "x".join(str(trainer.mesh.shape[a]) for a in sharding.MESH_AXES),
+         "state MiB/device": state_bytes_per_device(trainer) / 2**20,
+         "GFLOP/device": float(cost.get("flops", 0.0)) / 1e9}
+  for kind in hlo.KINDS:
+    count, sent = table.get(kind, (0, 0.0))
+    row[f"{kind} (n, MiB)"] = f"{count}, {sent / 2**20:.1f}"
+  row["sent MiB/device"] = sum(sent for _, sent in table.values()) / 2**20
+  return row
+
+
 def main(argv):
+  if argv[1:] == ["comms"]:
+    if _CONFIG.value is None:
+      raise app.UsageError("comms needs --config")
+    row = bench_comms(_CONFIG.value, _BATCH.value)
+    print(f"\ncollectives of one train step (no GAN), batch {_BATCH.value}, "
+          f"quantizer {_CONFIG.value.model.codebook.mode}")
+    print("| " + " | ".join(row) + " |")
+    print("|" + "---:|" * len(row))
+    print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v)
+                            for v in row.values()) + " |")
+    return
   if argv[1:] == ["train"]:
     if _CONFIG.value is None:
       raise app.UsageError("train needs --config")
@@ -117,7 +176,7 @@ def main(argv):
     print("| " + " | ".join(f"{v:.4g}" for v in row.values()) + " |")
     return
   if argv[1:] != ["data"]:
-    raise app.UsageError("usage: python -m sgc_jax.bench data|train [flags]")
+    raise app.UsageError("usage: python -m sgc_jax.bench data|train|comms [flags]")
   rows = bench_data()
   print(f"\ninput pipeline on {jax.devices()[0].platform}, "
         f"{jax.device_count()} device(s)")

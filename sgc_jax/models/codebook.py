@@ -235,13 +235,15 @@ def chunked_token_loss(loss_fn, xs: tuple, weight: jax.Array, chunk_size: int):
   chunk = min(chunk_size, tokens)
 
   @jax.checkpoint
-  def body(total, chunk_xs):
+  def body(totals, chunk_xs):
     *inputs, w = chunk_xs
-    return total + jnp.sum(loss_fn(*inputs) * w), None
+    return totals + jnp.sum(loss_fn(*inputs) * w, axis=1), None
 
   chunked = tuple(_chunked(x, chunk) for x in xs) + (_chunked(weight, chunk),)
-  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), chunked)
-  return total
+  # Per-group partial sums in the carry: the groups (devices) are summed once,
+  # after the loop, not once per chunk.
+  totals, _ = jax.lax.scan(body, jnp.zeros(weight.shape[:1], jnp.float32), chunked)
+  return totals.sum()
 
 
 # ------------------------------------------------------------------- updates
