@@ -201,3 +201,23 @@ def test_inception_import_layer_by_layer(tmp_path):
   del broken["Mixed_6e.branch7x7dbl_3.bn.running_var"]
   with pytest.raises(torch_file.WeightFileError, match="Mixed_6e.branch7x7dbl_3.bn.running_var"):
     inception_convert.convert(broken, "pt_inception.pth")
+
+
+def test_training_starts_from_imported_taming_weights(data_dir, tmp_path):
+  from sgc_jax import sharding, train
+  from test_train import tiny_config
+  sd = ref.taming_state_dict(**TINY)
+  path = str(tmp_path / "vqgan.npz")
+  tree_io.save(taming.convert(sd, taming.infer_model_config(sd, 32)), path)
+  config = tiny_config(data_dir, quantizer="vq", init_from=path)
+  config.model.update(dict(ch=32, ch_mult=(1, 2), attn_resolutions=(16,), z_channels=32))
+  config.model.codebook.update(dict(num_codes=16, dim_sem=8, dim_det=0))
+  trainer = train.Trainer(config, train.model_config(config, 10), sharding.create_mesh(),
+                          np.full(10, 0.1))
+  state = train.initial_state(trainer)
+  np.testing.assert_array_equal(state.params["codebook"]["embedding"],
+                                sd["quantize.embedding.weight"])
+  np.testing.assert_array_equal(state.params["encoder"]["conv_in"]["kernel"],
+                                torch_file.conv_kernel(sd["encoder.conv_in.weight"]))
+  assert state.params["decoder"]["up_1_block_0"]["conv1"]["kernel"].sharding == \
+      trainer.state_shardings.params["decoder"]["up_1_block_0"]["conv1"]["kernel"]
