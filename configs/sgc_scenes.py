@@ -68,7 +68,11 @@ def get_config(arg=None):
   config.sharding = ml_collections.ConfigDict(dict(
       rules=((".*codebook.*", "replicate"), (".*kernel", "fsdp"),
              (".*embedding", "fsdp")),
-      min_size=2**16))
+      min_size=2**16,
+      # Activations by logical axis names: images and tokens are split over the
+      # batch axes; channels could go to `model`.
+      activation_axes=(("batch", ("data", "fsdp")), ("height", None), ("width", None),
+                       ("channels", None), ("embed", "model"))))
   # --mode=eval: LPIPS and rFID need local weight files (converted by
   # sgc_jax.convert.lpips / .inception); without them they are reported absent.
   config.eval = ml_collections.ConfigDict(dict(

@@ -58,13 +58,17 @@ def write_images(trainer, state, dataset, config, evaluation, directory: str) ->
   reconstructions, indices, _ = train.reconstruct_fn(trainer)(
       evaluate.eval_params(state), state.codebook, images)
   semantic = evaluation.code_class[np.asarray(indices)]
+  used = evaluation.usage > 0
   pictures = {
       "reconstructions": report.reconstruction_grid(
           images, np.asarray(reconstructions), np.stack([r["segmentation"][0] for r in records]),
           semantic, num_classes, dataset.class_names),
       "codebook_usage": viz.usage_histogram(evaluation.usage, evaluation.code_class,
                                             num_classes),
-      "codes_pca": viz.scatter(_pca(evaluation.codes), evaluation.code_class, num_classes),
+      "codes_pca": np.concatenate([
+          viz.scatter(_pca(evaluation.codes, used), np.where(used, evaluation.code_class, -1),
+                      num_classes),
+          viz.legend(dataset.class_names, 400)]),  # grey: unused codes
   }
   paths = []
   for name, picture in pictures.items():
@@ -74,10 +78,11 @@ def write_images(trainer, state, dataset, config, evaluation, directory: str) ->
   return paths
 
 
-def _pca(points: np.ndarray) -> np.ndarray:
-  centred = points - points.mean(0)
-  _, _, vt = np.linalg.svd(centred, full_matrices=False)
-  return centred @ vt[:2].T
+def _pca(points: np.ndarray, fit: np.ndarray) -> np.ndarray:
+  """2-D projection of all points on the principal axes of points[fit]."""
+  mean = points[fit].mean(0)
+  _, _, vt = np.linalg.svd(points[fit] - mean, full_matrices=False)
+  return (points - mean) @ vt[:2].T
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 from jax.experimental import multihost_utils
 
 from sgc_jax import losses, metrics
@@ -89,7 +90,10 @@ def split_totals(trainer, params, codebook, source, config, *, reconstruct: bool
   if perceptual.inception_params is not None:
     fid = (metrics.GaussianStatistics(inception_lib.FEATURES),
            metrics.GaussianStatistics(inception_lib.FEATURES))
-  for batch in pipeline.InputPipeline(source, spec, trainer.mesh):
+  batches = pipeline.InputPipeline(source, spec, trainer.mesh)
+  for batch in tqdm.tqdm(batches, total=batches.num_batches, unit="batch", leave=False,
+                         desc=f"evaluate {len(source)} images",
+                         disable=jax.process_index() != 0, mininterval=2.0):
     out = batch_totals(params, codebook, perceptual.lpips_params, perceptual.inception_params,
                        batch)
     features = out.pop("inception", None)

@@ -94,3 +94,21 @@ def tree_shardings(tree, mesh: Mesh, rules: Sequence[tuple[str, str]],
       lambda path, leaf: NamedSharding(mesh, spec_for(
           _path_name(path), tuple(getattr(leaf, "shape", ())), mesh, rules, min_size)),
       tree)
+
+
+def logical_spec(names: Sequence[str | None], axis_rules: Sequence[tuple]) -> P:
+  """Logical axis names (e.g. ("batch", "height", "width", "embed")) -> mesh
+  axes by `axis_rules` ((logical, mesh axis or axes or None), ...)."""
+  mapping = {logical: (tuple(mesh_axes) if isinstance(mesh_axes, (list, tuple)) else mesh_axes)
+             for logical, mesh_axes in axis_rules}
+  unknown = [n for n in names if n is not None and n not in mapping]
+  if unknown:
+    raise ConfigError(f"config.sharding.activation_axes: no rule for logical axes {unknown}")
+  return P(*(None if n is None else mapping[n] for n in names))
+
+
+def constrain(x: jax.Array, mesh: Mesh, names: Sequence[str | None],
+              axis_rules: Sequence[tuple]) -> jax.Array:
+  """Pins an activation's sharding by its logical axis names."""
+  return jax.lax.with_sharding_constraint(
+      x, NamedSharding(mesh, logical_spec(names, axis_rules)))

@@ -90,6 +90,7 @@ class Trainer:
     self.disc_tx = _optimizer(c, c.optimizer.disc_learning_rate)
     self.lpips = lpips_lib.LPIPS() if self.lpips_params is not None else None
     self.rules = [tuple(rule) for rule in c.sharding.rules]
+    self.activation_axes = [tuple(rule) for rule in c.sharding.activation_axes]
     abstract = jax.eval_shape(self._init, jax.random.PRNGKey(0))
     self.state_shardings = sharding.tree_shardings(abstract, self.mesh, self.rules,
                                                    c.sharding.min_size)
@@ -129,13 +130,17 @@ class Trainer:
         out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
         donate_argnums=0)
 
+  def constrain(self, x, names):
+    return sharding.constrain(x, self.mesh, names, self.activation_axes)
+
   # ------------------------------------------------------------------ step
 
   def train_step(self, state: TrainState, batch: dict, with_gan: bool):
     c, mc = self.config, self.model_config
     images = batch["image"]
     batch_size, num_views = images.shape[:2]
-    x = images.reshape((-1,) + images.shape[2:])
+    x = self.constrain(images.reshape((-1,) + images.shape[2:]),
+                       ("batch", "height", "width", "channels"))
     weight = jnp.repeat(batch["mask"].astype(jnp.float32), num_views)
     labels = codebook_lib.token_labels(
         batch["segmentation"].reshape((-1,) + images.shape[2:4]), mc.grid,
@@ -149,6 +154,7 @@ class Trainer:
           variables, x, labels, weight, train=True, mutable=["codebook"],
           rngs={"restart": k_restart, "dropout": k_dropout})
       x_hat = out["reconstruction"]
+      out["z"] = self.constrain(out["z"], ("batch", "height", "width", "embed"))
 
       def nll(reconstruction):
         value = losses.reconstruction(x, reconstruction, weight, c.loss.reconstruction)

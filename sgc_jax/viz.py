@@ -87,16 +87,21 @@ def usage_histogram(usage: np.ndarray, code_class: np.ndarray, num_classes: int,
   return image
 
 
+UNUSED_COLOUR = (200, 200, 200)
+
+
 def scatter(points: np.ndarray, classes: np.ndarray, num_classes: int,
             size: int = 400, radius: int = 3) -> np.ndarray:
-  """A 2-D scatter plot of points coloured by class."""
+  """A 2-D scatter plot of points coloured by class; points of no class
+  (out of range) are light grey and drawn first."""
   points = np.asarray(points, np.float64)
   low, high = points.min(0), points.max(0)
   scaled = (points - low) / np.maximum(high - low, 1e-12) * (size - 4 * radius) + 2 * radius
   palette = class_palette(num_classes)
   image = PIL.Image.new("RGB", (size, size), "white")
   draw = PIL.ImageDraw.Draw(image)
-  for (x, y), k in zip(scaled, classes):
-    colour = tuple(int(c) for c in palette[k if 0 <= k < num_classes else num_classes])
+  order = np.argsort((classes >= 0) & (classes < num_classes), kind="stable")
+  for (x, y), k in zip(scaled[order], classes[order]):
+    colour = tuple(int(c) for c in palette[k]) if 0 <= k < num_classes else UNUSED_COLOUR
     draw.ellipse([x - radius, size - y - radius, x + radius, size - y + radius], fill=colour)
   return np.asarray(image)

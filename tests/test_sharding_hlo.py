@@ -47,3 +47,16 @@ def test_codebook_statistics_are_reduced_once_per_step_not_per_chunk(data_dir):
   codebook = config.model.codebook
   sums_bytes = codebook.num_codes * (codebook.dim_sem + codebook.dim_det) * 4
   assert any(c.kind == "all-reduce" and c.payload_bytes >= sums_bytes for c in found)
+
+
+def test_logical_axes_map_to_mesh_axes():
+  rules = (("batch", ("data", "fsdp")), ("height", None), ("embed", "model"))
+  assert sharding.logical_spec(("batch", "height", None, "embed"), rules) == \
+      jax.sharding.PartitionSpec(("data", "fsdp"), None, None, "model")
+  with pytest.raises(sharding.ConfigError, match=r"no rule for logical axes \['width'\]"):
+    sharding.logical_spec(("batch", "width"), rules)
+  mesh = sharding.create_mesh(2, 4, 1)
+  x = sharding.constrain(np.zeros((8, 4, 4, 3), np.float32), mesh,
+                         ("batch", "height", None, None), rules)
+  assert x.sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None, None, None)
+  assert x.addressable_shards[0].data.shape == (1, 4, 4, 3)
