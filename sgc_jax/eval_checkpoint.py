@@ -9,6 +9,7 @@ import os
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from sgc_jax import checkpoint, evaluate, report, train, viz
 from sgc_jax.data import pipeline, sources
@@ -48,18 +49,20 @@ def load_perceptual(config) -> evaluate.PerceptualModels:
   return evaluate.PerceptualModels(lpips_params, inception_params)
 
 
-def write_images(trainer, state, dataset, config, evaluation, directory: str) -> list[str]:
+def pictures(trainer, state, dataset, config, evaluation) -> dict[str, np.ndarray]:
+  """The evaluation's PNGs (every process computes them: the model is sharded)."""
   num_classes = trainer.num_classes
   source = dataset.split(config.data.eval_split)
   make = pipeline.MakeViews(config.data.image_size, 1, None)
   records = [make.random_map(source[i], np.random.default_rng(0))
              for i in range(min(config.eval.num_examples, len(source)))]
   images = np.stack([r["image"][0] for r in records])
-  reconstructions, indices, _ = train.reconstruct_fn(trainer)(
-      evaluate.eval_params(state), state.codebook, images)
+  reconstructions, indices, _ = multihost_utils.process_allgather(
+      train.reconstruct_fn(trainer)(evaluate.eval_params(state), state.codebook, images),
+      tiled=True)
   semantic = evaluation.code_class[np.asarray(indices)]
   used = evaluation.usage > 0
-  pictures = {
+  return {
       "reconstructions": report.reconstruction_grid(
           images, np.asarray(reconstructions), np.stack([r["segmentation"][0] for r in records]),
           semantic, num_classes, dataset.class_names),
@@ -70,12 +73,6 @@ def write_images(trainer, state, dataset, config, evaluation, directory: str) ->
                       num_classes),
           viz.legend(dataset.class_names, 400)]),  # grey: unused codes
   }
-  paths = []
-  for name, picture in pictures.items():
-    path = os.path.join(directory, f"{name}.png")
-    viz.save_png(picture, path)
-    paths.append(path)
-  return paths
 
 
 def _pca(points: np.ndarray, fit: np.ndarray) -> np.ndarray:
@@ -99,6 +96,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
                                  perceptual=load_perceptual(config))
   results = {"step": step, "quantizer": config.model.codebook.mode, **evaluation.metrics}
   directory = os.path.join(workdir, "eval")
+  images = pictures(trainer, state, dataset, config, evaluation)
   if jax.process_index() == 0:
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "eval.json"), "w") as f:
@@ -107,5 +105,6 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
       f.write(f"Step {step}, quantizer {results['quantizer']}, "
               f"{int(results['images'])} images of {config.data.name}:"
               f"{config.data.eval_split}\n\n" + markdown(results))
-    write_images(trainer, state, dataset, config, evaluation, directory)
+    for name, image in images.items():
+      viz.save_png(image, os.path.join(directory, f"{name}.png"))
   return results
