@@ -31,7 +31,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from sgc_jax import sharding
+from sgc_jax import sharding, synthetic
 from sgc_jax.data import pipeline, sources
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's).")
@@ -64,25 +64,13 @@ def bench_data() -> list[tuple]:
   return rows
 
 
-def synthetic_batch(config, batch_size: int, num_classes: int) -> dict:
-  rng = np.random.default_rng(0)
-  size, views = config.data.image_size, config.data.num_views
-  box = np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32), (batch_size, views, 1))
-  return {
-      "image": rng.uniform(-1, 1, (batch_size, views, size, size, 3)).astype(np.float32),
-      "segmentation": rng.integers(0, num_classes, (batch_size, views, size, size)).astype(np.uint8),
-      "instances": np.zeros((batch_size, views, size, size), np.int32),
-      "box": box, "flip": np.zeros((batch_size, views), bool),
-      "frame": np.zeros((batch_size, views), np.int32), "mask": np.ones(batch_size, bool)}
-
-
 def bench_train(config, batch_size: int, steps: int, with_gan: bool, num_classes: int = 10):
   from sgc_jax import train  # jax-heavy: only for this benchmark
   mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
   model_config = train.model_config(config, num_classes)
   trainer = train.Trainer(config, model_config, mesh, np.full(num_classes, 1 / num_classes))
   state = trainer.create_train_state(config.seed)
-  host = synthetic_batch(config, batch_size, num_classes)
+  host = synthetic.synthetic_batch(config, batch_size, num_classes)
   batch = jax.tree.map(lambda x: jax.device_put(x, sharding.batch_sharding(mesh)), host)
   step_fn = trainer.jit_train_step(with_gan, batch)
   start = time.perf_counter()
@@ -110,39 +98,17 @@ def bench_train(config, batch_size: int, steps: int, with_gan: bool, num_classes
           "GFLOP/s": flops / seconds / 1e9}
 
 
-def compiled_train_step(config, batch_size: int, num_classes: int = 10):
-  """(trainer, compiled train step without GAN) on synthetic abstract inputs."""
-  from sgc_jax import train
-  mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
-  model_config = train.model_config(config, num_classes)
-  trainer = train.Trainer(config, model_config, mesh, np.full(num_classes, 1 / num_classes))
-  host = synthetic_batch(config, batch_size, num_classes)
-  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-      x.shape, x.dtype, sharding=sharding.batch_sharding(mesh)), host)
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       trainer.abstract_state, trainer.state_shardings)
-  return trainer, trainer.jit_train_step(False, host).lower(state, batch).compile()
-
-
-def state_bytes_per_device(trainer) -> int:
-  """Bytes of the train state one device holds under the trainer's shardings."""
-  total = 0
-  for leaf, s in zip(jax.tree.leaves(trainer.abstract_state),
-                     jax.tree.leaves(trainer.state_shardings)):
-    total += int(np.prod(s.shard_shape(leaf.shape))) * leaf.dtype.itemsize
-  return total
-
-
 def bench_comms(config, batch_size: int) -> dict:
   from sgc_jax import hlo
-  trainer, compiled = compiled_train_step(config, batch_size)
+  trainer, compiled = synthetic.compiled_train_step(config, batch_size)
   found = hlo.collectives(compiled.as_text(), jax.device_count())
   table = hlo.summary(found)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   row = {"devices": jax.device_count(),
          "mesh": "x".join(str(trainer.mesh.shape[a]) for a in sharding.MESH_AXES),
-         "state MiB/device": state_bytes_per_device(trainer) / 2**20,
+         "state MiB/device": sharding.bytes_per_device(trainer.abstract_state,
+                                                       trainer.state_shardings) / 2**20,
          "GFLOP/device": float(cost.get("flops", 0.0)) / 1e9}
   for kind in hlo.KINDS:
     count, sent = table.get(kind, (0, 0.0))

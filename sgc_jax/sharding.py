@@ -112,3 +112,9 @@ def constrain(x: jax.Array, mesh: Mesh, names: Sequence[str | None],
   """Pins an activation's sharding by its logical axis names."""
   return jax.lax.with_sharding_constraint(
       x, NamedSharding(mesh, logical_spec(names, axis_rules)))
+
+
+def bytes_per_device(abstract_tree, shardings) -> int:
+  """Bytes of a tree one device holds under `shardings`."""
+  return sum(int(np.prod(s.shard_shape(leaf.shape))) * leaf.dtype.itemsize
+             for leaf, s in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs import sgc_coco
-from sgc_jax import bench, hlo, sharding, train
+from sgc_jax import hlo, sharding, synthetic, train
 from test_train import tiny_config
 
 
@@ -22,8 +22,10 @@ def test_fsdp_cuts_per_device_state_memory_of_the_coco_config():
   init = jax.jit(fsdp._init, out_shardings=fsdp.state_shardings)
   compiled = init.lower(jax.random.PRNGKey(0)).compile().memory_analysis().output_size_in_bytes
   # The compiled program's outputs are what the sharding rules say...
-  assert compiled == pytest.approx(bench.state_bytes_per_device(fsdp), rel=0.01)
-  replicated = bench.state_bytes_per_device(_coco_trainer(8, 1))
+  assert compiled == pytest.approx(sharding.bytes_per_device(fsdp.abstract_state, fsdp.state_shardings), rel=0.01)
+  data_parallel = _coco_trainer(8, 1)
+  replicated = sharding.bytes_per_device(data_parallel.abstract_state,
+                                         data_parallel.state_shardings)
   print(f"train state per device: {compiled / 2**20:.0f} MiB with fsdp=8, "
         f"{replicated / 2**20:.0f} MiB data parallel")
   # ...and they cut the state 6x: parameters, Adam moments and the discriminator
@@ -36,7 +38,7 @@ def test_fsdp_cuts_per_device_state_memory_of_the_coco_config():
 def test_codebook_statistics_are_reduced_once_per_step_not_per_chunk(data_dir):
   config = tiny_config(data_dir)
   config.model.codebook.chunk_size = 32  # 8 x 8 x 8 tokens per view: 8 chunks per scan
-  _, compiled = bench.compiled_train_step(config, batch_size=8)
+  _, compiled = synthetic.compiled_train_step(config, batch_size=8)
   text = compiled.as_text()
   bodies = hlo.loop_bodies(text)
   assert bodies, "the chunked scans should compile to while loops"
