@@ -11,8 +11,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from sgc_jax import checkpoint, evaluate, report, train, viz
-from sgc_jax.data import pipeline, sources
+from sgc_jax import evaluate, report, train, viz
+from sgc_jax.data import pipeline
 
 # Rows of the markdown table: key, label, format.
 TABLE = (("psnr", "PSNR (dB)", ".2f"), ("ssim", "SSIM", ".3f"), ("l1", "L1", ".4f"),
@@ -84,14 +84,7 @@ def _pca(points: np.ndarray, fit: np.ndarray) -> np.ndarray:
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
   """Restores WORKDIR's latest checkpoint, evaluates it, writes the results."""
-  dataset = sources.open_dataset(config.data.name, config.data.data_dir)
-  trainer = train.build_trainer(config, dataset)
-  mgr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.keep)
-  step = mgr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
-  state, _ = train.restore_state(trainer, mgr, step, with_data=False)
-  mgr.close()
+  dataset, trainer, state, step = train.restore_latest(config, workdir)
   evaluation = evaluate.evaluate(trainer, state, dataset, config, probe=True,
                                  perceptual=load_perceptual(config))
   results = {"step": step, "quantizer": config.model.codebook.mode, **evaluation.metrics}

@@ -21,8 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from sgc_jax import checkpoint, evaluate, train, tree_io
-from sgc_jax.data import sources
+from sgc_jax import evaluate, train, tree_io
 from sgc_jax.models.vqgan import SGCVQGAN
 
 FORMAT = "sgc_jax.bundle"
@@ -74,14 +73,7 @@ def write_bundle(directory: str, model_config, variables, class_names, extra: di
 
 def export_checkpoint(config, workdir: str, directory: str | None = None) -> str:
   """WORKDIR's latest checkpoint -> a bundle in `directory` (WORKDIR/bundle)."""
-  dataset = sources.open_dataset(config.data.name, config.data.data_dir)
-  trainer = train.build_trainer(config, dataset)
-  mgr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.keep)
-  step = mgr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
-  state, _ = train.restore_state(trainer, mgr, step, with_data=False)
-  mgr.close()
+  dataset, trainer, state, step = train.restore_latest(config, workdir)
   # FSDP-sharded parameters span processes: every process takes part in gathering them.
   variables = multihost_utils.process_allgather(
       {"params": evaluate.eval_params(state), "codebook": state.codebook}, tiled=True)

@@ -340,6 +340,20 @@ def restore_state(trainer: Trainer, mgr, step: int, with_data: bool = True):
   return checkpoint.restore(mgr, step, abstract, with_data)
 
 
+def restore_latest(config: ml_collections.ConfigDict, workdir: str):
+  """(dataset, trainer, state, step) of WORKDIR's latest checkpoint, for
+  evaluation and export (the data position is not restored)."""
+  dataset = sources.open_dataset(config.data.name, config.data.data_dir)
+  trainer = build_trainer(config, dataset)
+  mgr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.keep)
+  step = mgr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
+  state, _ = restore_state(trainer, mgr, step, with_data=False)
+  mgr.close()
+  return dataset, trainer, state, step
+
+
 def initial_state(trainer: Trainer) -> TrainState:
   """A fresh state; with `config.init_from`, the generator starts from imported
   taming-transformers VQGAN weights (.ckpt, or the .npz the converter writes)."""

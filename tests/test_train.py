@@ -15,7 +15,7 @@ import pytest
 
 from configs import sgc_scenes
 from sgc_jax import eval_checkpoint, export, sharding, train
-from sgc_jax.data import pipeline, sources, views
+from sgc_jax.data import pipeline, views
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
