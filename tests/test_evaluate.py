@@ -11,6 +11,7 @@ from sgc_jax.models import lpips as lpips_lib
 from test_train import tiny_config
 
 
+@pytest.mark.slow  # Inception-v3 at 299 px: ~1.5 min of the 2-core CI; run with -m slow
 def test_lpips_and_rfid_sums_equal_direct_computation(data_dir, scenes64):
   config = tiny_config(data_dir)
   trainer = train.build_trainer(config, scenes64)
