@@ -56,8 +56,18 @@ def restore(mgr: ocp.CheckpointManager, step: int, abstract_state, with_data: bo
   if with_data:
     args["data"] = ocp.args.JsonRestore()
   restored = mgr.restore(step, args=ocp.args.Composite(**args))
-  data = json.dumps(restored["data"]).encode() if with_data else None
+  data = json.dumps(_current_data_format(restored["data"])).encode() if with_data else None
   return restored["state"], data
+
+
+def _current_data_format(data: dict) -> dict:
+  """Checkpoints of the first release hold one process's state as
+  {"process_0": json of {"shards": [...], "loaders": [...], "batches_done": n}}."""
+  if "process_0" not in data:
+    return data
+  legacy = json.loads(data["process_0"])
+  return {"batches_done": legacy["batches_done"],
+          "shards": {str(s): state for s, state in zip(legacy["shards"], legacy["loaders"])}}
 
 
 def abstract_with_shardings(abstract_tree, shardings):

@@ -1,10 +1,12 @@
 """The grain input pipeline: sharding, views and their correspondence, resume, errors."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
 
-from sgc_jax import sharding
+from sgc_jax import checkpoint, sharding
 from sgc_jax.data import pipeline, sources, views
 
 
@@ -160,6 +162,12 @@ def test_resume_replays_exactly_the_same_batches(scenes64, mesh):
   again = [np.asarray(next(resumed)["image"]) for _ in range(3)]
   for a, b in zip(straight, again):
     np.testing.assert_array_equal(a, b)
+  # Checkpoints of the first release stored this state in another layout.
+  decoded = json.loads(state)
+  legacy = {"process_0": json.dumps({
+      "shards": [int(k) for k in decoded["shards"]], "batches_done": decoded["batches_done"],
+      "loaders": list(decoded["shards"].values())})}
+  assert checkpoint._current_data_format(legacy) == decoded
   fresh = pipeline.InputPipeline(scenes64.split("train"), spec, mesh)
   assert not np.array_equal(np.asarray(next(fresh)["image"]), straight[0])
 
