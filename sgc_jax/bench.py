@@ -26,7 +26,6 @@ from __future__ import annotations
 import time
 
 import jax
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -64,10 +63,8 @@ def bench_data() -> list[tuple]:
 
 
 def bench_train(config, batch_size: int, steps: int, with_gan: bool, num_classes: int = 10):
-  from sgc_jax import train  # jax-heavy: only for this benchmark
-  mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
-  model_config = train.model_config(config, num_classes)
-  trainer = train.Trainer(config, model_config, mesh, np.full(num_classes, 1 / num_classes))
+  trainer = synthetic.make_trainer(config, num_classes)
+  mesh = trainer.mesh
   state = trainer.create_train_state(config.seed)
   host = synthetic.synthetic_batch(config, batch_size, num_classes)
   batch = jax.tree.map(lambda x: jax.device_put(x, sharding.batch_sharding(mesh)), host)

@@ -21,12 +21,18 @@ def synthetic_batch(config, batch_size: int, num_classes: int) -> dict:
       "frame": np.zeros((batch_size, views), np.int32), "mask": np.ones(batch_size, bool)}
 
 
-def compiled_train_step(config, batch_size: int, num_classes: int = 10):
-  """(trainer, compiled train step without GAN) on synthetic abstract inputs."""
+def make_trainer(config, num_classes: int = 10):
+  """A trainer of the config on its mesh, for data with uniform class frequencies."""
   from sgc_jax import train
   mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
-  model_config = train.model_config(config, num_classes)
-  trainer = train.Trainer(config, model_config, mesh, np.full(num_classes, 1 / num_classes))
+  return train.Trainer(config, train.model_config(config, num_classes), mesh,
+                       np.full(num_classes, 1 / num_classes))
+
+
+def compiled_train_step(config, batch_size: int, num_classes: int = 10):
+  """(trainer, compiled train step without GAN) on synthetic abstract inputs."""
+  trainer = make_trainer(config, num_classes)
+  mesh = trainer.mesh
   host = synthetic_batch(config, batch_size, num_classes)
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
       x.shape, x.dtype, sharding=sharding.batch_sharding(mesh)), host)
