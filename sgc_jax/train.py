@@ -302,7 +302,7 @@ def reconstruct_fn(trainer: Trainer):
 
 
 def _preview(trainer, state, writer, workdir, step, dataset, records):
-  params = state.ema_params if state.ema_params is not None else state.params
+  params = evaluate.eval_params(state)
   images = np.stack([r["image"][0] for r in records])
   reconstructions, _, classes = reconstruct_fn(trainer)(
       params, state.codebook, jnp.asarray(images))
