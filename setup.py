@@ -20,6 +20,9 @@ INSTALL_REQUIRES = [
     "scipy>=1.13,<2",
     "tqdm>=4.66,<5",
     "tensorboardX>=2.6,<3",  # TensorBoard event files without TensorFlow
+    # jax.export's serialization (the inference bundle) needs it; jax does not
+    # declare it.
+    "flatbuffers>=24.3.25,<26",
     # tensorflow-datasets needs it for builders defined in a package, but does
     # not declare it.
     "importlib_resources>=6.0",

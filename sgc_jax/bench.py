@@ -29,7 +29,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from sgc_jax import sharding, synthetic
+from sgc_jax import logs, sharding, synthetic
 from sgc_jax.data import pipeline, sources
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's).")
@@ -114,6 +114,7 @@ def bench_comms(config, batch_size: int) -> dict:
 
 
 def main(argv):
+  logs.quiet_libraries()
   if argv[1:] == ["comms"]:
     if _CONFIG.value is None:
       raise app.UsageError("comms needs --config")

@@ -10,7 +10,8 @@ Modes:
   eval     every metric of WORKDIR's latest checkpoint -> WORKDIR/eval/
   export   WORKDIR's latest checkpoint -> an inference bundle in WORKDIR/bundle
 The config is validated before anything is built or compiled; a bad field is a
-one-line error that names it.
+one-line error that names it. Library logs stay at WARNING; `--verbosity=0`
+shows their INFO lines.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from sgc_jax import config_lib
+from sgc_jax import config_lib, logs
 
 MODES = ("data", "preview", "train", "eval", "export")
 
@@ -62,6 +63,7 @@ def validate(config) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logs.quiet_libraries()
   config = _CONFIG.value
   if config is None:
     sys.exit("error: --config is required")

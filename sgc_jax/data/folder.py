@@ -28,6 +28,7 @@ import PIL.Image
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
+from sgc_jax import logs
 from sgc_jax.data.sgc_scenes import encode_png
 from sgc_jax.data.sources import IGNORE_LABEL, DataError, check_label_range
 
@@ -186,6 +187,7 @@ _NAME = flags.DEFINE_string("name", None, "Data set name (default: folder name).
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: python -m sgc_jax.data.folder SRC --data_dir DIR")
+  logs.quiet_libraries()
   try:
     path = prepare(argv[1], _DATA_DIR.value, _NAME.value, _SKIP_BAD.value)
   except DataError as error:

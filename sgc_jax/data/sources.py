@@ -18,6 +18,9 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from sgc_jax import logs
+
+logs.drop_known_noise()  # also in grain's workers, which import this module
 IGNORE_LABEL = 255
 Record = dict[str, np.ndarray]
 Adapter = Callable[[dict], Record]

@@ -1,0 +1,43 @@
+"""What the command lines show a person: progress bars and one-line summaries.
+
+Libraries (orbax, TFDS, grain, JAX) log at INFO through absl; a command shows
+only their warnings unless `--verbosity=0` (INFO) or higher is given.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import sys
+
+import tqdm
+from absl import flags, logging
+
+
+class _DropKnownNoise(std_logging.Filter):
+  # TFDS recommends OpenCV once per process; sgc_jax decodes with PIL on purpose.
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("OpenCV is not installed")
+
+
+def drop_known_noise() -> None:
+  """Filters the warnings above out of the `absl` logger of this process.
+
+  Called where data sources are imported, so that grain's worker processes,
+  which import them to unpickle their sources, filter them too."""
+  absl_logger = std_logging.getLogger("absl")
+  if not any(isinstance(f, _DropKnownNoise) for f in absl_logger.filters):
+    absl_logger.addFilter(_DropKnownNoise())
+
+
+def quiet_libraries() -> None:
+  """Library logs at WARNING unless --verbosity was given. Call inside absl's main."""
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  drop_known_noise()
+
+
+def note(message: str) -> None:
+  """A one-line summary on stderr (process 0 only), above any progress bar."""
+  import jax
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(message, file=sys.stderr)
