@@ -18,7 +18,11 @@ def manager(workdir: str, save_every: int, keep: int) -> ocp.CheckpointManager:
       os.path.abspath(os.path.join(workdir, "checkpoints")),
       options=ocp.CheckpointManagerOptions(
           max_to_keep=keep, save_interval_steps=save_every,
-          enable_async_checkpointing=True, create=True))
+          enable_async_checkpointing=True, create=True),
+      # Named handlers, so that a checkpoint's tree can be read before restoring.
+      item_handlers={"state": ocp.StandardCheckpointHandler(),
+                     "data": ocp.JsonCheckpointHandler(),
+                     "config": ocp.JsonCheckpointHandler()})
 
 
 def gather_strings(text: str) -> list[str]:
@@ -51,13 +55,44 @@ def save(mgr: ocp.CheckpointManager, step: int, state, data_state: bytes, config
 
 def restore(mgr: ocp.CheckpointManager, step: int, abstract_state, with_data: bool = True):
   """The state (placed as `abstract_state`'s shardings, whatever the mesh it
-  was saved from) and the data position of every shard (None without data)."""
-  args = {"state": ocp.args.StandardRestore(abstract_state)}
+  was saved from) and the data position of every shard (None without data).
+
+  Codebook state that a checkpoint of an earlier release lacks (`missed`, the
+  dead-code detector's counts) starts at zero, as in a fresh run."""
+  saved = mgr.item_metadata(step)["state"]["codebook"]
+  codebook, added = _split_added(abstract_state.codebook, saved)
+  args = {"state": ocp.args.StandardRestore(abstract_state.replace(codebook=codebook))}
   if with_data:
     args["data"] = ocp.args.JsonRestore()
   restored = mgr.restore(step, args=ocp.args.Composite(**args))
+  state = restored["state"]
+  if added:
+    state = state.replace(codebook=_merge(state.codebook, jax.tree.map(
+        lambda a: jax.device_put(np.zeros(a.shape, a.dtype), a.sharding), added)))
   data = json.dumps(_current_data_format(restored["data"])).encode() if with_data else None
-  return restored["state"], data
+  return state, data
+
+
+def _split_added(abstract: dict, saved) -> tuple[dict, dict]:
+  """(the part of the nested dict `abstract` that `saved` holds, the rest)."""
+  kept, added = {}, {}
+  for key, value in abstract.items():
+    if key not in saved:
+      added[key] = value
+    elif isinstance(value, dict):
+      kept[key], rest = _split_added(value, saved[key])
+      if rest:
+        added[key] = rest
+    else:
+      kept[key] = value
+  return kept, added
+
+
+def _merge(tree: dict, extra: dict) -> dict:
+  merged = dict(tree)
+  for key, value in extra.items():
+    merged[key] = _merge(tree[key], value) if key in tree else value
+  return merged
 
 
 def _current_data_format(data: dict) -> dict:

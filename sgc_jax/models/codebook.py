@@ -10,7 +10,8 @@ cross-device reduction of the step.
 
 The state of `ema` and `sgc` lives outside the gradient (the `codebook` Flax
 collection): centres E [K,D], EMA counts n [K], EMA sums S [K,D], each code's
-class c [K], and an EMA class histogram H [K,C].
+class c [K], an EMA class histogram H [K,C], and the tokens each code missed
+since it last won one [K] (dead-code detection).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 MODES = ("vq", "ema", "sgc")
+SEMANTIC_MAPS = ("nearest_code", "posterior")
 UNLABELED = -1
 
 
@@ -40,13 +42,21 @@ class CodebookConfig:
   decay: float = 0.99  # EMA
   epsilon: float = 1e-5  # Laplace smoothing of counts
   chunk_size: int = 1024  # tokens per group per scan step
-  dead_fraction: float = 0.03  # dead: EMA count < this share of its fair share
+  # A code is dead (and restarted) once it has missed `dead_after_tokens`
+  # tokens, i.e. its class brought that many tokens per code (its fair share)
+  # since it last won one; or when its EMA count is under `dead_fraction` of
+  # its fair share (a code that wins only now and then).
+  dead_after_tokens: float = 64.0
+  dead_fraction: float = 0.03
   restart_noise: float = 0.01
   semantic_weight: float = 0.1
   semantic_temperature: float = 1.0
   consistency_weight: float = 0.1
   consistency_temperature: float = 1.0
   consistency_sharpen: float = 0.5  # target temperature = this × the student's
+  # The semantic map at inference (sgc): the class of the nearest code over the
+  # whole distance, or argmax_c p(c|z), the posterior the semantic loss trains.
+  semantic_map: str = "nearest_code"
 
   @property
   def dim(self) -> int:
@@ -62,6 +72,20 @@ class CodebookConfig:
                        "classes: sgc needs at least one code per class")
     if self.dim_sem <= 0 or self.dim_det < 0:
       raise ValueError("codebook: need dim_sem > 0 and dim_det >= 0")
+    for name in ("num_codes", "chunk_size", "epsilon", "semantic_temperature",
+                 "dead_after_tokens",
+                 "consistency_temperature", "consistency_sharpen", "w_sem"):
+      if not getattr(self, name) > 0:
+        raise ValueError(f"codebook.{name}={getattr(self, name)!r}: must be positive")
+    for name in ("w_det", "beta", "dead_fraction", "restart_noise", "semantic_weight",
+                 "consistency_weight"):
+      if not getattr(self, name) >= 0:
+        raise ValueError(f"codebook.{name}={getattr(self, name)!r}: must be >= 0")
+    if not 0 <= self.decay < 1:
+      raise ValueError(f"codebook.decay={self.decay!r}: must be in [0, 1)")
+    if self.semantic_map not in SEMANTIC_MAPS:
+      raise ValueError(f"codebook.semantic_map={self.semantic_map!r}: must be one of "
+                       f"{SEMANTIC_MAPS}")
 
 
 # ----------------------------------------------------------------- allocation
@@ -125,8 +149,8 @@ def token_labels(segmentation: jax.Array, grid: int, num_classes: int,
 
 
 def prepare_tokens(z: jax.Array, config: CodebookConfig) -> jax.Array:
-  """Cosine mode normalises each part; then parts are scaled by √w so that the
-  multi-level distance is a plain squared distance."""
+  """Cosine mode normalises each part (z_sem and z_det separately); the
+  multi-level weights are applied by `squared_distances`."""
   sem, det = z[..., :config.dim_sem], z[..., config.dim_sem:]
   if config.distance == "cosine":
     sem = sem * jax.lax.rsqrt(jnp.sum(sem * sem, -1, keepdims=True) + 1e-12)
@@ -257,20 +281,33 @@ def ema_update(state: dict, stats: Statistics, config: CodebookConfig) -> dict:
   total = counts.sum()
   smoothed = (counts + config.epsilon) / (total + counts.shape[0] * config.epsilon) * total
   centres = sums / jnp.maximum(smoothed, 1e-12)[:, None]
+  # A code no token has reached yet keeps its centre (S / n would put it at 0).
+  centres = jnp.where((counts > 0)[:, None], centres, state["centres"])
   hist = decay * state["class_hist"] + (1 - decay) * stats.class_hist
   return dict(state, counts=counts, sums=sums, centres=centres, class_hist=hist)
 
 
-def restart_dead_codes(state: dict, z: jax.Array, labels: jax.Array,
-                       weight: jax.Array, key: jax.Array, config: CodebookConfig,
-                       guided: bool) -> tuple[dict, jax.Array]:
+def _fair_share(counts: jax.Array, code_class: jax.Array, num_classes: int) -> jax.Array:
+  """Each code's share of the tokens its class's codes hold: Σ_{c_j = c_k} counts_j / |c_k|."""
+  codes_per_class = jnp.zeros(num_classes).at[code_class].add(1.0)
+  class_tokens = jnp.zeros(num_classes).at[code_class].add(counts)
+  return class_tokens[code_class] / codes_per_class[code_class]
+
+
+def restart_dead_codes(state: dict, batch_counts: jax.Array, z: jax.Array,
+                       labels: jax.Array, weight: jax.Array, key: jax.Array,
+                       config: CodebookConfig, guided: bool) -> tuple[dict, jax.Array]:
   """Re-seeds every dead code from a random token of its class (any token if not
   `guided`), plus small noise. Deterministic given `key`.
 
-  A code is dead when its EMA count is below `dead_fraction` of its fair share:
-  the EMA token count of its class divided by the class's codes. A code whose
-  class has no token in the batch waits for a later batch. Returns the new state
-  and the number of codes restarted.
+  `missed` counts, per code, the tokens it would have won at its fair share of
+  its class's tokens (this step's `batch_counts`) since it last won one. A code
+  is dead when that reaches `dead_after_tokens` — a few steps for a code that
+  fell out of use, whatever the EMA decay — or when its EMA count is under
+  `dead_fraction` of its fair share. A class absent from a batch adds nothing,
+  and its dead codes wait for a batch that has its tokens. A restarted code
+  starts at its fair share of the EMA counts, as a live code of its class.
+  Returns the new state and the number of codes restarted.
   """
   code_class = state["code_class"] if guided else jnp.zeros_like(state["code_class"])
   num_classes = config.num_classes if guided else 1
@@ -279,10 +316,11 @@ def restart_dead_codes(state: dict, z: jax.Array, labels: jax.Array,
   usable = weight.reshape(-1) > 0
   flat_labels = jnp.where(usable, flat_labels, UNLABELED)
 
-  codes_per_class = jnp.zeros(num_classes).at[code_class].add(1.0)
-  class_tokens = jnp.zeros(num_classes).at[code_class].add(state["counts"])
-  fair_share = class_tokens[code_class] / codes_per_class[code_class]
-  dead = state["counts"] < jnp.maximum(config.dead_fraction * fair_share, 1e-6)
+  fair_share = _fair_share(state["counts"], code_class, num_classes)
+  missed = jnp.where(batch_counts > 0, 0.0,
+                     state["missed"] + _fair_share(batch_counts, code_class, num_classes))
+  dead = ((missed >= config.dead_after_tokens) |
+          (state["counts"] < jnp.maximum(config.dead_fraction * fair_share, 1e-6)))
 
   # Tokens sorted by (class, random key): each class's tokens in random order.
   key_order, key_noise = jax.random.split(key)
@@ -300,14 +338,14 @@ def restart_dead_codes(state: dict, z: jax.Array, labels: jax.Array,
   scale = jnp.std(flat_z) + 1e-6
   noise = config.restart_noise * scale * jax.random.normal(key_noise, state["centres"].shape)
   new_centres = flat_z[pick] + noise
-  fresh_count = jnp.maximum(fair_share, 1.0)
   centres = jnp.where(restart[:, None], new_centres, state["centres"])
-  counts = jnp.where(restart, fresh_count, state["counts"])
-  sums = jnp.where(restart[:, None], new_centres * fresh_count[:, None], state["sums"])
+  counts = jnp.where(restart, fair_share, state["counts"])
+  sums = jnp.where(restart[:, None], new_centres * fair_share[:, None], state["sums"])
   hist = jnp.where(restart[:, None],
-                   jax.nn.one_hot(code_class, state["class_hist"].shape[1]) * fresh_count[:, None]
+                   jax.nn.one_hot(code_class, state["class_hist"].shape[1]) * fair_share[:, None]
                    if guided else 0.0, state["class_hist"])
-  new_state = dict(state, centres=centres, counts=counts, sums=sums, class_hist=hist)
+  new_state = dict(state, centres=centres, counts=counts, sums=sums, class_hist=hist,
+                   missed=jnp.where(restart, 0.0, missed))
   return new_state, restart.sum()
 
 
@@ -367,8 +405,9 @@ class Codebook(nn.Module):
     c = self.config
     init_scale = 1.0 / np.sqrt(c.dim)
     if c.mode == "vq":
-      self.embedding = self.param(
-          "embedding", nn.initializers.uniform(2 * init_scale), (c.num_codes, c.dim))
+      # taming-transformers' initialisation: U(-1/K, 1/K).
+      self.embedding = self.param("embedding", _symmetric_uniform(1.0 / c.num_codes),
+                                  (c.num_codes, c.dim))
     zeros = lambda *shape: (lambda: jnp.zeros(shape, jnp.float32))
     self.centres = self.variable("codebook", "centres", lambda: jax.random.normal(
         self.make_rng("params"), (c.num_codes, c.dim)) * init_scale)
@@ -376,6 +415,7 @@ class Codebook(nn.Module):
     self.sums = self.variable("codebook", "sums", zeros(c.num_codes, c.dim))
     self.class_hist = self.variable("codebook", "class_hist",
                                     zeros(c.num_codes, c.num_classes))
+    self.missed = self.variable("codebook", "missed", zeros(c.num_codes))
     self.code_class = self.variable("codebook", "code_class", lambda: jnp.asarray(
         allocate_codes(np.ones(c.num_classes), c.num_codes), jnp.int32))
 
@@ -387,7 +427,7 @@ class Codebook(nn.Module):
   def state(self) -> dict:
     return {"centres": self.centres.value, "counts": self.counts.value,
             "sums": self.sums.value, "class_hist": self.class_hist.value,
-            "code_class": self.code_class.value}
+            "code_class": self.code_class.value, "missed": self.missed.value}
 
   def lookup(self, indices: jax.Array) -> jax.Array:
     return jnp.take(self.codes(), indices, axis=0)
@@ -404,6 +444,15 @@ class Codebook(nn.Module):
 
   def code_classes(self, indices: jax.Array) -> jax.Array:
     return jnp.take(self.code_class.value, indices, axis=0)
+
+  def posterior_classes(self, z: jax.Array) -> jax.Array:
+    """argmax_c p(c|z) of every token z [..., D]: the class posterior the
+    semantic loss trains, p(c|z) = Σ_{k: c_k = c} softmax_k(−d_sem(z, e_k) / τ)."""
+    c = self.config
+    z = prepare_tokens(z.astype(jnp.float32), c)
+    p_code = jax.nn.softmax(-semantic_distances(z, self.codes(), c) / c.semantic_temperature)
+    p_class = p_code @ jax.nn.one_hot(self.code_class.value, c.num_classes, dtype=jnp.float32)
+    return jnp.argmax(p_class, -1).astype(jnp.int32)
 
   def __call__(self, z: jax.Array, labels: jax.Array | None = None,
                weight: jax.Array | None = None, train: bool = False):
@@ -439,10 +488,10 @@ class Codebook(nn.Module):
       else:
         state = ema_update(state, stats, c)
         state, restarted = restart_dead_codes(
-            state, jax.lax.stop_gradient(z), labels, weight, self.make_rng("restart"),
-            c, guided=c.mode == "sgc")
+            state, stats.counts, jax.lax.stop_gradient(z), labels, weight,
+            self.make_rng("restart"), c, guided=c.mode == "sgc")
         metrics["restarted"] = restarted
-        for name in ("centres", "counts", "sums", "class_hist"):
+        for name in ("centres", "counts", "sums", "class_hist", "missed"):
           getattr(self, name).value = state[name]
     straight_through = z + jax.lax.stop_gradient(quantized - z)
     return straight_through, indices, losses, metrics
@@ -454,6 +503,12 @@ class Codebook(nn.Module):
         prepare_tokens(z_student.astype(jnp.float32), c),
         prepare_tokens(z_teacher.astype(jnp.float32), c), valid,
         jax.lax.stop_gradient(self.codes()), c)
+
+
+def _symmetric_uniform(limit: float):
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -limit, limit)
+  return init
 
 
 def _perplexity(counts: jax.Array) -> jax.Array:
