@@ -22,7 +22,8 @@ TABLE = (("psnr", "PSNR (dB)", ".2f"), ("ssim", "SSIM", ".3f"), ("l1", "L1", ".4
          ("top10_share", "tokens on top-10 % codes", ".3f"),
          ("token_purity", "token purity (allocated class)", ".3f"),
          ("code_purity", "token purity (code's majority class)", ".3f"),
-         ("zero_shot_miou", "zero-shot mIoU", ".3f"),
+         ("zero_shot_miou", "zero-shot mIoU (nearest code's class)", ".3f"),
+         ("posterior_miou", "zero-shot mIoU (argmax p(c|z))", ".3f"),
          ("hungarian_miou", "Hungarian mIoU", ".3f"), ("probe_miou", "linear-probe mIoU", ".3f"))
 
 

@@ -7,7 +7,9 @@ without another pass:
   - token purity: tokens whose code's class is the majority class of their
     patch (`sgc`: the class the code is allocated to; every mode: the code's
     own majority class over the split, `code_purity`);
-  - zero-shot mIoU (`sgc`): each code predicts its allocated class;
+  - zero-shot mIoU (`sgc`): each code predicts its allocated class, and the
+    same with each token's argmax_c p(c|z) (the posterior the semantic loss
+    trains; a [C, C] confusion gathered in the same pass);
   - Hungarian mIoU: the codes k-means-clustered into C groups (by their
     vectors, weighted by use; no labels), groups matched one to one to classes;
   - linear probe mIoU: a linear classifier (a 1x1 convolution) on the frozen
@@ -122,21 +124,26 @@ def _batch_totals_fn(trainer, label_threshold: float, reconstruct: bool, with_lp
     x = batch["image"][:, 0]
     weight = batch["mask"].astype(jnp.float32)
     segmentation = batch["segmentation"][:, 0]
-    indices, _ = trainer.model.apply(variables, x, method=SGCVQGAN.encode)
+    indices, _, posterior = trainer.model.apply(variables, x, method=SGCVQGAN.encode_all)
     labels = codebook_lib.token_labels(segmentation, mc.grid, num_classes, label_threshold)
     token_counts = jax.nn.one_hot(labels, num_classes) * weight[:, None, None, None]
+    pixel_counts = metrics.patch_class_counts(segmentation, mc.grid, num_classes)
     out = {
         "images": weight.sum(),
         "usage": jnp.zeros(mc.codebook.num_codes).at[indices.reshape(-1)].add(
             jnp.broadcast_to(weight[:, None, None], indices.shape).reshape(-1)),
-        "pixels": metrics.code_class_cooccurrence(
-            indices, metrics.patch_class_counts(segmentation, mc.grid, num_classes),
-            mc.codebook.num_codes, weight),
+        "pixels": metrics.code_class_cooccurrence(indices, pixel_counts,
+                                                  mc.codebook.num_codes, weight),
         "tokens": metrics.code_class_cooccurrence(indices, token_counts,
                                                   mc.codebook.num_codes),
     }
+    if mc.codebook.mode == "sgc":  # [C predicted, C true] pixels of argmax_c p(c|z)
+      out["posterior_pixels"] = metrics.code_class_cooccurrence(
+          posterior, pixel_counts, num_classes, weight)
     if reconstruct:
-      x_hat = trainer.model.apply(variables, indices, method=SGCVQGAN.decode)
+      # Metrics see what a viewer sees: images in [-1, 1].
+      x_hat = jnp.clip(trainer.model.apply(variables, indices, method=SGCVQGAN.decode),
+                       -1.0, 1.0)
       out.update(psnr=jnp.sum(losses.psnr(x, x_hat) * weight),
                  ssim=jnp.sum(metrics.ssim(x, x_hat) * weight),
                  l1=jnp.sum(jnp.abs(x - x_hat).mean((1, 2, 3)) * weight))
@@ -206,7 +213,7 @@ def evaluate(trainer, state, dataset, config, *, probe: bool = False,
   pixels, tokens = totals["pixels"], totals["tokens"]
   labeled = max(tokens.sum(), 1.0)
   results["code_purity"] = float(tokens.max(1).sum() / labeled)
-  results["token_purity"] = results["zero_shot_miou"] = None
+  results["token_purity"] = results["zero_shot_miou"] = results["posterior_miou"] = None
   code_class = None
   if mc.codebook.mode == "sgc":
     code_class = np.asarray(jax.device_get(codebook["codebook"]["code_class"]))
@@ -214,6 +221,7 @@ def evaluate(trainer, state, dataset, config, *, probe: bool = False,
                                     / labeled)
     results["zero_shot_miou"] = metrics.mean_iou(
         metrics.confusion_from_assignment(pixels, code_class, num_classes))
+    results["posterior_miou"] = metrics.mean_iou(totals["posterior_pixels"])
   clusters = metrics.kmeans(codes, num_classes, weights=usage, seed=config.seed)
   cluster_confusion = metrics.confusion_from_assignment(pixels, clusters, num_classes)
   results["hungarian_miou"] = metrics.mean_iou(metrics.matched_confusion(cluster_confusion))

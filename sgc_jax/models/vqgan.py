@@ -264,10 +264,19 @@ class SGCVQGAN(nn.Module):
     return {"reconstruction": self.last_layer(features), "features": features,
             "z": z, "indices": indices, "losses": losses, "metrics": metrics}
 
+  def encode_all(self, images):
+    """Inference, no mask: the nearest code of every token over all K, its
+    class, and the token's argmax_c p(c|z) — each [N, g, g]."""
+    z = self.tokens(images)
+    indices = self.codebook.nearest(z)
+    return indices, self.codebook.code_classes(indices), self.codebook.posterior_classes(z)
+
   def encode(self, images):
-    """Inference, no mask: nearest code over all K -> indices and their classes."""
-    indices = self.codebook.nearest(self.tokens(images))
-    return indices, self.codebook.code_classes(indices)
+    """Indices and the semantic map that `codebook.semantic_map` names."""
+    indices, nearest_class, posterior_class = self.encode_all(images)
+    if self.config.codebook.semantic_map == "posterior":
+      return indices, posterior_class
+    return indices, nearest_class
 
   def decode(self, indices):
     q = self.codebook.lookup(indices)
