@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from sgc_jax import checkpoint, evaluate, losses, report, sharding
+from sgc_jax import checkpoint, evaluate, logs, losses, report, sharding
 from sgc_jax.data import pipeline, sources, views
 from sgc_jax.models import codebook as codebook_lib
 from sgc_jax.models import lpips as lpips_lib
@@ -50,19 +50,37 @@ def model_config(config: ml_collections.ConfigDict, num_classes: int) -> ModelCo
   m = config.model.to_dict()
   codebook = dict(m.pop("codebook"))
   codebook["num_classes"] = num_classes if codebook["mode"] == "sgc" else 1
-  codebook.pop("alpha", None), codebook.pop("min_codes", None)
-  codebook.pop("label_threshold", None)
+  _check_allocation(codebook.pop("alpha"), codebook.pop("min_codes"),
+                    codebook.pop("label_threshold"), codebook, num_classes)
   m = {k: tuple(v) if isinstance(v, list) else v for k, v in m.items()}
   model = ModelConfig(codebook=codebook_lib.CodebookConfig(**codebook), **m)
   model.validate()
   return model
 
 
+def _check_allocation(alpha, min_codes, label_threshold, codebook: dict,
+                      num_classes: int) -> None:
+  """The codebook fields that only the trainer reads (allocation, token labels)."""
+  if not (isinstance(min_codes, int) and min_codes >= 1):
+    raise ValueError(f"codebook.min_codes={min_codes!r}: must be an integer >= 1 "
+                     "(a class with no code gets an infinite semantic loss)")
+  if not alpha >= 0:
+    raise ValueError(f"codebook.alpha={alpha!r}: must be >= 0")
+  if not 0 < label_threshold <= 1:
+    raise ValueError(f"codebook.label_threshold={label_threshold!r}: must be in (0, 1]")
+  if codebook["mode"] == "sgc" and codebook["num_codes"] < min_codes * num_classes:
+    raise ValueError(f"codebook.num_codes={codebook['num_codes']} cannot give each of the "
+                     f"{num_classes} classes min_codes={min_codes} codes")
+
+
 def _optimizer(config: ml_collections.ConfigDict, learning_rate: float):
   opt = config.optimizer
+  warmup = max(1, opt.warmup_steps)
+  # Linear warm-up from lr/(warmup+1) at step 0 (not 0: that step would be
+  # wasted) to lr at step `warmup`, then cosine.
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, learning_rate, max(1, opt.warmup_steps), max(opt.warmup_steps + 1, config.total_steps),
-      end_value=learning_rate * opt.final_lr_fraction)
+      learning_rate / (warmup + 1), learning_rate, warmup,
+      max(warmup + 1, config.total_steps), end_value=learning_rate * opt.final_lr_fraction)
   return optax.chain(optax.clip_by_global_norm(opt.grad_clip),
                      optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps))
 
@@ -169,9 +187,11 @@ class Trainer:
         terms["consistency"] = self._consistency(params, state.codebook, out["z"], batch)
       metrics = dict(out["metrics"])
       if with_gan:
-        def last(w):
-          return self.model.apply({"params": dict(jax.lax.stop_gradient(params), conv_out=w)},
-                                  jax.lax.stop_gradient(out["features"]),
+        conv_out = jax.lax.stop_gradient(params["conv_out"])
+
+        def last(kernel):  # taming: the gradients at the last layer's weight only
+          frozen = dict(jax.lax.stop_gradient(params), conv_out=dict(conv_out, kernel=kernel))
+          return self.model.apply({"params": frozen}, jax.lax.stop_gradient(out["features"]),
                                   method=SGCVQGAN.last_layer)
 
         def gan_of(reconstruction):
@@ -179,9 +199,9 @@ class Trainer:
                                       mutable=["batch_stats"])
           return losses.generator_adversarial(logits, weight)
 
-        w_last = jax.lax.stop_gradient(params["conv_out"])
-        adaptive = losses.adaptive_weight(jax.grad(lambda w: nll(last(w)))(w_last),
-                                          jax.grad(lambda w: gan_of(last(w)))(w_last),
+        kernel = conv_out["kernel"]
+        adaptive = losses.adaptive_weight(jax.grad(lambda w: nll(last(w)))(kernel),
+                                          jax.grad(lambda w: gan_of(last(w)))(kernel),
                                           c.loss.max_adaptive_weight)
         terms["gan"] = c.loss.disc_weight * adaptive * gan_of(x_hat)
         metrics["adaptive_weight"] = adaptive
@@ -365,7 +385,7 @@ def initial_state(trainer: Trainer) -> TrainState:
     state = state.replace(params=params, opt_state=jax.jit(
         trainer.tx.init, out_shardings=trainer.state_shardings.opt_state)(params),
         ema_params=params if state.ema_params is not None else None)
-    logging.info("generator initialised from %s", trainer.config.init_from)
+    logs.note(f"generator initialised from {trainer.config.init_from}")
   return state
 
 
@@ -386,7 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if latest is not None:
     state, data_state = restore_state(trainer, mgr, latest)
     batches.set_state(data_state)
-    logging.info("resumed from step %d", latest)
+    logs.note(f"resumed from step {latest}")
   else:
     state = initial_state(trainer)
   step = int(state.step)
