@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import jax
 import numpy as np
@@ -58,7 +59,7 @@ def convert(state_dict: dict[str, np.ndarray], source: str = "state dict") -> di
 def load(path: str) -> dict:
   """InceptionV3 parameters from pytorch-fid's .pth or from this module's .npz."""
   if path.endswith(".npz"):
-    return tree_io.load(path)
+    return tree_io.unflatten(torch_file.load_state_dict(path))
   return convert(torch_file.load_state_dict(path), path)
 
 
@@ -67,8 +68,11 @@ def main(argv=None):
   parser.add_argument("weights")
   parser.add_argument("--out", required=True)
   args = parser.parse_args(argv)
-  tree_io.save(load(args.weights), args.out)
-  print(f"wrote {args.out}")
+  try:
+    out = torch_file.write_npz(load(args.weights), args.out)
+  except (torch_file.WeightFileError, OSError) as error:
+    sys.exit(f"error: {error}")
+  print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -9,10 +9,10 @@ trunk) and the `lpips` package's linear heads (`lpips/weights/v0.1/vgg.pth`).
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
-from sgc_jax import tree_io
 from sgc_jax.convert import torch_file
 from sgc_jax.models.lpips import VGG16_STAGES
 
@@ -47,10 +47,13 @@ def main(argv=None):
   parser.add_argument("--heads", required=True, help="lpips linear heads (vgg.pth)")
   parser.add_argument("--out", required=True)
   args = parser.parse_args(argv)
-  params = convert(torch_file.load_state_dict(args.vgg), torch_file.load_state_dict(args.heads),
-                   args.vgg, args.heads)
-  tree_io.save(params, args.out)
-  print(f"wrote {args.out}")
+  try:
+    params = convert(torch_file.load_state_dict(args.vgg),
+                     torch_file.load_state_dict(args.heads), args.vgg, args.heads)
+    out = torch_file.write_npz(params, args.out)
+  except (torch_file.WeightFileError, OSError) as error:
+    sys.exit(f"error: {error}")
+  print(f"wrote {out}")
 
 
 if __name__ == "__main__":

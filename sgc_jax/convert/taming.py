@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 import jax
 import numpy as np
@@ -25,29 +26,38 @@ from sgc_jax.models.vqgan import SGCVQGAN, ModelConfig
 _IGNORED_PREFIXES = ("loss.",)
 
 
-def infer_model_config(state_dict: dict[str, np.ndarray], resolution: int) -> ModelConfig:
+def infer_model_config(state_dict: dict[str, np.ndarray], resolution: int,
+                       source: str = "state dict") -> ModelConfig:
   """The architecture a taming state dict was trained with (input `resolution`
-  is not stored in it)."""
-  def shape(name):
+  is not stored in it); errors begin with `source`."""
+  def fail(problem):
+    raise torch_file.WeightFileError(f"{source}: not a taming VQGAN state dict: {problem}")
+
+  def shape(name, ndim):
     if name not in state_dict:
-      raise torch_file.WeightFileError(f"not a taming VQGAN state dict: no {name!r}")
+      fail(f"no {name!r}")
+    if state_dict[name].ndim != ndim or not all(state_dict[name].shape):
+      fail(f"{name!r} has shape {state_dict[name].shape}")
     return state_dict[name].shape
 
-  ch = shape("encoder.conv_in.weight")[0]
+  ch = shape("encoder.conv_in.weight", 4)[0]
   levels = sorted({int(m.group(1)) for k in state_dict
-                   if (m := re.match(r"encoder\.down\.(\d+)\.block\.0\.conv1\.weight", k))})
-  ch_mult = tuple(shape(f"encoder.down.{i}.block.0.conv1.weight")[0] // ch for i in levels)
+                   if (m := re.match(r"encoder\.down\.(\d{1,4})\.block\.0\.conv1\.weight", k))})
+  if levels != list(range(len(levels))):
+    fail(f"encoder levels {levels[:8]}, not 0, 1, ...")
+  widths = [shape(f"encoder.down.{i}.block.0.conv1.weight", 4)[0] for i in levels]
+  if any(width % ch for width in widths):
+    fail(f"encoder widths {widths} are not multiples of {ch}")
+  ch_mult = tuple(width // ch for width in widths)
   num_res_blocks = len({k.split(".")[4] for k in state_dict
                         if k.startswith("encoder.down.0.block.")})
   attn_resolutions = tuple(sorted(
       {resolution // 2 ** i for i in levels if f"encoder.down.{i}.attn.0.q.weight" in state_dict},
       reverse=True))
-  z_channels = shape("post_quant_conv.weight")[0]
-  if shape("encoder.conv_out.weight")[0] != z_channels:
-    raise torch_file.WeightFileError(
-        "encoder.conv_out has 2 x z_channels outputs (double_z): a KL autoencoder, "
-        "not a VQGAN")
-  num_codes, embed_dim = shape("quantize.embedding.weight")
+  z_channels = shape("post_quant_conv.weight", 4)[0]
+  if shape("encoder.conv_out.weight", 4)[0] != z_channels:
+    fail("encoder.conv_out has 2 x z_channels outputs (double_z): a KL autoencoder")
+  num_codes, embed_dim = shape("quantize.embedding.weight", 2)
   return ModelConfig(
       resolution=resolution, ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
       attn_resolutions=attn_resolutions, z_channels=z_channels,
@@ -105,7 +115,7 @@ def convert(state_dict: dict[str, np.ndarray], model_config: ModelConfig,
 def load(path: str, model_config: ModelConfig) -> dict:
   """Parameters from a taming .ckpt or from the .npz `main` writes."""
   if path.endswith(".npz"):
-    return tree_io.load(path)
+    return tree_io.unflatten(torch_file.load_state_dict(path))
   return convert(torch_file.load_state_dict(path), model_config, path)
 
 
@@ -127,12 +137,19 @@ def main(argv=None):
                       help="training image size (not stored in the checkpoint)")
   parser.add_argument("--out", required=True)
   args = parser.parse_args(argv)
-  state_dict = torch_file.load_state_dict(args.checkpoint)
-  model_config = infer_model_config(state_dict, args.resolution)
-  tree_io.save(convert(state_dict, model_config, args.checkpoint), args.out)
-  print(f"wrote {args.out}; train from it with:")
+  try:
+    state_dict = torch_file.load_state_dict(args.checkpoint)
+    model_config = infer_model_config(state_dict, args.resolution, args.checkpoint)
+    try:
+      model_config.validate()
+    except ValueError as error:
+      raise torch_file.WeightFileError(f"{args.checkpoint}: {error}") from None
+    out = torch_file.write_npz(convert(state_dict, model_config, args.checkpoint), args.out)
+  except (torch_file.WeightFileError, OSError) as error:
+    sys.exit(f"error: {error}")
+  print(f"wrote {out}; train from it with:")
   print("  " + " \\\n    ".join(config_overrides(model_config) +
-                              [f"--config.init_from={args.out}"]))
+                              [f"--config.init_from={out}"]))
 
 
 if __name__ == "__main__":

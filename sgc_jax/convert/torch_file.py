@@ -1,20 +1,42 @@
 """Reads PyTorch state dicts (`torch.save` zip files, Lightning `.ckpt`) without
 torch, and `.npz` files of the same flat `name -> array` layout.
 
-The pickle inside a torch file is read by a restricted unpickler: tensors are
-rebuilt from their storages as NumPy arrays, plain containers are kept, and
-any other class is replaced by an inert placeholder (nothing in the file is
-ever executed).
+Weight files are untrusted input. A file that cannot be read ends in a
+`WeightFileError` whose message begins with the file's path; nothing in a file
+is executed, and nothing it holds can change this process:
+
+* The pickle inside is read by a restricted unpickler that hands it inert
+  objects only: tensor records, `OrderedDict`s, and for any other global a
+  fresh placeholder class (calling it records the arguments, runs nothing).
+  The functions it may call are immutable per-load objects, so BUILD cannot
+  set attributes on anything shared. Before unpickling, the opcodes are scanned
+  for what the C unpickler turns into unbounded memory or C recursion.
+* Only the state dict's tensors are built, each after checking its size,
+  stride and offset against its storage record, and the record's size against
+  the pickle's claim.
+* Memory is bounded by the file: one load allocates at most
+  max(1 GiB, 64 x the file's size) bytes (entries read, tensors built, 128
+  bytes per pickle opcode), checked before each allocation. Torch's tensors
+  need about the file's size twice (storages, then copies); the 1 GiB floor
+  leaves room for the broadcast (stride-0) tensors of small files. A compressed
+  entry may not expand to more than 64 x the file's size (torch writes entries
+  uncompressed), which stops zip bombs before anything is inflated.
 """
 
 from __future__ import annotations
 
 import collections
+import io
+import math
 import os
 import pickle
+import pickletools
+import reprlib
 import zipfile
 
 import numpy as np
+
+from sgc_jax import tree_io
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
@@ -22,91 +44,337 @@ _STORAGE_DTYPES = {
     "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
     "BoolStorage": np.bool_,
 }
+_MIN_BUDGET, _BUDGET_PER_FILE_BYTE = 1 << 30, 64
+_MAX_ELEMENTS, _MAX_DIMS = 1 << 34, 32
+# Hashing a dict key recurses in C with no limit: a 1 MB pickle of nested
+# tuples segfaults. Real pickles nest a few levels.
+_MAX_TUPLE_DEPTH = 1000
+# An opcode makes at most one object, of at most about this many bytes.
+_BYTES_PER_OPCODE = 128
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = 120
 
 
 class WeightFileError(ValueError):
-  """A weight file that cannot be read or does not hold what is expected."""
+  """A weight file that cannot be read or does not hold what is expected. The
+  message is one line, beginning with the file's path where there is one."""
+
+  def __init__(self, message: str):
+    super().__init__(" ".join(str(message).splitlines()))
+
+
+def _brief(value, nested: bool = False) -> str:
+  """A short description of an untrusted value, safe to format: never the
+  repr of a container or of an object the file made."""
+  if value is None or type(value) in (bool, float) or (type(value) is int and
+                                                       abs(value) < 1 << 64):
+    return repr(value)
+  if type(value) is int:
+    return f"a {value.bit_length()}-bit int"
+  if type(value) is str:
+    return _REPR.repr(value)
+  if type(value) is tuple and not nested and len(value) <= _MAX_DIMS:
+    items = [_brief(v, nested=True) for v in value]
+    return f"({', '.join(items)}{',' if len(items) == 1 else ''})"
+  if isinstance(value, type) and issubclass(value, _Placeholder):
+    return _REPR.repr(value.global_name)
+  if isinstance(value, _Placeholder):
+    return f"a {_REPR.repr(type(value).global_name)} object"
+  return f"a {type(value).__name__.strip('_')}"
+
+
+def _describe(error: Exception) -> str:
+  """An exception raised on malformed input, briefly (its text may quote the file)."""
+  return f"{type(error).__name__}: {str(error)[:200]}"
+
+
+# ------------------------------------------------------------------ what the pickle gets
+
+
+class _Frozen:
+  """Objects the pickle can reach: no __dict__, no __setstate__ and no setattr,
+  so a BUILD opcode on one fails instead of changing it."""
+  __slots__ = ()
+
+  def __init__(self, **fields):
+    for name, value in fields.items():
+      object.__setattr__(self, name, value)
+
+  def __setattr__(self, name, value):
+    raise WeightFileError(f"the pickle sets attribute {_brief(name)} of a "
+                          f"{type(self).__name__.strip('_')}")
+
+
+class _Function(_Frozen):
+  """A function the pickle may call; a new one for each global it names."""
+  __slots__ = ("function",)
+
+  def __call__(self, *args):
+    return self.function(*args)
+
+
+class _Storage(_Frozen):
+  """A storage record: `data/{key}` in the archive, `numel` elements of a dtype."""
+  __slots__ = ("key", "dtype_name", "numel")
+
+
+class _Tensor(_Frozen):
+  """A tensor record; becomes an array only when used, after its checks."""
+  __slots__ = ("storage", "offset", "size", "stride")
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused):
+  del unused
+  return _Tensor(storage=storage, offset=offset, size=size, stride=stride)
+
+
+def _rebuild_parameter(data, *unused):
+  del unused
+  if not isinstance(data, _Tensor):
+    raise WeightFileError(f"a parameter holds {_brief(data)}, not a tensor")
+  return data
+
+
+_FUNCTIONS = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+}
 
 
 class _Placeholder(dict):
-  """Stands in for any class the file names that is not a tensor or a container."""
+  """An instance of a class the file names that is neither a tensor nor a
+  container: it keeps its arguments and state. (BUILD on the class itself
+  calls `__setstate__` unbound, which fails.)"""
+  global_name = "?"
 
   def __init__(self, *args, **kwargs):
     super().__init__()
-    self.args = args
+    self.args, self.kwargs = args, kwargs
 
   def __setstate__(self, state):
     self.state = state
 
 
-def _placeholder_class(module: str, name: str):
-  return type(name, (_Placeholder,), {"__module__": module})
-
-
-def _rebuild_tensor(storage, offset, size, stride, *unused):
-  del unused
-  if not size:
-    return np.array(storage[offset])
-  itemsize = storage.dtype.itemsize
-  return np.lib.stride_tricks.as_strided(
-      storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)).copy()
-
-
-def _rebuild_parameter(data, *unused):
-  del unused
-  return data
-
-
 class _Unpickler(pickle.Unpickler):
-  def __init__(self, file, archive: zipfile.ZipFile, prefix: str):
-    super().__init__(file)
-    self._archive, self._prefix = archive, prefix
-    self._storages: dict[str, np.ndarray] = {}
 
   def find_class(self, module, name):
-    if module == "torch._utils" and name == "_rebuild_tensor_v2":
-      return _rebuild_tensor
-    if module == "torch._utils" and name == "_rebuild_parameter":
-      return _rebuild_parameter
-    if module == "collections" and name == "OrderedDict":
-      return collections.OrderedDict
+    if (module, name) in _FUNCTIONS:
+      return _Function(function=_FUNCTIONS[module, name])
     if module == "torch" and name in _STORAGE_DTYPES:
       return name
-    return _placeholder_class(module, name)
+    # A class per global: NEWOBJ needs a type, and no two globals share one.
+    return type("Placeholder", (_Placeholder,), {"global_name": f"{module}.{name}"})
 
   def persistent_load(self, pid):
-    kind, storage_type, key = pid[0], pid[1], pid[2]
-    if kind != "storage":
-      raise WeightFileError(f"unknown persistent record {kind!r}")
-    if key not in self._storages:
-      dtype = _STORAGE_DTYPES.get(storage_type if isinstance(storage_type, str)
-                                  else type(storage_type).__name__)
-      if dtype is None:
-        raise WeightFileError(f"unsupported tensor storage {storage_type!r}")
-      raw = self._archive.read(f"{self._prefix}data/{key}")
-      if dtype == "bfloat16":
-        import ml_dtypes
-        dtype = ml_dtypes.bfloat16
-      self._storages[key] = np.frombuffer(raw, dtype=dtype)
-    return self._storages[key]
+    if type(pid) is not tuple or len(pid) != 5 or pid[0] != "storage":
+      raise WeightFileError(f"unknown persistent record {_brief(pid)}")
+    _, storage_type, key, _, numel = pid
+    if type(key) is not str or type(numel) is not int or numel < 0:
+      raise WeightFileError(f"storage record {_brief(key)} of {_brief(numel)} elements")
+    if type(storage_type) is not str or storage_type not in _STORAGE_DTYPES:
+      raise WeightFileError(f"storage {_brief(key)}: unsupported tensor type "
+                            f"{_brief(storage_type)}")
+    return _Storage(key=key, dtype_name=storage_type, numel=numel)
 
 
-def load_torch(path: str):
-  """The object a `torch.save` zip file holds, tensors as NumPy arrays."""
-  if not zipfile.is_zipfile(path):
-    raise WeightFileError(
-        f"{path}: not a torch zip file (legacy torch<1.6 format or not a checkpoint); "
-        "re-save it with torch.save(obj, path) from torch>=1.6")
-  with zipfile.ZipFile(path) as archive:
-    pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+def _scan_pickle(data: bytes, max_opcodes: int) -> int:
+  """The number of opcodes in `data`, after rejecting what the C unpickler
+  cannot be trusted with: more than `max_opcodes`, memo indices past the
+  opcodes so far (the memo is an array sized by the largest index: 5 bytes
+  could allocate 32 GiB), and tuples nested deeper than _MAX_TUPLE_DEPTH. Only
+  tuple depths are tracked, conservatively: tuples and frozensets are the only
+  hashable containers a pickle makes, and they are immutable, so a depth
+  recorded in the memo stays true."""
+  mark, stack, memo, count = object(), [], {}, 0
+  for count, (op, arg, _) in enumerate(pickletools.genops(data), 1):
+    if count > max_opcodes:
+      raise WeightFileError(f"more than {max_opcodes} pickle opcodes")
+    if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+      index = len(memo) if op.name == "MEMOIZE" else arg
+      if index > count:
+        raise WeightFileError(f"memo index {index} at opcode {count}")
+      memo[index] = stack[-1] if stack and stack[-1] is not mark else 0
+      continue
+    if op.name in ("GET", "BINGET", "LONG_BINGET"):
+      stack.append(memo.get(arg, 0))
+      continue
+    if op.name == "MARK":
+      stack.append(mark)
+      continue
+    popped, below = [], len(op.stack_before)
+    if pickletools.markobject in op.stack_before:
+      while stack and stack[-1] is not mark:
+        popped.append(stack.pop())
+      if stack:
+        stack.pop()
+      below = op.stack_before.index(pickletools.markobject)
+    for _ in range(min(below, len(stack))):
+      popped.append(stack.pop())
+    depth = max((d for d in popped if d is not mark), default=0)
+    if op.name in ("EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "FROZENSET"):
+      depth += 1
+      if depth > _MAX_TUPLE_DEPTH:
+        raise WeightFileError(f"tuples nested more than {_MAX_TUPLE_DEPTH} deep")
+    stack.extend([depth] * len(op.stack_after))
+  return count
+
+
+# ------------------------------------------------------------------ the archive
+
+
+def _dtype(name: str) -> np.dtype:
+  dtype = _STORAGE_DTYPES[name]
+  if dtype == "bfloat16":
+    import ml_dtypes
+    dtype = ml_dtypes.bfloat16
+  return np.dtype(dtype)
+
+
+class _TorchFile:
+  """An open torch zip file: its pickle, and on demand its tensors, within the
+  file's memory budget."""
+
+  def __init__(self, path: str):
+    self.path = path
+    try:
+      size = os.path.getsize(path)
+      is_zip = zipfile.is_zipfile(path)
+      self._archive = zipfile.ZipFile(path) if is_zip else None
+    except OSError as error:
+      raise self.error(f"cannot read: {error.strerror}") from None
+    except Exception as error:  # A malformed zip raises any of several types.
+      raise self.error(f"corrupt zip file ({_describe(error)})") from None
+    if not is_zip:
+      raise self.error("not a torch zip file (legacy torch<1.6 format, truncated, or not a "
+                       "checkpoint); re-save it with torch.save(obj, path) from torch>=1.6")
+    self._size = size
+    self._left = max(_MIN_BUDGET, _BUDGET_PER_FILE_BYTE * size)
+    self._max_inflated = _BUDGET_PER_FILE_BYTE * size
+    self._storages: dict[str, np.ndarray] = {}
+    pickles = [n for n in self._archive.namelist()
+               if n == "data.pkl" or (n.endswith("/data.pkl") and n.count("/") == 1)]
     if not pickles:
-      raise WeightFileError(f"{path}: zip file without data.pkl, not a torch file")
-    prefix = pickles[0][:-len("data.pkl")]
-    byteorder = f"{prefix}byteorder"
-    if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
-      raise WeightFileError(f"{path}: big-endian tensors are not supported")
-    with archive.open(pickles[0]) as file:
-      return _Unpickler(file, archive, prefix).load()
+      self.close()
+      raise self.error("zip file without data.pkl, not a torch file")
+    self._prefix = pickles[0][:-len("data.pkl")]
+
+  def error(self, message: str) -> WeightFileError:
+    return WeightFileError(f"{self.path}: {message}")
+
+  def close(self):
+    self._archive.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()
+
+  def _charge(self, nbytes: int, what: str):
+    if nbytes > self._left:
+      raise self.error(f"{what} needs {nbytes} bytes, past this file's memory budget "
+                       f"(max(1 GiB, {_BUDGET_PER_FILE_BYTE} x its size); {self._left} left)")
+    self._left -= nbytes
+
+  def _read(self, name: str, what: str, max_size: int | None = None) -> bytes | None:
+    """The entry `name`, None when there is none."""
+    try:
+      info = self._archive.getinfo(name)
+    except KeyError:
+      return None
+    if max_size is not None and info.file_size > max_size:
+      raise self.error(f"{what} holds {info.file_size} bytes, expected at most {max_size}")
+    if info.compress_size > self._size:
+      raise self.error(f"{what} claims {info.compress_size} bytes in a file of {self._size}")
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > self._max_inflated:
+      raise self.error(f"{what} inflates to {info.file_size} bytes, more than "
+                       f"{_BUDGET_PER_FILE_BYTE} x the file's size (torch stores entries "
+                       "uncompressed)")
+    self._charge(info.file_size, what)
+    try:
+      data = self._archive.read(info)
+    except Exception as error:  # BadZipFile, zlib.error, EOFError, ...
+      raise self.error(f"cannot read {what} ({_describe(error)})") from None
+    if len(data) != info.file_size:
+      raise self.error(f"{what} is truncated")
+    return data
+
+  def load(self):
+    """The object the file holds, tensors as `_Tensor` records."""
+    byteorder = self._read(f"{self._prefix}byteorder", "byteorder", max_size=16)
+    if byteorder is not None and byteorder.strip() != b"little":
+      raise self.error("big-endian tensors are not supported")
+    data = self._read(f"{self._prefix}data.pkl", "data.pkl")
+    try:
+      opcodes = _scan_pickle(data, self._left // _BYTES_PER_OPCODE)
+      self._left -= _BYTES_PER_OPCODE * opcodes  # The objects the opcodes may make.
+      return _Unpickler(io.BytesIO(data)).load()
+    except WeightFileError as error:  # From the scan and the objects the pickle calls.
+      raise self.error(f"data.pkl: {error}") from None
+    except Exception as error:  # Whatever a malformed pickle raises.
+      raise self.error(f"unreadable data.pkl ({_describe(error)})") from None
+
+  def _storage(self, storage: _Storage, what: str) -> np.ndarray:
+    dtype = _dtype(storage.dtype_name)
+    if storage.key in self._storages:
+      array = self._storages[storage.key]
+      if array.dtype != dtype:
+        raise self.error(f"{what}: storage {_brief(storage.key)} read as {array.dtype} "
+                         f"and as {dtype}")
+      return array
+    record = f"{self._prefix}data/{storage.key}"
+    try:
+      info = self._archive.getinfo(record)
+    except KeyError:
+      raise self.error(f"{what}: missing storage record {_brief(record)}") from None
+    if info.file_size % dtype.itemsize:
+      raise self.error(f"{what}: odd storage size: {_brief(record)} holds {info.file_size} "
+                       f"bytes, not a whole number of {dtype} elements")
+    if info.file_size != storage.numel * dtype.itemsize:
+      raise self.error(f"{what}: {_brief(record)} holds {info.file_size} bytes, the pickle "
+                       f"claims {storage.numel} {dtype} elements")
+    array = np.frombuffer(self._read(record, f"{what}'s storage"), dtype)
+    self._storages[storage.key] = array
+    return array
+
+  def array(self, tensor: _Tensor, name) -> np.ndarray:
+    """`tensor` as a new array, once its record is checked against its storage."""
+    what = f"tensor {_brief(name)}"
+    storage, offset, size, stride = tensor.storage, tensor.offset, tensor.size, tensor.stride
+
+    def check(ok, problem):
+      if not ok:
+        raise self.error(f"{what}: {problem}")
+
+    def naturals(value):
+      return type(value) is tuple and all(type(v) is int and v >= 0 for v in value)
+
+    check(isinstance(storage, _Storage), f"its storage is {_brief(storage)}")
+    check(type(offset) is int and offset >= 0, f"storage offset {_brief(offset)}")
+    check(naturals(size), f"size {_brief(size)} is not a tuple of naturals")
+    check(naturals(stride), f"stride {_brief(stride)} is not a tuple of naturals")
+    check(len(size) == len(stride), f"size {_brief(size)} and stride {_brief(stride)} differ "
+          "in length")
+    check(len(size) <= _MAX_DIMS, f"{len(size)} dimensions")
+    count = math.prod(size)
+    check(count <= _MAX_ELEMENTS and all(n <= _MAX_ELEMENTS for n in size),
+          f"size {_brief(size)}: more than {_MAX_ELEMENTS} elements")
+    array = self._storage(storage, what)
+    if count == 0:
+      check(offset <= len(array), f"offset {offset} past its storage of {len(array)}")
+      return np.zeros(size, array.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    check(last < len(array), f"size {_brief(size)}, stride {_brief(stride)} and offset "
+          f"{offset} reach element {last} of a storage of {len(array)}")
+    self._charge(count * array.dtype.itemsize, what)
+    # Every element lies inside the storage (checked above), so as_strided is safe.
+    strides = tuple(s * array.itemsize if n > 1 else 0 for n, s in zip(size, stride))
+    return np.lib.stride_tricks.as_strided(array[offset:], size, strides).copy()
+
+
+# ------------------------------------------------------------------ public
 
 
 def load_state_dict(path: str, key: str | None = "state_dict") -> dict[str, np.ndarray]:
@@ -115,17 +383,43 @@ def load_state_dict(path: str, key: str | None = "state_dict") -> dict[str, np.n
   if not os.path.exists(path):
     raise WeightFileError(f"{path}: no such weight file")
   if path.endswith(".npz"):
-    with np.load(path) as data:
-      return {name: np.asarray(value) for name, value in data.items()}
-  loaded = load_torch(path)
-  if key and isinstance(loaded, dict) and key in loaded:
-    loaded = loaded[key]
-  if not isinstance(loaded, dict):
-    raise WeightFileError(f"{path}: holds a {type(loaded).__name__}, not a state dict")
-  tensors = {k: v for k, v in loaded.items() if isinstance(v, np.ndarray)}
-  if not tensors:
-    raise WeightFileError(f"{path}: no tensors found (keys: {list(loaded)[:8]})")
-  return tensors
+    try:
+      with np.load(path) as data:
+        return {name: np.asarray(value) for name, value in data.items()}
+    except Exception as error:  # Whatever a malformed .npz raises.
+      raise WeightFileError(f"{path}: unreadable .npz ({_describe(error)})") from None
+  with _TorchFile(path) as file:
+    loaded = file.load()
+    if key and isinstance(loaded, dict) and key in loaded:
+      loaded = loaded[key]
+    if not isinstance(loaded, dict):
+      raise file.error(f"holds {_brief(loaded)}, not a state dict")
+    tensors = {k: v for k, v in loaded.items() if isinstance(v, _Tensor)}
+    if not tensors:
+      raise file.error(f"no tensors found (keys: {', '.join(map(_brief, list(loaded)[:8]))})")
+    for name in tensors:
+      if type(name) is not str:
+        raise file.error(f"a tensor under the key {_brief(name)}, not a string")
+    return {name: file.array(tensor, name) for name, tensor in tensors.items()}
+
+
+def write_npz(tree: dict, path: str) -> str:
+  """Saves `tree` (tree_io's layout) to `path` (with ".npz" appended, as
+  np.savez does) atomically: to a temporary file in the same directory,
+  renamed only when complete, so that a failure leaves no output. Returns the
+  path written."""
+  if not path.endswith(".npz"):
+    path += ".npz"
+  temporary = f"{path}.{os.getpid()}.tmp"
+  try:
+    with open(temporary, "wb") as file:
+      tree_io.save(tree, file)
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
+  return path
 
 
 def require(state_dict: dict[str, np.ndarray], name: str, shape: tuple[int, ...],
@@ -143,4 +437,3 @@ def require(state_dict: dict[str, np.ndarray], name: str, shape: tuple[int, ...]
 def conv_kernel(weight: np.ndarray) -> np.ndarray:
   """PyTorch OIHW convolution weight -> Flax HWIO kernel."""
   return np.ascontiguousarray(np.transpose(weight, (2, 3, 1, 0)))
-
