@@ -38,8 +38,10 @@ setuptools.setup(
     extras_require={
         # tensorflow-cpu: only so that tests can build the catalog builders'
         # DatasetInfo for tfds.testing.mock_data; sgc_jax never imports it.
+        # scikit-image: its wheel's photographs make the real-image data set
+        # of the codebook-usage tests (tests/real_textures.py).
         "test": ["pytest>=8.0,<10", "pytest-xdist>=3.5,<4",
-                 "tensorflow-cpu>=2.20,<2.22"],
+                 "tensorflow-cpu>=2.20,<2.22", "scikit-image>=0.24,<0.27"],
         "cuda": ["jax[cuda12]>=0.10.0,<0.11"],
         "tpu": ["jax[tpu]>=0.10.0,<0.11"],
         "torch": ["torch>=2.9,<2.15"],  # only to read published PyTorch weights

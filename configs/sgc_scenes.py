@@ -50,10 +50,11 @@ def get_config(arg=None):
   config.model.codebook = ml_collections.ConfigDict(dict(
       mode=arg.quantizer, num_codes=256, dim_sem=16, dim_det=16, w_sem=1.0,
       w_det=1.0, distance="l2", beta=0.25, decay=0.99, epsilon=1e-5,
-      chunk_size=1024, dead_fraction=0.03, restart_noise=0.01,
+      chunk_size=1024, dead_after_tokens=64.0, dead_fraction=0.03, restart_noise=0.01,
       semantic_weight=0.1, semantic_temperature=1.0, consistency_weight=0.05,
       consistency_temperature=1.0, consistency_sharpen=0.5,
-      alpha=0.5, min_codes=2, label_threshold=0.5))
+      alpha=0.5, min_codes=2, label_threshold=0.5,
+      semantic_map="nearest_code"))  # or "posterior": argmax_c p(c|z)
 
   config.loss = ml_collections.ConfigDict(dict(
       reconstruction="l1", perceptual_weight=1.0,

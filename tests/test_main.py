@@ -31,6 +31,25 @@ def test_bad_config_fields_are_one_line_errors(flag, message):
   assert message in result.stderr
 
 
+@pytest.mark.parametrize("flag, message", [
+    ("--config.model.codebook.min_codes=0", "codebook.min_codes=0: must be an integer >= 1"),
+    ("--config.model.codebook.min_codes=30", "codebook.num_codes=256 cannot give each of the "
+                                             "10 classes min_codes=30 codes"),
+    ("--config.model.codebook.decay=1.0", "codebook.decay=1.0: must be in [0, 1)"),
+    ("--config.model.codebook.label_threshold=0.0", "codebook.label_threshold=0.0: must be in"),
+    ("--config.model.codebook.semantic_map=argmax", "codebook.semantic_map='argmax': must be"),
+])
+def test_bad_codebook_fields_stop_training_before_any_work(data_dir, scenes64, tmp_path, flag,
+                                                           message):
+  result = _main("--config=configs/sgc_scenes.py", "--config.data.name=sgc_scenes/smoke64",
+                 f"--config.data.data_dir={data_dir}", f"--workdir={tmp_path}", "--mode=train",
+                 flag, timeout=120)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [f"config error: {result.stderr.strip()[14:]}"]
+  assert message in result.stderr
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
 def test_bad_config_argument_is_a_one_line_error():
   result = _main("--config=configs/sgc_scenes.py:size=big", "--mode=data", timeout=60)
   assert result.returncode != 0

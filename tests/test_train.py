@@ -135,6 +135,28 @@ def test_resume_is_exact(data_dir, scenes64, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_checkpoints_without_the_dead_code_counts_still_resume(data_dir, scenes64, tmp_path):
+  """Checkpoints of the previous release have no codebook `missed`: it starts at zero."""
+  config = tiny_config(data_dir, "ema", total_steps=2)
+  train.train_and_evaluate(config, str(tmp_path / "new"))
+  step, state, data = _final(str(tmp_path / "new"))
+  del state["codebook"]["codebook"]["missed"]
+  old = ocp.CheckpointManager(str(tmp_path / "old" / "checkpoints"))
+  old.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data),
+      config=ocp.args.JsonSave(json.loads(config.to_json()))))
+  old.wait_until_finished()
+  old.close()
+  _, _, restored, restored_step = train.restore_latest(config, str(tmp_path / "old"))
+  assert restored_step == 2
+  np.testing.assert_array_equal(restored.codebook["codebook"]["missed"], 0.0)
+  np.testing.assert_array_equal(restored.codebook["codebook"]["centres"],
+                                state["codebook"]["codebook"]["centres"])
+  metrics = train.train_and_evaluate(tiny_config(data_dir, "ema", total_steps=3),
+                                     str(tmp_path / "old"))
+  assert metrics["step"] == 3 and metrics["last_checkpoint"] == 3
+
+
 def test_sigterm_saves_and_the_run_resumes(data_dir, scenes64, tmp_path):
   workdir = tmp_path / "work"
   args = [sys.executable, "-m", "sgc_jax.main", "--mode=train",
@@ -197,10 +219,14 @@ def test_a_short_sgc_run_learns_and_uses_its_codebook(data_dir, scenes64, tmp_pa
   assert results["token_purity"] == pytest.approx(metrics["val/token_purity"], abs=1e-6)
   assert results["lpips"] is None and results["rfid"] is None
   for key in ("ssim", "codebook_usage", "normalized_entropy", "top10_share", "token_purity",
-              "code_purity", "zero_shot_miou", "hungarian_miou", "probe_miou"):
+              "code_purity", "zero_shot_miou", "posterior_miou", "hungarian_miou",
+              "probe_miou"):
     assert 0 < results[key] <= 1, key
-  # Purity by the code's own majority class is at least purity by its allocated class.
-  assert results["code_purity"] >= results["token_purity"]
+  # The tokens carry the classes after 60 steps (measured: purity 0.50, zero-shot
+  # mIoU 0.17 and 0.13 over 10 classes); codes not tied to classes (a broken
+  # allocation or guidance) give about 0.1 purity and 0.05 mIoU.
+  assert results["token_purity"] > 0.35
+  assert results["zero_shot_miou"] > 0.1 and results["posterior_miou"] > 0.1
   eval_dir = tmp_path / "learn" / "eval"
   assert json.load(open(eval_dir / "eval.json"))["hungarian_miou"] == results["hungarian_miou"]
   assert "| LPIPS | absent |" in open(eval_dir / "eval.md").read()
