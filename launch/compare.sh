@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
-# The quality table: trains vq, ema and sgc on sgc_scenes/res64 with the same
+# The quality tables: trains vq, ema and sgc on sgc_scenes/res64 with the same
 # seed, steps and architecture, evaluates each over the validation split
-# (--mode=eval) and writes the table into README.md.
-# Environment: STEPS (400), WORKDIR (workdir/compare), DATA_DIR (data), VENV.
-# Extra arguments go to every run. A finished run is not retrained (train
-# resumes from its last checkpoint, which is already at STEPS).
+# (--mode=eval) and writes their table into README.md. Two tables:
+#   ./launch/compare.sh                 L1 autoencoders (the discriminator never starts)
+#   GAN_START=100 ./launch/compare.sh   VQGANs: hinge GAN from step GAN_START
+# Environment: STEPS (300), GAN_START, WORKDIR (workdir/compare or
+# workdir/compare_gan), DATA_DIR (data), VENV. Extra arguments go to every run.
+# A finished run is not retrained (train resumes from its last checkpoint,
+# which is already at STEPS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/venv.sh
-STEPS=${STEPS:-400}
-WORKDIR=${WORKDIR:-workdir/compare}
+STEPS=${STEPS:-300}
 DATA_DIR=${DATA_DIR:-data}
+if [ -n "${GAN_START:-}" ]; then
+  WORKDIR=${WORKDIR:-workdir/compare_gan}
+  TABLE=(--table gan)
+  GAN=(--config.loss.disc_start="$GAN_START")
+else
+  WORKDIR=${WORKDIR:-workdir/compare}
+  TABLE=()
+  GAN=()
+fi
 for quantizer in vq ema sgc; do
   for mode in train eval; do
     echo "== $quantizer --mode=$mode"
     "$PY" -m sgc_jax.main --config=configs/sgc_scenes.py:quantizer=$quantizer \
       --workdir="$WORKDIR/$quantizer" --config.data.data_dir="$DATA_DIR" \
-      --config.total_steps="$STEPS" --config.preview.every=1000 --mode=$mode "$@"
+      --config.total_steps="$STEPS" --config.preview.every=1000 ${GAN[@]+"${GAN[@]}"} \
+      --mode=$mode "$@"
   done
 done
-"$PY" -m sgc_jax.compare "$WORKDIR/vq" "$WORKDIR/ema" "$WORKDIR/sgc" --readme README.md
+"$PY" -m sgc_jax.compare "$WORKDIR/vq" "$WORKDIR/ema" "$WORKDIR/sgc" --readme README.md \
+  ${TABLE[@]+"${TABLE[@]}"}

@@ -1,8 +1,9 @@
 """The quality table: eval.json of several runs side by side, into the README.
 
-    python -m sgc_jax.compare workdir/compare/{vq,ema,sgc} --readme README.md
+    python -m sgc_jax.compare workdir/compare/{vq,ema,sgc} --readme README.md [--table gan]
 
-replaces the text between the README's `<!-- quality-table -->` markers.
+replaces the text between the README's `<!-- quality-table -->` markers (with
+`--table NAME`, between `<!-- quality-table-NAME -->` markers).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 
 from sgc_jax.eval_checkpoint import TABLE, format_value
 
-BEGIN, END = "<!-- quality-table -->", "<!-- /quality-table -->"
 
 
 def table(runs: dict[str, dict]) -> str:
@@ -37,18 +37,21 @@ def read_runs(workdirs: list[str]) -> dict[str, dict]:
   return runs
 
 
-def replace_between_markers(text: str, body: str) -> str:
-  if BEGIN not in text or END not in text:
-    raise SystemExit(f"error: the README has no {BEGIN} ... {END} markers")
-  head, rest = text.split(BEGIN, 1)
-  _, tail = rest.split(END, 1)
-  return f"{head}{BEGIN}\n{body}{END}{tail}"
+def replace_between_markers(text: str, body: str, table: str | None = None) -> str:
+  name = f"quality-table-{table}" if table else "quality-table"
+  begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+  if begin not in text or end not in text:
+    raise SystemExit(f"error: the README has no {begin} ... {end} markers")
+  head, rest = text.split(begin, 1)
+  _, tail = rest.split(end, 1)
+  return f"{head}{begin}\n{body}{end}{tail}"
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("workdirs", nargs="+")
   parser.add_argument("--readme", help="write the table into this file's markers")
+  parser.add_argument("--table", help="which table's markers (default: the first)")
   args = parser.parse_args(argv)
   runs = read_runs(args.workdirs)
   steps = sorted({r["step"] for r in runs.values()})
@@ -60,7 +63,7 @@ def main(argv=None):
     with open(args.readme) as f:
       text = f.read()
     with open(args.readme, "w") as f:
-      f.write(replace_between_markers(text, body))
+      f.write(replace_between_markers(text, body, args.table))
     print(f"wrote the table into {args.readme}")
 
 
