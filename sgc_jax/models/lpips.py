@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgc_jax import tree_io
+from sgc_jax.convert import torch_file
 
 # VGG16 "features" convolutions, grouped by the ReLU after which LPIPS taps.
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -48,5 +49,6 @@ class LPIPS(nn.Module):
 
 
 def load_params(path: str) -> dict:
-  """LPIPS parameters from the .npz that `sgc_jax.convert.lpips` writes."""
-  return tree_io.load(path)
+  """LPIPS parameters from the .npz that `sgc_jax.convert.lpips` writes (a
+  damaged file is a WeightFileError naming it)."""
+  return tree_io.unflatten(torch_file.load_state_dict(path))
