@@ -6,6 +6,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
@@ -37,15 +38,42 @@ def gather_strings(text: str) -> list[str]:
   return [bytes(row[:n]).decode() for row, n in zip(everyone, lengths.ravel())]
 
 
+class NonFiniteState(RuntimeError):
+  """The state to save holds NaN or inf: it is not saved."""
+
+
+@jax.jit
+def _finite_leaves(tree) -> list[jax.Array]:
+  return [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+          if jnp.issubdtype(x.dtype, jnp.inexact)]
+
+
+def check_finite(state, step: int) -> None:
+  """Raises NonFiniteState naming the first leaf of `state` with NaN or inf."""
+  finite = jax.device_get(_finite_leaves(state))
+  if all(finite):
+    return
+  paths = [jax.tree_util.keystr(path) for path, x in
+           jax.tree_util.tree_flatten_with_path(state)[0]
+           if jnp.issubdtype(x.dtype, jnp.inexact)]
+  bad = [path for path, ok in zip(paths, finite) if not ok]
+  raise NonFiniteState(f"step {step}: the state is not finite ({len(bad)} leaves, first "
+                       f"{bad[0]}); it is not saved, the last checkpoint is the last "
+                       "finite one")
+
+
 def save(mgr: ocp.CheckpointManager, step: int, state, data_state: bytes, config,
          force: bool = False) -> bool:
   """Saves if the manager's policy (or `force`) says so; every process calls it.
 
-  The data position of every process's shards is gathered, so that a run with
-  another number of processes (same data.num_shards) can restore it.
+  A state with NaN or inf is never saved (NonFiniteState): a run restarted from
+  its workdir must not resume into the same failure. The data position of every
+  process's shards is gathered, so that a run with another number of processes
+  (same data.num_shards) can restore it.
   """
   if not (force or mgr.should_save(step)):
     return False
+  check_finite(state, step)
   merged = pipeline.merge_states([s.encode() for s in gather_strings(data_state.decode())])
   return mgr.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),

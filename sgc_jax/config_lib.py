@@ -43,9 +43,11 @@ def check_choice(config: ml_collections.ConfigDict, field: str, choices) -> None
 
 
 def check_positive(config: ml_collections.ConfigDict, *fields: str) -> None:
+  """Each field is a finite number > 0 (NaN and inf are refused too)."""
   for field in fields:
     value = config
     for part in field.split("."):
       value = value[part]
-    if value is None or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0 < value < float("inf")):
       raise ConfigError(f"config.{field}={value!r}: must be positive")

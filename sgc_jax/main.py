@@ -51,9 +51,21 @@ def validate(config) -> None:
         f"({crop.max_area}) <= 1")
   if not 0 < crop.min_aspect <= crop.max_aspect:
     raise config_lib.ConfigError("config.data.crop: need 0 < min_aspect <= max_aspect")
+  if config.data.num_views not in (1, 2):
+    raise config_lib.ConfigError(
+        f"config.data.num_views={config.data.num_views}: must be 1 or 2 (two views "
+        "give Consistent Semantic Learning its pairs)")
+  if "total_steps" in config:
+    config_lib.check_positive(config, "total_steps", "log_every", "eval_every",
+                              "checkpoint.every", "checkpoint.keep", "preview.every",
+                              "optimizer.learning_rate", "optimizer.disc_learning_rate")
   if "model" in config:
     config_lib.check_choice(config, "model.codebook.mode", ("vq", "ema", "sgc"))
     config_lib.check_choice(config, "model.codebook.distance", ("l2", "cosine"))
+    if config.model.resolution != config.data.image_size:
+      raise config_lib.ConfigError(
+          f"config.model.resolution={config.model.resolution} differs from "
+          f"config.data.image_size={config.data.image_size}")
   for axis in ("data", "fsdp", "model"):
     size = config.mesh[axis]
     if size != -1 and size < 1:
@@ -90,7 +102,7 @@ def main(argv):
     for path in preview.write_previews(config, dataset, _WORKDIR.value):
       print(f"wrote {path}")
   else:
-    from sgc_jax import train
+    from sgc_jax import checkpoint, train
     from sgc_jax.convert import torch_file
     try:
       train.model_config(config, dataset.num_classes)
@@ -100,7 +112,8 @@ def main(argv):
       run_mode(_MODE.value, config, _WORKDIR.value)
     except config_lib.ConfigError as error:
       sys.exit(f"config error: {error}")
-    except (FileNotFoundError, torch_file.WeightFileError, train.NonFiniteLoss) as error:
+    except (FileNotFoundError, torch_file.WeightFileError, train.NonFiniteLoss,
+            checkpoint.NonFiniteState) as error:
       sys.exit(f"error: {error}")
 
 

@@ -340,9 +340,6 @@ def build_trainer(config: ml_collections.ConfigDict, dataset) -> Trainer:
   frequencies (for the codebook's allocation) and the LPIPS weights."""
   mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
   mc = model_config(config, dataset.num_classes)
-  if mc.resolution != config.data.image_size:
-    raise ValueError(f"config.model.resolution={mc.resolution} differs from "
-                     f"config.data.image_size={config.data.image_size}")
   frequency = class_frequency(dataset.split(config.data.train_split), dataset.num_classes)
   logging.info("class frequencies: %s", dict(zip(dataset.class_names, frequency.round(4))))
   lpips_params = None

@@ -23,6 +23,14 @@ def _main(*args, timeout=300):
     ("--config.mesh.fsdp=0", "config.mesh.fsdp=0: must be >= 1 or -1"),
     ("--config.data.crop.min_area=2.0", "config.data.crop: need 0 < min_area"),
     ("--config.model.codebook.mode=kmeans", "config.model.codebook.mode='kmeans': must be one of"),
+    ("--config.checkpoint.every=0", "config.checkpoint.every=0: must be positive"),
+    ("--config.checkpoint.keep=0", "config.checkpoint.keep=0: must be positive"),
+    ("--config.log_every=0", "config.log_every=0: must be positive"),
+    ("--config.total_steps=-1", "config.total_steps=-1: must be positive"),
+    ("--config.optimizer.learning_rate=nan", "config.optimizer.learning_rate=nan: must be"),
+    ("--config.data.num_views=3", "config.data.num_views=3: must be 1 or 2"),
+    ("--config.data.image_size=7", "config.model.resolution=64 differs from "
+                                   "config.data.image_size=7"),
 ])
 def test_bad_config_fields_are_one_line_errors(flag, message):
   result = _main("--config=configs/sgc_scenes.py", flag, "--mode=data", timeout=60)

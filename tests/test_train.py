@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import sgc_scenes
-from sgc_jax import eval_checkpoint, export, sharding, train
+from sgc_jax import checkpoint, eval_checkpoint, export, sharding, train
 from sgc_jax.data import pipeline, views
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -193,6 +193,25 @@ def test_non_finite_loss_stops_with_the_term_named(data_dir, scenes64, tmp_path)
   config.optimizer.grad_clip = 1e30
   with pytest.raises(train.NonFiniteLoss, match=r"step \d+: loss term '\w+' is (nan|inf)"):
     train.train_and_evaluate(config, str(tmp_path / "bad"))
+
+
+def test_a_non_finite_state_is_never_saved(data_dir, scenes64, tmp_path):
+  """A checkpoint is the last good state: one NaN anywhere and it is not written."""
+  config = tiny_config(data_dir)
+  trainer = train.build_trainer(config, scenes64)
+  state = trainer.create_train_state(0)
+  mgr = checkpoint.manager(str(tmp_path), 1, 3)
+  kernel = state.params["decoder"]["conv_in"]["kernel"]
+  bad = state.replace(params={**state.params, "decoder": {
+      **state.params["decoder"], "conv_in": {**state.params["decoder"]["conv_in"],
+                                             "kernel": kernel.at[0, 0, 0, 0].set(np.nan)}}})
+  with pytest.raises(checkpoint.NonFiniteState,
+                     match=r"step 2: the state is not finite \(1 leaves, first "
+                           r".*'decoder'.*'conv_in'.*'kernel'.*\); it is not saved"):
+    checkpoint.save(mgr, 2, bad, b"", config, force=True)
+  mgr.wait_until_finished()
+  assert mgr.latest_step() is None
+  mgr.close()
 
 
 def test_a_short_sgc_run_learns_and_uses_its_codebook(data_dir, scenes64, tmp_path):
