@@ -166,3 +166,55 @@ def test_coco_panoptic_segments_take_their_object_labels():
 def test_unprepared_catalog_data_set_is_an_error_not_a_download(tmp_path):
   with pytest.raises(sources.DataError, match="not prepared"):
     sources.open_dataset("cityscapes/semantic_segmentation", str(tmp_path))
+
+
+def test_images_that_share_a_stem_are_refused(tmp_path):
+  source_dir = _make_folder(tmp_path / "src")
+  PIL.Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(source_dir / "images" / "rgba.jpg")
+  with pytest.raises(sources.DataError, match=r"share a label map: rgba\.jpg and rgba\.png"):
+    folder.prepare(str(source_dir), str(tmp_path / "tfds"))
+
+
+def test_a_changed_source_is_rebuilt_not_reused(tmp_path, capfd):
+  source_dir = _make_folder(tmp_path / "src", bad="broken_image")
+  data_dir = str(tmp_path / "tfds")
+  path = folder.prepare(str(source_dir), data_dir, skip_bad=True)
+  assert len(sources.open_dataset(f"folder:{path}", None).split("train")) == 3
+  assert folder.prepare(str(source_dir), data_dir, skip_bad=True) == path  # unchanged: reused
+  assert "rebuilding" not in capfd.readouterr().err
+  # The broken image fixed and a new one added: both are in the rebuilt set.
+  PIL.Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(source_dir / "images" / "broken.jpg")
+  PIL.Image.fromarray(np.ones((6, 6, 3), np.uint8)).save(source_dir / "images" / "new.png")
+  PIL.Image.fromarray(np.zeros((6, 6), np.uint8)).save(source_dir / "labels" / "new.png")
+  assert folder.prepare(str(source_dir), data_dir, skip_bad=True) == path
+  assert "changed since it was built" in capfd.readouterr().err
+  dataset = sources.open_dataset(f"folder:{path}", None)
+  assert len(dataset.split("train")) == 5
+  assert tfds.builder_from_directory(path).info.metadata["skipped_files"] == []
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+  root = tmp_path / "src"
+  os.makedirs(root / "images")
+  (root / "classes.txt").write_text("a\n")
+  ramp = np.linspace(0, 65535, 64 * 64).round().astype(np.uint16).reshape(64, 64)
+  PIL.Image.fromarray(ramp).save(root / "images" / "ramp.png")
+  assert PIL.Image.open(root / "images" / "ramp.png").mode == "I;16"
+  path = folder.prepare(str(root), str(tmp_path / "tfds"))
+  image = sources.open_dataset(f"folder:{path}", None).split("train")[0]["image"]
+  np.testing.assert_allclose(image[..., 0], np.round(ramp / 257.0), atol=1)
+
+
+def test_text_that_is_not_utf8_names_the_file(tmp_path):
+  source_dir = _make_folder(tmp_path / "src")
+  (source_dir / "classes.txt").write_bytes("route\nvoiture\narbre à pain\n".encode("latin-1"))
+  with pytest.raises(sources.DataError, match=r"classes\.txt: not UTF-8 text"):
+    folder.prepare(str(source_dir), str(tmp_path / "tfds"))
+  (source_dir / "classes.txt").write_text("road\ncar\ntree\n")
+  bad_name = os.fsencode(str(source_dir / "images")) + b"/caf\xe9.png"
+  with open(bad_name, "wb") as f:
+    PIL.Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(f, format="PNG")
+  with open(os.fsencode(str(source_dir / "labels")) + b"/caf\xe9.png", "wb") as f:
+    PIL.Image.fromarray(np.zeros((4, 4), np.uint8)).save(f, format="PNG")
+  with pytest.raises(sources.DataError, match=r"caf.\.png: the file name is not valid UTF-8"):
+    folder.prepare(str(source_dir), str(tmp_path / "tfds"))

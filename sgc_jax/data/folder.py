@@ -20,13 +20,15 @@ records them in the data set's metadata (`skipped_files`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import shutil
 import sys
 
 import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
-from absl import app, flags, logging
+from absl import app, flags
 
 from sgc_jax import logs
 from sgc_jax.data.sgc_scenes import encode_png
@@ -45,8 +47,11 @@ def read_class_names(source_dir: str) -> list[str]:
   path = os.path.join(source_dir, "classes.txt")
   if not os.path.isfile(path):
     raise DataError(f"{path}: missing; it must list one class name per line")
-  with open(path) as f:
-    names = [line.strip() for line in f if line.strip()]
+  try:
+    with open(path, encoding="utf-8") as f:
+      names = [line.strip() for line in f if line.strip()]
+  except UnicodeDecodeError as error:
+    raise DataError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
   if not names or len(names) > IGNORE_LABEL:
     raise DataError(f"{path}: {len(names)} classes; 1 to {IGNORE_LABEL} are supported")
   return names
@@ -64,11 +69,21 @@ def split_dirs(source_dir: str) -> dict[str, str]:
                   "validation/images)")
 
 
+def _to_8bit(image: PIL.Image.Image) -> PIL.Image.Image:
+  """16- and 32-bit integer images scaled to 8 bits (PIL's convert clips them)."""
+  if image.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+    return image
+  array = np.asarray(image).astype(np.float64)
+  bits = 16 if image.mode.startswith("I;16") or array.max(initial=0) <= 65535 else 32
+  scaled = np.round(np.clip(array, 0, 2 ** bits - 1) * (255 / (2 ** bits - 1)))
+  return PIL.Image.fromarray(scaled.astype(np.uint8), "L")
+
+
 def load_image(path: str) -> np.ndarray:
   try:
     with PIL.Image.open(path) as image:
       image.load()
-      return np.asarray(image.convert("RGB"))
+      return np.asarray(_to_8bit(image).convert("RGB"))
   except Exception as error:
     raise DataError(f"{path}: not a readable image ({error})") from error
 
@@ -119,7 +134,7 @@ class SegFolder(tfds.core.GeneratorBasedBuilder):
         metadata=tfds.core.MetadataDict(class_names=read_class_names(source_dir),
                                         ignore_label=IGNORE_LABEL,
                                         source_dir=os.path.abspath(source_dir),
-                                        skipped_files=[]),
+                                        skipped_files=[], source_fingerprint=""),
     )
 
   def _split_generators(self, dl_manager):
@@ -135,6 +150,7 @@ class SegFolder(tfds.core.GeneratorBasedBuilder):
                      if n.lower().endswith(IMAGE_EXTENSIONS))
       if not names:
         raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+      _check_stems(image_dir, names)
       for name in names:
         try:
           self._read(directory, name, num_classes, with_labels)
@@ -147,15 +163,21 @@ class SegFolder(tfds.core.GeneratorBasedBuilder):
       if not config.skip_bad:
         raise DataError(f"{len(problems)} bad file(s) in {config.source_dir} "
                         f"(pass skip_bad to build without them):\n  {report}")
-      logging.warning("skipping %d bad file(s):\n  %s", len(problems), report)
       print(f"skipped {len(problems)} bad file(s):\n  {report}", file=sys.stderr)
       self.info.metadata["skipped_files"] = problems
+    self.info.metadata["source_fingerprint"] = source_fingerprint(config.source_dir)
     return {split: self._generate_examples(directory, names, num_classes, with_labels)
             for split, (directory, names) in splits.items()}
 
   @staticmethod
   def _read(directory, name, num_classes, with_labels):
-    image = load_image(os.path.join(directory, "images", name))
+    path = os.path.join(directory, "images", name)
+    try:
+      name.encode("utf-8")
+    except UnicodeEncodeError:
+      raise DataError(f"{path.encode('utf-8', 'replace').decode()}: the file name is not "
+                      "valid UTF-8; rename it") from None
+    image = load_image(path)
     example = {"image": encode_png(image), "file_name": name}
     if with_labels:
       label_path = os.path.join(directory, "labels", os.path.splitext(name)[0] + ".png")
@@ -168,12 +190,44 @@ class SegFolder(tfds.core.GeneratorBasedBuilder):
       yield name, self._read(directory, name, num_classes, with_labels)
 
 
+def _check_stems(image_dir: str, names: list[str]) -> None:
+  """Two images with one stem (a.png, a.jpg) would take the same label map."""
+  by_stem: dict[str, list[str]] = {}
+  for name in names:
+    by_stem.setdefault(os.path.splitext(name)[0], []).append(name)
+  clashes = [files for files in by_stem.values() if len(files) > 1]
+  if clashes:
+    raise DataError(f"{image_dir}: images share a name without extension, so they would "
+                    f"share a label map: {', '.join(' and '.join(c) for c in clashes[:5])}")
+
+
+def source_fingerprint(source_dir: str) -> str:
+  """A hash of every file's path, size and modification time under `source_dir`."""
+  digest = hashlib.sha256()
+  for root, dirs, files in os.walk(source_dir):
+    dirs.sort()
+    for name in sorted(files):
+      stat = os.stat(os.path.join(root, name))
+      relative = os.path.relpath(os.path.join(root, name), source_dir)
+      digest.update(f"{relative!r} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+  return digest.hexdigest()
+
+
 def prepare(source_dir: str, data_dir: str, name: str | None = None,
             skip_bad: bool = False) -> str:
-  """Prepares the folder as a data set; returns the directory to read it from."""
+  """Prepares the folder as a data set; returns the directory to read it from.
+
+  A build whose source has changed since (files added, removed, resized or
+  rewritten) is rebuilt, never silently reused."""
   name = name or os.path.basename(os.path.normpath(source_dir))
   config = SegFolderConfig(name=name, source_dir=source_dir, skip_bad=skip_bad)
   builder = SegFolder(config=config, data_dir=data_dir)
+  if os.path.isdir(builder.data_path) and (builder.info.metadata.get("source_fingerprint")
+                                           != source_fingerprint(source_dir)):
+    print(f"{source_dir} changed since it was built into {builder.data_path}: rebuilding",
+          file=sys.stderr)
+    shutil.rmtree(builder.data_path)
+    builder = SegFolder(config=config, data_dir=data_dir)
   builder.download_and_prepare(file_format="array_record")
   return str(builder.data_path)
 
