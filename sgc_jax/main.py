@@ -102,7 +102,7 @@ def main(argv):
     for path in preview.write_previews(config, dataset, _WORKDIR.value):
       print(f"wrote {path}")
   else:
-    from sgc_jax import checkpoint, train
+    from sgc_jax import checkpoint, report, train
     from sgc_jax.convert import torch_file
     try:
       train.model_config(config, dataset.num_classes)
@@ -113,7 +113,7 @@ def main(argv):
     except config_lib.ConfigError as error:
       sys.exit(f"config error: {error}")
     except (FileNotFoundError, torch_file.WeightFileError, train.NonFiniteLoss,
-            checkpoint.NonFiniteState) as error:
+            checkpoint.NonFiniteState, report.WorkdirBusy) as error:
       sys.exit(f"error: {error}")
 
 

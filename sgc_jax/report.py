@@ -5,14 +5,69 @@ Only process 0 writes.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
+import time
 
 import jax
 import numpy as np
 import tqdm
 
 from sgc_jax import viz
+
+
+class WorkdirBusy(RuntimeError):
+  """Another trainer holds the workdir."""
+
+
+class WorkdirLock:
+  """An exclusive lock on a workdir while a trainer writes it (process 0).
+
+  `flock` on WORKDIR/.lock: the kernel releases it when the holder exits, even
+  by kill -9, so a crashed run never leaves the workdir locked. The file names
+  the holder for the message a second trainer gets."""
+
+  def __init__(self, workdir: str):
+    self._file = None
+    if jax.process_index() != 0:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, ".lock")
+    handle = open(path, "a+")
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      holder = handle.read().strip() or "another process"
+      handle.close()
+      raise WorkdirBusy(f"{workdir} is in use by {holder}; wait for it to finish or use "
+                        "another --workdir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    self._file = handle
+
+  def release(self) -> None:
+    if self._file is not None:
+      self._file.close()  # closing the file releases the lock
+      self._file = None
+
+
+def _trim_jsonl(path: str, last_step: int) -> None:
+  """Drops the lines of steps after `last_step`: a resumed run replays them."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = [line for line in lines if json.loads(line)["step"] <= last_step]
+  if len(kept) != len(lines):
+    with open(path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)
 
 
 class Writer:
@@ -22,6 +77,7 @@ class Writer:
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
+    _trim_jsonl(os.path.join(workdir, "metrics.jsonl"), initial_step)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
     try:
       from tensorboardX import SummaryWriter

@@ -387,7 +387,18 @@ def initial_state(trainer: Trainer) -> TrainState:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from `workdir` if it holds checkpoints); returns last metrics."""
+  """Trains (resuming from `workdir` if it holds checkpoints); returns last metrics.
+
+  The workdir is locked while training: a second trainer on it stops at once
+  (report.WorkdirBusy, naming the holder)."""
+  lock = report.WorkdirLock(workdir)
+  try:
+    return _train(config, workdir)
+  finally:
+    lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dataset = sources.open_dataset(config.data.name, config.data.data_dir)
   trainer = build_trainer(config, dataset)
   mesh = trainer.mesh

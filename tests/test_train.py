@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import sgc_scenes
-from sgc_jax import checkpoint, eval_checkpoint, export, sharding, train
+from sgc_jax import checkpoint, eval_checkpoint, export, report, sharding, train
 from sgc_jax.data import pipeline, views
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -253,3 +253,29 @@ def test_a_short_sgc_run_learns_and_uses_its_codebook(data_dir, scenes64, tmp_pa
     assert min(PIL.Image.open(eval_dir / f"{name}.png").size) >= 64, name
   bundle = export.export_checkpoint(config, str(tmp_path / "learn"))
   assert json.load(open(os.path.join(bundle, "model.json")))["step"] == 60
+
+
+def test_a_second_trainer_on_a_workdir_stops_at_once_naming_the_holder(tmp_path):
+  lock = report.WorkdirLock(str(tmp_path))
+  with pytest.raises(report.WorkdirBusy, match=rf"{tmp_path} is in use by pid {os.getpid()} on"):
+    report.WorkdirLock(str(tmp_path))
+  lock.release()
+  report.WorkdirLock(str(tmp_path)).release()  # free again
+  # A holder killed with SIGKILL leaves no lock behind (the kernel drops it).
+  holder = subprocess.Popen([sys.executable, "-c", (
+      "import sys, time; from sgc_jax import report; lock = report.WorkdirLock(sys.argv[1]); "
+      "print('locked', flush=True); time.sleep(60)"), str(tmp_path)], cwd=ROOT,
+      stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == "locked"
+  with pytest.raises(report.WorkdirBusy, match=f"pid {holder.pid} on"):
+    report.WorkdirLock(str(tmp_path))
+  holder.kill()
+  holder.wait()
+  report.WorkdirLock(str(tmp_path)).release()
+
+
+def test_a_resumed_run_does_not_repeat_its_replayed_steps_in_the_metrics(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("".join(json.dumps({"step": s, "loss": s / 10}) + "\n" for s in range(1, 8)))
+  report.Writer(str(tmp_path), 10, 4).close()  # resumed from the checkpoint of step 4
+  assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [1, 2, 3, 4]
