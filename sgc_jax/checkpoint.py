@@ -38,6 +38,18 @@ def gather_strings(text: str) -> list[str]:
   return [bytes(row[:n]).decode() for row, n in zip(everyone, lengths.ravel())]
 
 
+class CheckpointError(RuntimeError):
+  """No checkpoint of a workdir can be restored."""
+
+
+def saved_config(mgr: ocp.CheckpointManager, step: int) -> dict | None:
+  """The config a checkpoint was saved with; None where it cannot be read."""
+  try:
+    return mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  except Exception:  # a damaged checkpoint: its state restore reports it
+    return None
+
+
 class NonFiniteState(RuntimeError):
   """The state to save holds NaN or inf: it is not saved."""
 

@@ -113,7 +113,8 @@ def main(argv):
     except config_lib.ConfigError as error:
       sys.exit(f"config error: {error}")
     except (FileNotFoundError, torch_file.WeightFileError, train.NonFiniteLoss,
-            checkpoint.NonFiniteState, report.WorkdirBusy) as error:
+            checkpoint.NonFiniteState, checkpoint.CheckpointError,
+            report.WorkdirBusy) as error:
       sys.exit(f"error: {error}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import signal
 import time
 from typing import Any
@@ -20,8 +21,9 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from flax import traverse_util
 
-from sgc_jax import checkpoint, evaluate, logs, losses, report, sharding
+from sgc_jax import checkpoint, config_lib, evaluate, logs, losses, report, sharding
 from sgc_jax.data import pipeline, sources, views
 from sgc_jax.models import codebook as codebook_lib
 from sgc_jax.models import lpips as lpips_lib
@@ -350,6 +352,11 @@ def build_trainer(config: ml_collections.ConfigDict, dataset) -> Trainer:
   return Trainer(config, mc, mesh, frequency, lpips_params)
 
 
+# What the train state's shapes and tree depend on: a checkpoint of another
+# value cannot be restored into this run's state.
+STATE_FIELDS = ("model", "disc", "ema_decay")
+
+
 def restore_state(trainer: Trainer, mgr, step: int, with_data: bool = True):
   """The train state of checkpoint `step`, placed by the trainer's shardings,
   and the data position (None without data)."""
@@ -357,17 +364,61 @@ def restore_state(trainer: Trainer, mgr, step: int, with_data: bool = True):
   return checkpoint.restore(mgr, step, abstract, with_data)
 
 
+def restore_newest(trainer: Trainer, mgr, with_data: bool = True):
+  """(state, data position, step) of the newest checkpoint that restores, or
+  None when there is none. A checkpoint that fails to restore (a damaged file)
+  is skipped with a warning naming it; one written for another model stops
+  with a ConfigError naming the fields that differ."""
+  steps = sorted(mgr.all_steps(), reverse=True)
+  for step in steps:
+    saved = checkpoint.saved_config(mgr, step)
+    if saved is not None:
+      _check_same_state_config(saved, trainer.config, step)
+    try:
+      state, data = restore_state(trainer, mgr, step, with_data)
+    except Exception as error:  # a damaged checkpoint fails in many ways, all inside orbax
+      logging.warning("checkpoint %s/%d does not restore (%s: %s); trying an earlier one",
+                      mgr.directory, step, type(error).__name__,
+                      " ".join(str(error).split())[:200])
+      continue
+    return state, data, step
+  if steps:
+    raise checkpoint.CheckpointError(f"{mgr.directory}: none of the checkpoints (steps "
+                                     f"{sorted(steps)}) restores; start a new workdir")
+  return None
+
+
+def _check_same_state_config(saved: dict, config: ml_collections.ConfigDict, step: int):
+  now = json.loads(config.to_json())
+  differ = []
+  for field in STATE_FIELDS:
+    old, new = (traverse_util.flatten_dict(c.get(field), sep=".")
+                if isinstance(c.get(field), dict) else {"": c.get(field)}
+                for c in (saved, now))
+    if field == "ema_decay":  # only whether an EMA is kept changes the state
+      old, new = {"": (old[""] or 0) > 0}, {"": (new[""] or 0) > 0}
+    for key in sorted(set(old) | set(new)):
+      if old.get(key) != new.get(key):
+        name = f"{field}.{key}" if key else field
+        differ.append(f"{name}: {old.get(key)!r} in the checkpoint, {new.get(key)!r} now")
+  if differ:
+    raise config_lib.ConfigError(
+        f"the workdir's checkpoint (step {step}) was written for another model: "
+        + "; ".join(differ) + ". Use a new --workdir (or start from weights with "
+        "--config.init_from)")
+
+
 def restore_latest(config: ml_collections.ConfigDict, workdir: str):
-  """(dataset, trainer, state, step) of WORKDIR's latest checkpoint, for
-  evaluation and export (the data position is not restored)."""
+  """(dataset, trainer, state, step) of WORKDIR's newest checkpoint that
+  restores, for evaluation and export (the data position is not restored)."""
   dataset = sources.open_dataset(config.data.name, config.data.data_dir)
   trainer = build_trainer(config, dataset)
   mgr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.keep)
-  step = mgr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
-  state, _ = restore_state(trainer, mgr, step, with_data=False)
+  restored = restore_newest(trainer, mgr, with_data=False)
   mgr.close()
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
+  state, _, step = restored
   return dataset, trainer, state, step
 
 
@@ -410,9 +461,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       worker_count=config.data.worker_count, num_shards=config.data.num_shards)
   batches = pipeline.InputPipeline(train_source, spec, mesh)
   mgr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.keep)
-  latest = mgr.latest_step()
-  if latest is not None:
-    state, data_state = restore_state(trainer, mgr, latest)
+  restored = restore_newest(trainer, mgr)
+  latest = None
+  if restored is not None:
+    state, data_state, latest = restored
     batches.set_state(data_state)
     logs.note(f"resumed from step {latest}")
   else:

@@ -1,7 +1,9 @@
 """The trainer: 1 vs 8 devices, exact resume, SIGTERM, a short run that learns."""
 
+import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import sgc_scenes
-from sgc_jax import checkpoint, eval_checkpoint, export, report, sharding, train
+from sgc_jax import checkpoint, config_lib, eval_checkpoint, export, report, sharding, train
 from sgc_jax.data import pipeline, views
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -279,3 +281,53 @@ def test_a_resumed_run_does_not_repeat_its_replayed_steps_in_the_metrics(tmp_pat
   path.write_text("".join(json.dumps({"step": s, "loss": s / 10}) + "\n" for s in range(1, 8)))
   report.Writer(str(tmp_path), 10, 4).close()  # resumed from the checkpoint of step 4
   assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(data_dir, scenes64, tmp_path_factory):
+  """(config, workdir) of a 2-step ema run with checkpoints at steps 1 and 2."""
+  config = tiny_config(data_dir, "ema", total_steps=2)
+  config.checkpoint.every = 1
+  workdir = str(tmp_path_factory.mktemp("two_checkpoints"))
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def _copy_of(two_checkpoints, tmp_path):
+  config, workdir = two_checkpoints
+  shutil.copytree(workdir, tmp_path / "run")
+  return copy.deepcopy(config), str(tmp_path / "run")
+
+
+@pytest.mark.parametrize("damage", ["truncated_ocdbt", "garbage_metadata", "no_data_metadata"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(two_checkpoints, scenes64,
+                                                                    tmp_path, damage, caplog):
+  config, workdir = _copy_of(two_checkpoints, tmp_path)
+  latest = tmp_path / "run" / "checkpoints" / "2"
+  if damage == "truncated_ocdbt":
+    for path in (latest / "state" / "d").iterdir():
+      path.write_bytes(path.read_bytes()[:20])
+  elif damage == "garbage_metadata":
+    (latest / "_CHECKPOINT_METADATA").write_bytes(b"\x00garbage{")
+    for path in (latest / "state" / "d").iterdir():
+      path.write_bytes(b"")
+  else:
+    os.remove(latest / "data" / "metadata")
+  # What a resumed run does: the newest checkpoint whose state and data restore.
+  trainer = train.build_trainer(config, scenes64)
+  mgr = checkpoint.manager(workdir, 1, 5)
+  state, data, step = train.restore_newest(trainer, mgr, with_data=True)
+  mgr.close()
+  assert step == 1 and int(state.step) == 1 and json.loads(data)["batches_done"] == 1
+  assert f"checkpoint {tmp_path / 'run' / 'checkpoints'}/2 does not restore" in caplog.text
+
+
+def test_a_workdir_of_another_model_names_the_fields_that_differ(two_checkpoints, tmp_path):
+  config, workdir = _copy_of(two_checkpoints, tmp_path)
+  config.model.codebook.num_codes = 32
+  config.model.codebook.mode = "vq"
+  with pytest.raises(config_lib.ConfigError, match=(
+      r"checkpoint \(step 2\) was written for another model: model\.codebook\.mode: 'ema' in "
+      r"the checkpoint, 'vq' now; model\.codebook\.num_codes: 64 in the checkpoint, 32 now\. "
+      r"Use a new --workdir")):
+    train.train_and_evaluate(config, workdir)
