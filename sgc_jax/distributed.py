@@ -8,9 +8,17 @@ process count and this process's id are given explicitly.
 from __future__ import annotations
 
 import os
+import sys
+import threading
 
 import jax
 from absl import logging
+
+def _give_up(where: str, timeout: int) -> None:
+  print(f"error: {where} did not all join within {timeout} s (--init_timeout); "
+        "check the address and that every process was started", file=sys.stderr, flush=True)
+  os._exit(1)  # JAX's client is blocked in C++: nothing else can stop it
+
 
 # Environment variables by which a multi-process cluster can be recognised.
 _CLUSTER_HINTS = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
@@ -31,20 +39,35 @@ def detected_cluster() -> str | None:
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
-  """Joins the run's processes; returns whether this is a multi-process run."""
+               process_id: int | None = None, timeout: int = 300) -> bool:
+  """Joins the run's processes; returns whether this is a multi-process run.
+
+  A peer that never comes would end in an abort inside JAX's C++ client after
+  its timeout; a watchdog ends the process first, with one line, `timeout`
+  seconds after the wait began."""
   explicit = (coordinator_address, num_processes, process_id)
   if any(v is not None for v in explicit):
     if any(v is None for v in explicit):
       raise ValueError("--coordinator_address, --num_processes and --process_id go together")
     if not 0 <= process_id < num_processes:
       raise ValueError(f"--process_id={process_id} must be in [0, {num_processes})")
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+    where = f"{num_processes} processes at {coordinator_address}"
+    kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
+                  process_id=process_id)
   elif detected_cluster():
-    jax.distributed.initialize()
+    where, kwargs = f"the processes of the {detected_cluster()} cluster", {}
   else:
     return False
+  if timeout <= 0:
+    raise ValueError(f"--init_timeout={timeout}: must be positive")
+  print(f"waiting for {where} (up to {timeout} s)", file=sys.stderr, flush=True)
+  watchdog = threading.Timer(timeout, _give_up, (where, timeout))
+  watchdog.daemon = True
+  watchdog.start()
+  try:
+    jax.distributed.initialize(initialization_timeout=timeout + 60, **kwargs)
+  finally:
+    watchdog.cancel()
   logging.info("process %d of %d, %d local of %d devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True

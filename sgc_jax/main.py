@@ -35,6 +35,8 @@ _COORDINATOR = flags.DEFINE_string(
     "outside a TPU pod / SLURM / MPI (there it is found automatically).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "init_timeout", 300, "Seconds to wait for every process of a multi-process run to join.")
 
 
 def validate(config) -> None:
@@ -86,7 +88,8 @@ def main(argv):
   # Heavy imports after validation, so that a bad config fails fast.
   from sgc_jax import distributed, preview
   try:
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           _INIT_TIMEOUT.value)
   except ValueError as error:
     sys.exit(f"error: {error}")
   from sgc_jax.data import sources

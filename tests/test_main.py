@@ -1,8 +1,10 @@
 """The entry point: config errors on one line before any work, data and preview modes."""
 
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import PIL.Image
@@ -97,3 +99,20 @@ print("ok")
   result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
   assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+def test_a_missing_peer_ends_in_one_line_after_the_init_timeout(data_dir, scenes64):
+  with socket.socket() as probe:  # a free port for the coordinator
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+  started = time.time()
+  result = _main("--config=configs/sgc_scenes.py", "--config.data.name=sgc_scenes/smoke64",
+                 f"--config.data.data_dir={data_dir}", "--mode=data",
+                 f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                 "--process_id=0", "--init_timeout=3", timeout=60)
+  assert result.returncode == 1
+  assert time.time() - started < 30
+  assert result.stderr.strip().splitlines() == [
+      f"waiting for 2 processes at 127.0.0.1:{port} (up to 3 s)",
+      f"error: 2 processes at 127.0.0.1:{port} did not all join within 3 s (--init_timeout); "
+      "check the address and that every process was started"]
