@@ -1,6 +1,8 @@
 """User folders and TFDS catalog adapters: good data reads, bad data names itself."""
 
 import os
+import struct
+import zlib
 
 import numpy as np
 import PIL.Image
@@ -217,4 +219,40 @@ def test_text_that_is_not_utf8_names_the_file(tmp_path):
   with open(os.fsencode(str(source_dir / "labels")) + b"/caf\xe9.png", "wb") as f:
     PIL.Image.fromarray(np.zeros((4, 4), np.uint8)).save(f, format="PNG")
   with pytest.raises(sources.DataError, match=r"caf.\.png: the file name is not valid UTF-8"):
+    folder.prepare(str(source_dir), str(tmp_path / "tfds"))
+
+
+def _png_header_only(width, height):
+  """A PNG whose header claims width x height, with one tiny (invalid) data chunk."""
+  def chunk(kind, data):
+    return (struct.pack(">I", len(data)) + kind + data +
+            struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+  header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
+          chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("truncated", r"bad\.png: not a readable image"),
+    ("empty", r"bad\.png: not a readable image"),
+    ("huge_header", r"bad\.png: not a readable image .*exceeds limit"),
+    ("symlink_loop", r"bad\.png: not a readable image .*symbolic links"),
+    ("empty_classes", r"classes\.txt: 0 classes"),
+])
+def test_bad_files_that_already_name_themselves_keep_doing_so(tmp_path, kind, message):
+  source_dir = _make_folder(tmp_path / "src")
+  bad = source_dir / "images" / "bad.png"
+  if kind == "truncated":
+    PIL.Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(bad)
+    bad.write_bytes(bad.read_bytes()[:60])
+  elif kind == "empty":
+    bad.write_bytes(b"")
+  elif kind == "huge_header":  # 200 Mpx: over PIL's decompression-bomb limit
+    bad.write_bytes(_png_header_only(20000, 10000))
+  elif kind == "symlink_loop":
+    os.symlink(bad, bad)
+  else:
+    (source_dir / "classes.txt").write_text("\n\n")
+  PIL.Image.fromarray(np.zeros((32, 32), np.uint8)).save(source_dir / "labels" / "bad.png")
+  with pytest.raises(sources.DataError, match=message):
     folder.prepare(str(source_dir), str(tmp_path / "tfds"))

@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -159,34 +160,52 @@ def test_checkpoints_without_the_dead_code_counts_still_resume(data_dir, scenes6
   assert metrics["step"] == 3 and metrics["last_checkpoint"] == 3
 
 
-def test_sigterm_saves_and_the_run_resumes(data_dir, scenes64, tmp_path):
+def test_sigterm_in_the_first_compile_and_kill_9_in_a_save_both_resume(data_dir, scenes64,
+                                                                        tmp_path):
+  """SIGTERM while the first step compiles: step 1 is saved, exit 0. kill -9
+  while checkpoints are being written asynchronously: the next run resumes
+  from the newest complete one and finishes."""
   workdir = tmp_path / "work"
   args = [sys.executable, "-m", "sgc_jax.main", "--mode=train",
           "--config=configs/sgc_scenes.py:size=32", f"--workdir={workdir}",
           f"--config.data.data_dir={data_dir}", "--config.data.name=sgc_scenes/smoke64",
           "--config.data.batch_size=8", "--config.data.worker_count=0",
           "--config.model.ch_mult=(1,2,2)", "--config.model.codebook.num_codes=64",
-          "--config.log_every=1", "--config.checkpoint.every=1000"]
+          "--config.log_every=1", "--config.checkpoint.every=1"]
   env = dict(os.environ, PYTHONUNBUFFERED="1")
-  process = subprocess.Popen(args + ["--config.total_steps=10000"], cwd=ROOT, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   metrics_file = workdir / "metrics.jsonl"
-  deadline = time.time() + 240
-  while time.time() < deadline and process.poll() is None:
-    if metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 2:
-      break
-    time.sleep(0.5)
-  assert process.poll() is None, process.stdout.read()[-3000:]
+
+  def start_and_wait_for(lines):
+    process = subprocess.Popen(args + ["--config.total_steps=10000"], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+      if metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= lines:
+        return process
+      time.sleep(0.2)
+    raise AssertionError(process.stdout.read()[-3000:])
+
+  # The metrics file opens just before the SIGTERM handler is set and the loop
+  # starts: one second later the first step is compiling (it takes longer).
+  process = start_and_wait_for(0)
+  time.sleep(1.0)
+  assert metrics_file.read_text() == ""
   process.send_signal(signal.SIGTERM)
-  output, _ = process.communicate(timeout=120)
+  output, _ = process.communicate(timeout=240)
   assert process.returncode == 0, output[-3000:]
-  step, _, _ = _final(str(workdir))
-  assert step >= 2
-  resumed = subprocess.run(args + [f"--config.total_steps={step + 1}"], cwd=ROOT, env=env,
+  assert _final(str(workdir))[0] == 1
+
+  process = start_and_wait_for(4)
+  process.kill()
+  process.wait()
+  resumed = subprocess.run(args + ["--config.total_steps=8"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert f"resumed from step {step}" in resumed.stderr
-  assert _final(str(workdir))[0] == step + 1
+  step = int(re.search(r"resumed from step (\d+)", resumed.stderr).group(1))
+  assert 1 <= step <= 8
+  assert _final(str(workdir))[0] == 8
+  steps = [json.loads(line)["step"] for line in metrics_file.read_text().splitlines()]
+  assert steps == sorted(steps) and steps[-1] == 8  # replayed steps are not repeated
 
 
 def test_non_finite_loss_stops_with_the_term_named(data_dir, scenes64, tmp_path):
