@@ -7,12 +7,24 @@
 By default the bundle's serialized StableHLO runs (only JAX and NumPy are
 imported, none of the model code); `use_model_code=True` rebuilds the Flax
 model from the bundle's config instead, for debugging or fine-tuning.
+
+A bundle that is incomplete, of another version, damaged or inconsistent
+(`model.json` fields, variables of other shapes than the functions take, a
+serialized function that does not parse) raises `BundleError` naming the file:
+at load, where the functions are read and lowered, or, for damage that only
+shape refinement finds, when a function first compiles for an input shape.
+A damaged function can also parse and compute something else (one changed
+byte can swap an operand): only digests catch that, and `model.json` may list
+them, `"sha256": {file name: hex digest}`; the files it lists are checked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -27,53 +39,195 @@ class BundleError(ValueError):
   pass
 
 
+def _positive_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+# model.json fields this module reads: (test, what it should be).
+_FIELDS = {
+    "image_size": (_positive_int, "a positive integer"),
+    "grid": (_positive_int, "a positive integer"),
+    "num_codes": (_positive_int, "a positive integer"),
+    "class_names": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+                    "a list of names"),
+    "semantic": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def describe(error: BaseException) -> str:
+  """An exception as one line of an error message."""
+  name = type(error).__name__
+  if name == "error":  # struct.error, zlib.error: the module says what failed.
+    name = f"{type(error).__module__}.{name}"
+  lines = str(error).strip().splitlines()
+  return _brief(f"{name}: {lines[0]}" if lines else name)
+
+
+def _brief(text: str, limit: int = 200) -> str:
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _damaged_unless(path: str, step):
+  """`step()`, or a BundleError naming the file that `path` holds when it
+  fails: a damaged serialized function fails anywhere in the flatbuffer
+  reader, the StableHLO deserializer, the lowering or the shape refinement
+  (at compile time), each with exceptions of its own. MLIR prints its
+  diagnostics to file descriptor 2, past Python: they are kept out of the
+  terminal (a CLI's error is one line) and the first names the problem."""
+  with tempfile.TemporaryFile() as log:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(log.fileno(), 2)
+    try:
+      result = step()
+    except Exception as error:
+      failure = error
+    else:
+      failure = None
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+    log.seek(0)
+    lines = log.read().decode(errors="replace").splitlines()
+  if failure is None:
+    sys.stderr.write("".join(line + "\n" for line in lines))  # Warnings: passed on.
+    return result
+  if isinstance(failure, BundleError):
+    raise failure
+  problem = next((_brief(line.split("error: ", 1)[1]) for line in lines if "error: " in line),
+                 describe(failure))
+  raise BundleError(f"{path}: damaged or incompatible ({problem})") from None
+
+
 class Tokenizer:
   def __init__(self, directory: str, use_model_code: bool = False):
     self.directory = directory
-    path = os.path.join(directory, "model.json")
-    if not os.path.isfile(path):
-      raise BundleError(f"{directory}: not an sgc_jax bundle (no model.json)")
-    with open(path) as f:
-      self.description = json.load(f)
-    if self.description.get("format") != FORMAT:
-      raise BundleError(f"{path}: format {self.description.get('format')!r}, "
-                        f"expected {FORMAT!r}")
-    if self.description.get("version") != VERSION:
-      raise BundleError(f"{path}: bundle version {self.description.get('version')}, "
-                        f"this sgc_jax reads version {VERSION}")
-    self.image_size = self.description["image_size"]
-    self.grid = self.description["grid"]
-    self.num_codes = self.description["num_codes"]
-    self.class_names = self.description["class_names"]
-    self.semantic = self.description["semantic"]
-    self.variables = tree_io.load(self._file("variables.npz"))
+    self.description = self._description()
+    self.image_size, self.grid, self.num_codes, self.class_names, self.semantic = (
+        self.description[name] for name in _FIELDS)
+    path = self._file("variables.npz")
+    try:
+      self.variables = tree_io.load(path)
+    except Exception as error:  # np.load raises whatever a damaged file trips over.
+      raise BundleError(f"{path}: unreadable ({describe(error)})") from None
     if use_model_code:
       self._encode, self._decode = self._model_functions()
     else:
       self._encode, self._decode = (self._exported(name) for name in ("encode", "decode"))
 
+  def _description(self) -> dict:
+    path = os.path.join(self.directory, "model.json")
+    if not os.path.isfile(path):
+      raise BundleError(f"{self.directory}: not an sgc_jax bundle (no model.json)")
+    try:
+      with open(path, "rb") as f:
+        description = json.load(f)
+    except (OSError, ValueError, RecursionError) as error:
+      raise BundleError(f"{path}: unreadable ({describe(error)})") from None
+    if not isinstance(description, dict):
+      raise BundleError(f"{path}: a JSON {type(description).__name__}, not an object")
+    if description.get("format") != FORMAT:
+      raise BundleError(f"{path}: format {description.get('format')!r}, expected {FORMAT!r}")
+    if description.get("version") != VERSION:
+      raise BundleError(f"{path}: bundle version {description.get('version')}, "
+                        f"this sgc_jax reads version {VERSION}")
+    for name, (valid, what) in _FIELDS.items():
+      if name not in description:
+        raise BundleError(f"{path}: no {name!r}")
+      if not valid(description[name]):
+        raise BundleError(f"{path}: {name} is {description[name]!r}, expected {what}")
+    digests = description.get("sha256", {})
+    if not (isinstance(digests, dict) and all(isinstance(d, str) for d in digests.values())):
+      raise BundleError(f"{path}: sha256 is {digests!r}, expected {{file name: hex digest}}")
+    return description
+
   def _file(self, name: str) -> str:
     path = os.path.join(self.directory, name)
     if not os.path.isfile(path):
       raise BundleError(f"{self.directory}: bundle without {name}")
+    # A damaged serialized function can still parse and compute something
+    # else: only a digest tells. Bundles that list them (optional) are checked.
+    listed = self.description.get("sha256", {}).get(name)
+    if listed is not None:
+      with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+      if digest != listed:
+        raise BundleError(f"{path}: damaged (its SHA-256 differs from the one model.json lists)")
     return path
 
+  def _check_variables(self, expected, source: str) -> None:
+    """The variables' leaves against `expected` (a tree of shapes and dtypes):
+    names the first one missing, unexpected or of another shape or dtype."""
+    def flat(tree):
+      leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+      return {jax.tree_util.keystr(p, simple=True, separator="/"): x for p, x in leaves}
+    have, want = flat(self.variables), flat(expected)
+    path = os.path.join(self.directory, "variables.npz")
+    for name in sorted(want.keys() | have.keys()):
+      if name not in have:
+        raise BundleError(f"{path}: no {name}, which {source} takes")
+      if name not in want:
+        raise BundleError(f"{path}: {name}, which {source} does not take")
+      got, need = have[name], want[name]
+      if got.shape != tuple(need.shape) or got.dtype != need.dtype:
+        raise BundleError(f"{path}: {name} is {got.dtype}{list(got.shape)}, "
+                          f"{source} takes {need.dtype}{list(need.shape)}")
+
   def _exported(self, name: str):
-    with open(self._file(f"{name}.jax_export"), "rb") as f:
-      exported = jax.export.deserialize(bytearray(f.read()))
-    platform = jax.default_backend()
+    path = self._file(f"{name}.jax_export")
+    size, grid = self.image_size, self.grid
+    images, indices = f"float32[b,{size},{size},3]", f"int32[b,{grid},{grid}]"
+    signature = {"encode": f"{images} -> {indices}, {indices}",
+                 "decode": f"{indices} -> {images}"}[name]
+    with open(path, "rb") as f:
+      data = bytearray(f.read())
+
+    def read():
+      exported = jax.export.deserialize(data)
+      (variables, argument), kwargs = jax.tree_util.tree_unflatten(
+          exported.in_tree, exported.in_avals)
+      if kwargs:
+        raise ValueError(f"keyword arguments {sorted(kwargs)}")
+      return exported, variables, argument, f"{argument} -> " + ", ".join(
+          map(str, exported.out_avals))
+
+    exported, variables, argument, found = _damaged_unless(path, read)
+    if found != signature:
+      raise BundleError(f"{path}: {found}, {os.path.join(self.directory, 'model.json')} "
+                        f"(image_size {size}, grid {grid}) needs {signature}")
+    # 'cuda', not jax.default_backend()'s 'gpu': the names `exported.platforms` uses.
+    platform = jax.export.default_export_platform()
     if platform not in exported.platforms:
       raise BundleError(f"{self.directory}: {name} was exported for "
                         f"{list(exported.platforms)}, not for this {platform!r} backend")
-    return jax.jit(exported.call)
+    self._check_variables(variables, os.path.basename(path))
+    function = jax.jit(exported.call)
+    # Lowering parses the module: most damage shows here, at load.
+    example = jax.ShapeDtypeStruct((1, *argument.shape[1:]), argument.dtype)
+    _damaged_unless(path, lambda: function.lower(self.variables, example))
+    programs = {}  # Compiled per input shape: the rest of the damage shows there.
+
+    def call(variables, x):
+      key = (x.shape, x.dtype)
+      if key not in programs:
+        programs[key] = _damaged_unless(path, lambda: function.lower(variables, x).compile())
+      return programs[key](variables, x)
+    return call
 
   def _model_functions(self):
     from sgc_jax.models.codebook import CodebookConfig
     from sgc_jax.models.vqgan import SGCVQGAN, ModelConfig
-    fields = dict(self.description["model_config"])
-    codebook = CodebookConfig(**fields.pop("codebook"))
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-    model = SGCVQGAN(ModelConfig(codebook=codebook, **fields))
+    path = os.path.join(self.directory, "model.json")
+    try:
+      fields = dict(self.description["model_config"])
+      codebook = CodebookConfig(**fields.pop("codebook"))
+      fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+      model = SGCVQGAN(ModelConfig(codebook=codebook, **fields))
+    except Exception as error:  # Missing, unknown or invalid fields, whatever they raise.
+      raise BundleError(f"{path}: model_config: {describe(error)}") from None
+    images = jax.ShapeDtypeStruct((1, self.image_size, self.image_size, 3), np.float32)
+    self._check_variables(jax.eval_shape(model.init, {"params": jax.random.PRNGKey(0)}, images),
+                          "the model of model_config")
     return (jax.jit(lambda v, x: model.apply(v, x, method=SGCVQGAN.encode)),
             jax.jit(lambda v, i: model.apply(v, i, method=SGCVQGAN.decode)))
 

@@ -6,8 +6,15 @@
 Images of any size are resized (shorter side to the bundle's size, bicubic)
 and centre-cropped. Each .npz holds `indices` [g, g] and, for a semantic
 bundle, `semantic` [g, g] (class per token). A file that is not an image,
-tokens of the wrong grid or a directory that is not a bundle stop the command
-with an error naming the file.
+tokens of the wrong grid or range, two inputs that would write the same output
+or a directory that is not a bundle stop the command with a one-line error
+naming the file, before it writes anything (an image whose pixel data, past its
+header, is damaged stops it where it is met).
+
+Images are refused past Pillow's decompression-bomb limit (`MAX_IMAGE_PIXELS`,
+which Pillow only warns about below twice that) and past an aspect ratio of
+`MAX_ASPECT`:1: the centre crop would keep under 1/MAX_ASPECT of the image, and
+the resized image before the crop is MAX_ASPECT x the bundle's size at most.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 import numpy as np
 import PIL.Image
@@ -23,19 +31,38 @@ import tqdm
 from sgc_jax import inference, viz
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+MAX_ASPECT = 64  # Long side : short side; why 64, see the module docstring.
 
 
 class InputError(ValueError):
   pass
 
 
-def read_image(path: str, size: int) -> np.ndarray:
-  """An image file -> [size, size, 3] float32 in [-1, 1] (resize + centre crop)."""
+def _open(path: str) -> PIL.Image.Image:
+  """The image file, its header read and checked, its pixels not yet decoded."""
   try:
-    with PIL.Image.open(path) as image:
-      image = image.convert("RGB")
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+      image = PIL.Image.open(path)
+  except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
+    raise InputError(f"{path}: refused ({error})") from None
   except (OSError, SyntaxError, ValueError) as error:
     raise InputError(f"{path}: not a readable image ({error})") from error
+  width, height = image.size
+  if max(width, height) > MAX_ASPECT * min(width, height):
+    image.close()
+    raise InputError(f"{path}: {width}x{height} pixels, an aspect ratio past "
+                     f"{MAX_ASPECT}:1 (its centre crop would keep under 1/{MAX_ASPECT})")
+  return image
+
+
+def read_image(path: str, size: int) -> np.ndarray:
+  """An image file -> [size, size, 3] float32 in [-1, 1] (resize + centre crop)."""
+  with _open(path) as image:
+    try:
+      image = image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:
+      raise InputError(f"{path}: not a readable image ({error})") from error
   scale = size / min(image.size)
   width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
   image = image.resize((width, height), PIL.Image.BICUBIC)
@@ -44,13 +71,27 @@ def read_image(path: str, size: int) -> np.ndarray:
   return np.asarray(image, np.float32) / 127.5 - 1.0
 
 
-def _files(directory: str, extensions) -> list[str]:
+def _inputs(directory: str, extensions, batch_size: int) -> list[str]:
+  """A command's input files; a batch size below 1 or two inputs that would
+  write the same output are refused before any work."""
+  if batch_size < 1:
+    raise InputError(f"--batch_size {batch_size}: at least 1 expected")
   if not os.path.isdir(directory):
     raise InputError(f"{directory}: no such directory")
   names = sorted(n for n in os.listdir(directory) if n.lower().endswith(extensions))
   if not names:
     raise InputError(f"{directory}: no {'/'.join(extensions)} files")
+  stems = {}
+  for name in names:
+    other = stems.setdefault(_stem(name), name)
+    if other != name:
+      raise InputError(f"{os.path.join(directory, other)} and {os.path.join(directory, name)}: "
+                       f"both would write {_stem(name)}.* (rename one)")
   return [os.path.join(directory, n) for n in names]
+
+
+def _stem(path: str) -> str:
+  return os.path.splitext(os.path.basename(path))[0]
 
 
 def _batches(items, size):
@@ -59,17 +100,23 @@ def _batches(items, size):
 
 
 def tokenize(images_dir: str, bundle: str, out: str, batch_size: int = 16) -> int:
+  paths = _inputs(images_dir, IMAGE_EXTENSIONS, batch_size)
+  for path in paths:  # Headers only: a refused image stops the command before any work.
+    _open(path).close()
   tokenizer = inference.load(bundle)
-  paths = _files(images_dir, IMAGE_EXTENSIONS)
+  size = tokenizer.image_size
+  # A first batch of zeros compiles the program before any output: damage
+  # that only compilation finds stops the command with nothing written.
+  tokenizer.encode(np.zeros((min(batch_size, len(paths)), size, size, 3), np.float32))
   os.makedirs(out, exist_ok=True)
   factor = tokenizer.image_size // tokenizer.grid
   num_classes = len(tokenizer.class_names)
   with tqdm.tqdm(total=len(paths), unit="image", desc="tokenize") as bar:
     for chunk in _batches(paths, batch_size):
-      images = np.stack([read_image(p, tokenizer.image_size) for p in chunk])
+      images = np.stack([read_image(p, size) for p in chunk])
       indices, semantic = tokenizer.encode(images)
       for path, idx, sem in zip(chunk, indices, semantic):
-        name = os.path.splitext(os.path.basename(path))[0]
+        name = _stem(path)
         arrays = {"indices": idx.astype(np.int32)}
         if tokenizer.semantic:
           arrays["semantic"] = sem.astype(np.int32)
@@ -81,35 +128,41 @@ def tokenize(images_dir: str, bundle: str, out: str, batch_size: int = 16) -> in
   return len(paths)
 
 
-def read_tokens(path: str, grid: int) -> np.ndarray:
+def read_tokens(path: str, grid: int, num_codes: int | None = None) -> np.ndarray:
+  """`indices` of a token file, checked against the bundle's grid and codes."""
   try:
     with np.load(path) as data:
       if "indices" not in data:
         raise InputError(f"{path}: no 'indices' array (holds {sorted(data.files)})")
       indices = np.asarray(data["indices"])
-  except (OSError, ValueError) as error:
-    if isinstance(error, InputError):
-      raise
-    raise InputError(f"{path}: not a readable .npz ({error})") from error
+  except InputError:
+    raise
+  except Exception as error:  # np.load raises whatever a damaged file trips over.
+    raise InputError(f"{path}: not a readable .npz ({inference.describe(error)})") from None
   if indices.shape != (grid, grid):
     raise InputError(f"{path}: token grid {indices.shape}, the bundle decodes ({grid}, {grid})")
+  if not np.issubdtype(indices.dtype, np.integer):
+    raise InputError(f"{path}: token indices of dtype {indices.dtype}, integers expected")
+  if num_codes is not None and (indices.min() < 0 or indices.max() >= num_codes):
+    raise InputError(f"{path}: token indices in [{indices.min()}, {indices.max()}], the "
+                     f"bundle has {num_codes} codes")
   return indices
 
 
 def detokenize(tokens_dir: str, bundle: str, out: str, batch_size: int = 16) -> int:
+  paths = _inputs(tokens_dir, (".npz",), batch_size)
   tokenizer = inference.load(bundle)
-  paths = _files(tokens_dir, (".npz",))
+  read = lambda path: read_tokens(path, tokenizer.grid, tokenizer.num_codes)  # noqa: E731
+  for path in paths:  # Token files are small: all checked before any is decoded.
+    read(path)
+  tokenizer.decode(np.zeros((min(batch_size, len(paths)), tokenizer.grid, tokenizer.grid),
+                            np.int32))  # Compiled before any output, as in `tokenize`.
   os.makedirs(out, exist_ok=True)
   with tqdm.tqdm(total=len(paths), unit="image", desc="detokenize") as bar:
     for chunk in _batches(paths, batch_size):
-      tokens = np.stack([read_tokens(p, tokenizer.grid) for p in chunk])
-      try:
-        images = tokenizer.decode(tokens)
-      except inference.BundleError as error:
-        raise InputError(f"{chunk[0]}..{os.path.basename(chunk[-1])}: {error}") from error
+      images = tokenizer.decode(np.stack([read(p) for p in chunk]))
       for path, image in zip(chunk, images):
-        name = os.path.splitext(os.path.basename(path))[0]
-        viz.save_png(viz.to_uint8(image), os.path.join(out, f"{name}.png"))
+        viz.save_png(viz.to_uint8(image), os.path.join(out, f"{_stem(path)}.png"))
       bar.update(len(chunk))
   return len(paths)
 
@@ -127,7 +180,7 @@ def _run(function, args) -> None:
   try:
     count = function(*args)
   except (InputError, inference.BundleError) as error:
-    sys.exit(f"error: {error}")
+    sys.exit("error: " + " ".join(str(error).splitlines()))  # One line, whatever it quotes.
   print(f"wrote {count} files to {args[2]}")
 
 
