@@ -24,12 +24,17 @@ def main():
                              f"{8 // num_processes}").strip()
   here = os.path.dirname(os.path.abspath(__file__))
   sys.path[:0] = [here, os.path.dirname(here)]  # the tests and the configs
+  from jax._src import distributed as jax_distributed  # the coordination client
   from sgc_jax import distributed, train
   from test_multihost import multihost_config
 
   distributed.initialize(f"127.0.0.1:{port}", num_processes, process_id)
+  client = jax_distributed.global_state.client
   results = {}
-  for workdir, steps in jobs:
+  for index, (workdir, steps) in enumerate(jobs):
+    # Start each job together: gloo gives a peer 30 s to reach the first
+    # collective, which a loaded 2-core machine can exceed at start-up.
+    client.wait_at_barrier(f"job_{index}", 600_000)
     metrics = train.train_and_evaluate(multihost_config(data_dir, int(steps)), workdir)
     results[workdir] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
   if process_id == 0:
