@@ -347,8 +347,6 @@ def build_trainer(config: ml_collections.ConfigDict, dataset) -> Trainer:
   lpips_params = None
   if config.loss.lpips_weights:
     lpips_params = lpips_lib.load_params(config.loss.lpips_weights)
-  else:
-    logging.warning("perceptual loss OFF: no config.loss.lpips_weights file given")
   return Trainer(config, mc, mesh, frequency, lpips_params)
 
 
@@ -452,6 +450,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dataset = sources.open_dataset(config.data.name, config.data.data_dir)
   trainer = build_trainer(config, dataset)
+  if trainer.lpips_params is None:
+    logging.warning("perceptual loss OFF: no config.loss.lpips_weights file given")
   mesh = trainer.mesh
   train_source = dataset.split(config.data.train_split)
   spec = pipeline.PipelineSpec(
