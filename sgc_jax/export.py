@@ -13,7 +13,6 @@ runs them without the model code.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 
@@ -50,11 +49,6 @@ def export_functions(model_config, variables, platforms=PLATFORMS):
   return encoded.serialize(), decoded.serialize()
 
 
-def _sha256(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def write_bundle(directory: str, model_config, variables, class_names, extra: dict,
                  platforms=PLATFORMS) -> str:
   variables = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), variables)
@@ -74,7 +68,7 @@ def write_bundle(directory: str, model_config, variables, class_names, extra: di
       "model_config": dataclasses.asdict(model_config),
       # A damaged export can still parse and compute something else: the loader
       # checks these digests.
-      "sha256": {name: _sha256(os.path.join(directory, name))
+      "sha256": {name: tree_io.file_sha256(os.path.join(directory, name))
                  for name in ("variables.npz", "encode.jax_export", "decode.jax_export")},
       **extra}
   with open(os.path.join(directory, "model.json"), "w") as f:

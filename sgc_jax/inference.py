@@ -20,7 +20,6 @@ them, `"sha256": {file name: hex digest}`; the files it lists are checked.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -149,9 +148,7 @@ class Tokenizer:
     # else: only a digest tells. Bundles that list them (optional) are checked.
     listed = self.description.get("sha256", {}).get(name)
     if listed is not None:
-      with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-      if digest != listed:
+      if tree_io.file_sha256(path) != listed:
         raise BundleError(f"{path}: damaged (its SHA-256 differs from the one model.json lists)")
     return path
 

@@ -3,6 +3,8 @@ that the inference loader can read them without the training code)."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 
@@ -37,3 +39,9 @@ def save(tree: dict, path: str) -> None:
 def load(path: str) -> dict:
   with np.load(path) as data:
     return unflatten({k: np.asarray(v) for k, v in data.items()})
+
+
+def file_sha256(path: str) -> str:
+  """The hex SHA-256 of a file: the digests a bundle lists of its files."""
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
