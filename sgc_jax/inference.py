@@ -154,10 +154,13 @@ class Tokenizer:
 
   def _check_variables(self, expected, source: str) -> None:
     """The variables' leaves against `expected` (a tree of shapes and dtypes):
-    names the first one missing, unexpected or of another shape or dtype."""
+    names the first one missing, unexpected or of another shape or dtype.
+    Either side may be the damaged one, so the message names both."""
     def flat(tree):
       leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-      return {jax.tree_util.keystr(p, simple=True, separator="/"): x for p, x in leaves}
+      names = (jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in leaves)
+      # A damaged file can yield any bytes as a name: print those escaped.
+      return {n if n.isprintable() else ascii(n): x for n, (_, x) in zip(names, leaves)}
     have, want = flat(self.variables), flat(expected)
     path = os.path.join(self.directory, "variables.npz")
     for name in sorted(want.keys() | have.keys()):
@@ -197,7 +200,7 @@ class Tokenizer:
     if platform not in exported.platforms:
       raise BundleError(f"{self.directory}: {name} was exported for "
                         f"{list(exported.platforms)}, not for this {platform!r} backend")
-    self._check_variables(variables, os.path.basename(path))
+    self._check_variables(variables, path)
     function = jax.jit(exported.call)
     # Lowering parses the module: most damage shows here, at load.
     example = jax.ShapeDtypeStruct((1, *argument.shape[1:]), argument.dtype)
