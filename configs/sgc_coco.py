@@ -21,7 +21,7 @@ def get_config(arg=None):
   config.data.crop.min_area = 0.25
   config.total_steps = 400_000
   config.log_every = 100
-  config.eval_every = 10_000
+  config.evals.reconstruction.every = 10_000  # and codebook, segmentation
   config.ema_decay = 0.999
   config.model.update(dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
                            attn_resolutions=(16,), z_channels=256,
@@ -32,5 +32,5 @@ def get_config(arg=None):
   config.optimizer.update(dict(learning_rate=1e-4, disc_learning_rate=1e-4,
                                warmup_steps=5_000, final_lr_fraction=0.1))
   config.checkpoint.update(dict(every=5_000, keep=3))
-  config.preview.update(dict(every=5_000))
+  config.evals.pictures.every = 5_000
   return config

@@ -16,6 +16,7 @@ from sgc_jax import config_lib
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, quantizer="sgc", size=64, clips=False)
   config = ml_collections.ConfigDict()
+  config.method = "sgc_vqgan"
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
@@ -37,7 +38,6 @@ def get_config(arg=None):
   # Train longer for better tokens: --config.total_steps=3000.
   config.total_steps = 120
   config.log_every = 10
-  config.eval_every = 1000  # and at the end: over the whole validation split
   config.ema_decay = 0.0  # > 0: keep an EMA of the generator's parameters
   # A taming-transformers VQGAN .ckpt (or its converted .npz) to start the
   # generator from; needs quantizer=vq and the same architecture.
@@ -74,13 +74,25 @@ def get_config(arg=None):
       # batch axes; channels could go to `model`.
       activation_axes=(("batch", ("data", "fsdp")), ("height", None), ("width", None),
                        ("channels", None), ("embed", "model"))))
-  # --mode=eval: LPIPS and rFID need local weight files (converted by
-  # sgc_jax.convert.lpips / .inception); without them they are reported absent.
-  config.eval = ml_collections.ConfigDict(dict(
-      lpips_weights=config_dict.placeholder(str),  # None: config.loss.lpips_weights
-      inception_weights=config_dict.placeholder(str),
-      probe_images=2000,  # training images whose tokens train the linear probe
-      probe_steps=500, num_examples=8))
   config.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3))
-  config.preview = ml_collections.ConfigDict(dict(num_examples=8, every=60))
+  config.preview = ml_collections.ConfigDict(dict(num_examples=8))  # --mode=preview
+
+  # Evaluators over the validation split, every `every` steps and at the end
+  # (all of them, with every metric and picture, in --mode=eval).
+  # The three metric evaluators share one `every`: setting one sets all.
+  every = config_dict.FieldReference(1000)
+  config.evals = ml_collections.ConfigDict()
+  config.evals.reconstruction = dict(
+      type="reconstruction", every=every,
+      # LPIPS and rFID (--mode=eval) need local weight files, converted by
+      # sgc_jax.convert.lpips / .inception; without them they are absent.
+      lpips_weights=config_dict.placeholder(str),  # None: config.loss.lpips_weights
+      inception_weights=config_dict.placeholder(str))
+  config.evals.codebook = dict(type="codebook", every=every)
+  config.evals.segmentation = dict(
+      type="segmentation", every=every,
+      label_threshold=config.model.codebook.get_ref("label_threshold"),
+      probe_images=2000,  # training images whose tokens train the linear probe
+      probe_steps=500, probe_in_training=False)
+  config.evals.pictures = dict(type="pictures", every=60, num_examples=8)
   return config

@@ -27,7 +27,7 @@ for quantizer in vq ema sgc; do
     echo "== $quantizer --mode=$mode"
     "$PY" -m sgc_jax.main --config=configs/sgc_scenes.py:quantizer=$quantizer \
       --workdir="$WORKDIR/$quantizer" --config.data.data_dir="$DATA_DIR" \
-      --config.total_steps="$STEPS" --config.preview.every=1000 ${GAN[@]+"${GAN[@]}"} \
+      --config.total_steps="$STEPS" --config.evals.pictures.every=1000 ${GAN[@]+"${GAN[@]}"} \
       --mode=$mode "$@"
   done
 done

@@ -29,7 +29,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from sgc_jax import logs, sharding, synthetic
+from sgc_jax import logs, report, synthetic
+from sgc_jax.core import sharding
 from sgc_jax.data import pipeline, sources
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's).")
@@ -121,10 +122,7 @@ def main(argv):
     row = bench_comms(_CONFIG.value, _BATCH.value)
     print(f"\ncollectives of one train step (no GAN), batch {_BATCH.value}, "
           f"quantizer {_CONFIG.value.model.codebook.mode}")
-    print("| " + " | ".join(row) + " |")
-    print("|" + "---:|" * len(row))
-    print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v)
-                            for v in row.values()) + " |")
+    print(report.markdown_table(list(row), [list(row.values())], "r" * len(row)))
     return
   if argv[1:] == ["train"]:
     if _CONFIG.value is None:
@@ -134,19 +132,17 @@ def main(argv):
     print(f"\ntrain step on {jax.devices()[0].platform} ({jax.device_count()} device(s)), "
           f"quantizer {config.model.codebook.mode}, batch {_BATCH.value} x "
           f"{config.data.num_views} views, {config.model.dtype}, gan={_GAN.value}")
-    print("| " + " | ".join(row) + " |")
-    print("|" + "---:|" * len(row))
-    print("| " + " | ".join(f"{v:.4g}" for v in row.values()) + " |")
+    print(report.markdown_table(list(row), [list(row.values())], "r" * len(row)))
     return
   if argv[1:] != ["data"]:
     raise app.UsageError("usage: python -m sgc_jax.bench data|train|comms [flags]")
   rows = bench_data()
   print(f"\ninput pipeline on {jax.devices()[0].platform}, "
         f"{jax.device_count()} device(s)")
-  print("| size | workers | batch | images/s | views/s |")
-  print("|---:|---:|---:|---:|---:|")
-  for size, workers, batch, images, views in rows:
-    print(f"| {size} | {workers} | {batch} | {images:.0f} | {views:.0f} |")
+  print(report.markdown_table(
+      ("size", "workers", "batch", "images/s", "views/s"),
+      [(size, workers, batch, f"{images:.0f}", f"{views:.0f}")
+       for size, workers, batch, images, views in rows], "rrrrr"))
 
 
 if __name__ == "__main__":

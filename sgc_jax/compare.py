@@ -13,16 +13,14 @@ import json
 import os
 
 from sgc_jax.eval_checkpoint import TABLE, format_value
-
+from sgc_jax.report import markdown_table
 
 
 def table(runs: dict[str, dict]) -> str:
   names = list(runs)
-  lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-  for key, label, spec in TABLE:
-    lines.append(f"| {label} | " + " | ".join(format_value(runs[n].get(key), spec)
-                                              for n in names) + " |")
-  return "\n".join(lines) + "\n"
+  return markdown_table(["metric", *names],
+                        [[label, *(format_value(runs[n].get(key), spec) for n in names)]
+                         for key, label, spec in TABLE])
 
 
 def read_runs(workdirs: list[str]) -> dict[str, dict]:

@@ -1,5 +1,6 @@
-"""`--mode=eval`: every metric of a trained checkpoint over the validation split,
-written as WORKDIR/eval/eval.json, eval.md and PNGs."""
+"""`--mode=eval`: every evaluator of the config on WORKDIR's latest checkpoint,
+with every metric (linear probe, LPIPS and rFID with their weights) and every
+picture, written as WORKDIR/eval/eval.json, eval.md and PNGs."""
 
 from __future__ import annotations
 
@@ -7,12 +8,8 @@ import json
 import os
 
 import jax
-import numpy as np
-from absl import logging
-from jax.experimental import multihost_utils
 
-from sgc_jax import evaluate, report, train, viz
-from sgc_jax.data import pipeline
+from sgc_jax import evaluators, report, train, viz
 
 # Rows of the markdown table: key, label, format.
 TABLE = (("psnr", "PSNR (dB)", ".2f"), ("ssim", "SSIM", ".3f"), ("l1", "L1", ".4f"),
@@ -32,73 +29,40 @@ def format_value(value, spec: str) -> str:
 
 
 def markdown(results: dict) -> str:
-  lines = ["| metric | value |", "|---|---:|"]
-  lines += [f"| {label} | {format_value(results.get(key), spec)} |" for key, label, spec in TABLE]
-  return "\n".join(lines) + "\n"
+  """The table of the metrics the results hold (in TABLE's order, then the rest)."""
+  known = [row for row in TABLE if row[0] in results]
+  others = [(key, key, ".4g") for key, value in results.items()
+            if key not in {row[0] for row in TABLE} | {"images", "step"}
+            and isinstance(value, float)]
+  return report.markdown_table(
+      ("metric", "value"), [(label, format_value(results[key], spec))
+                            for key, label, spec in known + others], align="lr")
 
 
-def load_perceptual(config) -> evaluate.PerceptualModels:
-  from sgc_jax.convert import inception as inception_convert
-  from sgc_jax.models import lpips as lpips_lib
-  lpips_path = config.eval.lpips_weights or config.loss.lpips_weights
-  lpips_params = lpips_lib.load_params(lpips_path) if lpips_path else None
-  inception_params = (inception_convert.load(config.eval.inception_weights)
-                      if config.eval.inception_weights else None)
-  for name, value in (("LPIPS", lpips_params), ("rFID", inception_params)):
-    if value is None:
-      logging.warning("%s absent: no weight file in the config (config.eval.*_weights)", name)
-  return evaluate.PerceptualModels(lpips_params, inception_params)
-
-
-def pictures(trainer, state, dataset, config, evaluation) -> dict[str, np.ndarray]:
-  """The evaluation's PNGs (every process computes them: the model is sharded)."""
-  num_classes = trainer.num_classes
-  source = dataset.split(config.data.eval_split)
-  make = pipeline.MakeViews(config.data.image_size, 1, None)
-  records = [make.random_map(source[i], np.random.default_rng(0))
-             for i in range(min(config.eval.num_examples, len(source)))]
-  images = np.stack([r["image"][0] for r in records])
-  reconstructions, indices, _ = multihost_utils.process_allgather(
-      train.reconstruct_fn(trainer)(evaluate.eval_params(state), state.codebook, images),
-      tiled=True)
-  semantic = evaluation.code_class[np.asarray(indices)]
-  used = evaluation.usage > 0
-  return {
-      "reconstructions": report.reconstruction_grid(
-          images, np.asarray(reconstructions), np.stack([r["segmentation"][0] for r in records]),
-          semantic, num_classes, dataset.class_names),
-      "codebook_usage": viz.usage_histogram(evaluation.usage, evaluation.code_class,
-                                            num_classes),
-      "codes_pca": np.concatenate([
-          viz.scatter(_pca(evaluation.codes, used), np.where(used, evaluation.code_class, -1),
-                      num_classes),
-          viz.legend(dataset.class_names, 400)]),  # grey: unused codes
-  }
-
-
-def _pca(points: np.ndarray, fit: np.ndarray) -> np.ndarray:
-  """2-D projection of all points on the principal axes of points[fit]."""
-  mean = points[fit].mean(0)
-  _, _, vt = np.linalg.svd(points[fit] - mean, full_matrices=False)
-  return (points - mean) @ vt[:2].T
+def evaluate(config, dataset, method, state, step: int, write_image) -> dict:
+  """Every evaluator of the config, in their --mode=eval form."""
+  variables = method.eval_variables(state)
+  return evaluators.run(evaluators.create(config), evaluators.Context(
+      method, variables, method.units(variables), dataset, config, step, final=True,
+      write_image=write_image))
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
   """Restores WORKDIR's latest checkpoint, evaluates it, writes the results."""
-  dataset, trainer, state, step = train.restore_latest(config, workdir)
-  evaluation = evaluate.evaluate(trainer, state, dataset, config, probe=True,
-                                 perceptual=load_perceptual(config))
-  results = {"step": step, "quantizer": config.model.codebook.mode, **evaluation.metrics}
+  dataset, method, state, step = train.restore_latest(config, workdir)
   directory = os.path.join(workdir, "eval")
-  images = pictures(trainer, state, dataset, config, evaluation)
+  pictures = {}
+  metrics = evaluate(config, dataset, method, state, step, pictures.__setitem__)
+  results = {"step": step, "method": method.name, **method.summary(), **metrics}
   if jax.process_index() == 0:
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "eval.json"), "w") as f:
       json.dump(results, f, indent=1)
     with open(os.path.join(directory, "eval.md"), "w") as f:
-      f.write(f"Step {step}, quantizer {results['quantizer']}, "
-              f"{int(results['images'])} images of {config.data.name}:"
+      described = ", ".join(f"{k} {v}" for k, v in method.summary().items())
+      f.write(f"Step {step}, {method.name}{', ' + described if described else ''}, "
+              f"{int(results.get('images', 0))} images of {config.data.name}:"
               f"{config.data.eval_split}\n\n" + markdown(results))
-    for name, image in images.items():
+    for name, image in pictures.items():
       viz.save_png(image, os.path.join(directory, f"{name}.png"))
   return results

@@ -42,15 +42,23 @@ def _positive_int(value) -> bool:
   return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-# model.json fields this module reads: (test, what it should be).
+# model.json fields this module reads: (test, what it should be). The first
+# four describe a tokenizer's encode / decode; bundles of other functions may
+# lack them.
 _FIELDS = {
     "image_size": (_positive_int, "a positive integer"),
     "grid": (_positive_int, "a positive integer"),
     "num_codes": (_positive_int, "a positive integer"),
+    "semantic": (lambda v: isinstance(v, bool), "true or false"),
     "class_names": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
                     "a list of names"),
-    "semantic": (lambda v: isinstance(v, bool), "true or false"),
+    "functions": (lambda v: isinstance(v, list) and v and all(
+        isinstance(n, str) and n.isidentifier() for n in v), "a list of function names"),
+    "method": (lambda v: isinstance(v, str) and v.isidentifier(), "a method name"),
 }
+_TOKENIZER_FIELDS = ("image_size", "grid", "num_codes", "semantic")
+# Bundles of the first release: SGC-VQGAN's two functions, no "method" field.
+_FIRST_RELEASE = {"method": "sgc_vqgan", "functions": ["encode", "decode"]}
 
 
 def describe(error: BaseException) -> str:
@@ -99,20 +107,25 @@ def _damaged_unless(path: str, step):
 
 
 class Tokenizer:
+  """A loaded bundle: `encode` / `decode` where it holds them (a tokenizer),
+  and every function it holds through `call(name, x)`."""
+
   def __init__(self, directory: str, use_model_code: bool = False):
     self.directory = directory
     self.description = self._description()
-    self.image_size, self.grid, self.num_codes, self.class_names, self.semantic = (
-        self.description[name] for name in _FIELDS)
+    self.image_size, self.grid, self.num_codes, self.semantic = (
+        self.description.get(name) for name in _TOKENIZER_FIELDS)
+    self.class_names, self.method = self.description["class_names"], self.description["method"]
     path = self._file("variables.npz")
     try:
       self.variables = tree_io.load(path)
     except Exception as error:  # np.load raises whatever a damaged file trips over.
       raise BundleError(f"{path}: unreadable ({describe(error)})") from None
+    names = self.description["functions"]
     if use_model_code:
-      self._encode, self._decode = self._model_functions()
+      self.functions = self._model_functions(names)
     else:
-      self._encode, self._decode = (self._exported(name) for name in ("encode", "decode"))
+      self.functions = {name: self._exported(name) for name in names}
 
   def _description(self) -> dict:
     path = os.path.join(self.directory, "model.json")
@@ -130,8 +143,12 @@ class Tokenizer:
     if description.get("version") != VERSION:
       raise BundleError(f"{path}: bundle version {description.get('version')}, "
                         f"this sgc_jax reads version {VERSION}")
+    description = {**_FIRST_RELEASE, **description}
+    tokenizer = {"encode", "decode"} & set(description.get("functions") or [])
     for name, (valid, what) in _FIELDS.items():
       if name not in description:
+        if name in _TOKENIZER_FIELDS and not tokenizer:
+          continue
         raise BundleError(f"{path}: no {name!r}")
       if not valid(description[name]):
         raise BundleError(f"{path}: {name} is {description[name]!r}, expected {what}")
@@ -178,7 +195,7 @@ class Tokenizer:
     size, grid = self.image_size, self.grid
     images, indices = f"float32[b,{size},{size},3]", f"int32[b,{grid},{grid}]"
     signature = {"encode": f"{images} -> {indices}, {indices}",
-                 "decode": f"{indices} -> {images}"}[name]
+                 "decode": f"{indices} -> {images}"}.get(name)
     with open(path, "rb") as f:
       data = bytearray(f.read())
 
@@ -192,7 +209,7 @@ class Tokenizer:
           map(str, exported.out_avals))
 
     exported, variables, argument, found = _damaged_unless(path, read)
-    if found != signature:
+    if signature is not None and found != signature:
       raise BundleError(f"{path}: {found}, {os.path.join(self.directory, 'model.json')} "
                         f"(image_size {size}, grid {grid}) needs {signature}")
     # 'cuda', not jax.default_backend()'s 'gpu': the names `exported.platforms` uses.
@@ -214,22 +231,22 @@ class Tokenizer:
       return programs[key](variables, x)
     return call
 
-  def _model_functions(self):
-    from sgc_jax.models.codebook import CodebookConfig
-    from sgc_jax.models.vqgan import SGCVQGAN, ModelConfig
+  def _model_functions(self, names):
+    from sgc_jax import methods
     path = os.path.join(self.directory, "model.json")
     try:
-      fields = dict(self.description["model_config"])
-      codebook = CodebookConfig(**fields.pop("codebook"))
-      fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-      model = SGCVQGAN(ModelConfig(codebook=codebook, **fields))
+      functions, abstract = methods.get(self.method).functions_from_bundle(self.description)
     except Exception as error:  # Missing, unknown or invalid fields, whatever they raise.
       raise BundleError(f"{path}: model_config: {describe(error)}") from None
-    images = jax.ShapeDtypeStruct((1, self.image_size, self.image_size, 3), np.float32)
-    self._check_variables(jax.eval_shape(model.init, {"params": jax.random.PRNGKey(0)}, images),
-                          "the model of model_config")
-    return (jax.jit(lambda v, x: model.apply(v, x, method=SGCVQGAN.encode)),
-            jax.jit(lambda v, i: model.apply(v, i, method=SGCVQGAN.decode)))
+    self._check_variables(abstract, "the model of model_config")
+    return {name: jax.jit(functions[name]) for name in names}
+
+  def call(self, name: str, x):
+    """Function `name` of the bundle on `x` (its argument, batch first)."""
+    if name not in self.functions:
+      raise BundleError(f"{self.directory}: no function {name!r} (it holds "
+                        f"{', '.join(self.functions)})")
+    return jax.tree.map(np.asarray, self.functions[name](self.variables, x))
 
   def encode(self, images) -> tuple[np.ndarray, np.ndarray]:
     """[N, H, W, 3] float images in [-1, 1] -> (indices, semantic map), [N, g, g] each."""
@@ -238,8 +255,8 @@ class Tokenizer:
     if images.ndim != 4 or images.shape[1:] != expected:
       raise BundleError(f"images of shape {images.shape}; this bundle encodes "
                         f"[N, {', '.join(map(str, expected))}]")
-    indices, semantic = self._encode(self.variables, images)
-    return np.asarray(indices), np.asarray(semantic)
+    indices, semantic = self.call("encode", images)
+    return indices, semantic
 
   def decode(self, indices) -> np.ndarray:
     """[N, g, g] code indices -> [N, H, W, 3] images in [-1, 1]."""
@@ -252,7 +269,7 @@ class Tokenizer:
     if indices.size and (indices.min() < 0 or indices.max() >= self.num_codes):
       raise BundleError(f"token indices in [{indices.min()}, {indices.max()}]; this "
                         f"bundle has {self.num_codes} codes")
-    return np.asarray(self._decode(self.variables, indices.astype(np.int32)))
+    return self.call("decode", indices.astype(np.int32))
 
 
 def load(directory: str, use_model_code: bool = False) -> Tokenizer:

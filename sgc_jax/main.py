@@ -9,8 +9,9 @@ Modes:
   train    train (resuming from WORKDIR's checkpoints)
   eval     every metric of WORKDIR's latest checkpoint -> WORKDIR/eval/
   export   WORKDIR's latest checkpoint -> an inference bundle in WORKDIR/bundle
-The config is validated before anything is built or compiled; a bad field is a
-one-line error that names it. Library logs stay at WARNING; `--verbosity=0`
+`config.method` names the method (default sgc_vqgan). The config is validated
+(the core's fields, the method's, the evaluators') before anything is built or
+compiled; a bad field is a one-line error that names it. Library logs stay at WARNING; `--verbosity=0`
 shows their INFO lines.
 """
 
@@ -40,7 +41,7 @@ _INIT_TIMEOUT = flags.DEFINE_integer(
 
 
 def validate(config) -> None:
-  """Checks the fields every mode relies on; raises ConfigError naming the field."""
+  """Checks the fields every method relies on; raises ConfigError naming the field."""
   config_lib.check_positive(config, "data.batch_size", "data.image_size",
                             "data.num_views")
   if config.data.worker_count < 0:
@@ -53,25 +54,25 @@ def validate(config) -> None:
         f"({crop.max_area}) <= 1")
   if not 0 < crop.min_aspect <= crop.max_aspect:
     raise config_lib.ConfigError("config.data.crop: need 0 < min_aspect <= max_aspect")
-  if config.data.num_views not in (1, 2):
-    raise config_lib.ConfigError(
-        f"config.data.num_views={config.data.num_views}: must be 1 or 2 (two views "
-        "give Consistent Semantic Learning its pairs)")
   if "total_steps" in config:
-    config_lib.check_positive(config, "total_steps", "log_every", "eval_every",
-                              "checkpoint.every", "checkpoint.keep", "preview.every",
-                              "optimizer.learning_rate", "optimizer.disc_learning_rate")
-  if "model" in config:
-    config_lib.check_choice(config, "model.codebook.mode", ("vq", "ema", "sgc"))
-    config_lib.check_choice(config, "model.codebook.distance", ("l2", "cosine"))
-    if config.model.resolution != config.data.image_size:
-      raise config_lib.ConfigError(
-          f"config.model.resolution={config.model.resolution} differs from "
-          f"config.data.image_size={config.data.image_size}")
+    config_lib.check_positive(config, "total_steps", "log_every", "checkpoint.every",
+                              "checkpoint.keep")
   for axis in ("data", "fsdp", "model"):
     size = config.mesh[axis]
     if size != -1 and size < 1:
       raise config_lib.ConfigError(f"config.mesh.{axis}={size}: must be >= 1 or -1")
+
+
+def validate_method(config, dataset=None):
+  """The method's own fields (with the data set: those that depend on it) and
+  the evaluators'; returns the method's class."""
+  from sgc_jax import evaluators, methods
+  method_class = methods.get(methods.method_name(config))
+  method_class.validate(config)
+  if dataset is not None:
+    method_class.validate_data(config, dataset)
+  evaluators.validate(config)
+  return method_class
 
 
 def main(argv):
@@ -83,6 +84,7 @@ def main(argv):
     sys.exit("error: --config is required")
   try:
     validate(config)
+    validate_method(config)
   except config_lib.ConfigError as error:
     sys.exit(f"config error: {error}")
   # Heavy imports after validation, so that a bad config fails fast.
@@ -105,17 +107,18 @@ def main(argv):
     for path in preview.write_previews(config, dataset, _WORKDIR.value):
       print(f"wrote {path}")
   else:
-    from sgc_jax import checkpoint, report, train
+    from sgc_jax import report
     from sgc_jax.convert import torch_file
+    from sgc_jax.core import checkpoint, loop
     try:
-      train.model_config(config, dataset.num_classes)
-    except ValueError as error:
+      validate_method(config, dataset)
+    except config_lib.ConfigError as error:
       sys.exit(f"config error: {error}")
     try:
       run_mode(_MODE.value, config, _WORKDIR.value)
     except config_lib.ConfigError as error:
       sys.exit(f"config error: {error}")
-    except (FileNotFoundError, torch_file.WeightFileError, train.NonFiniteLoss,
+    except (FileNotFoundError, torch_file.WeightFileError, loop.NonFiniteLoss,
             checkpoint.NonFiniteState, checkpoint.CheckpointError,
             report.WorkdirBusy) as error:
       sys.exit(f"error: {error}")

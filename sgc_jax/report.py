@@ -133,3 +133,14 @@ def reconstruction_grid(images, reconstructions, segmentation, token_classes,
                  viz.colour_classes(token_map, num_classes)])
   tiles = viz.grid(rows)
   return np.concatenate([tiles, viz.legend(class_names, tiles.shape[1])], 0)
+
+
+def markdown_table(header, rows, align: str | None = None) -> str:
+  """A Markdown table; `align`: one of "l"/"r" per column (default: the first
+  left, the rest right). Floats print with 4 significant digits."""
+  align = align or "l" + "r" * (len(header) - 1)
+  cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+  lines = ["| " + " | ".join(map(str, header)) + " |",
+           "|" + "".join("---:|" if a == "r" else "---|" for a in align)]
+  lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+  return "\n".join(lines) + "\n"

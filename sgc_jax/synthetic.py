@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from sgc_jax import sharding
+from sgc_jax.core import sharding
 
 
 def synthetic_batch(config, batch_size: int, num_classes: int) -> dict:
@@ -21,16 +21,17 @@ def synthetic_batch(config, batch_size: int, num_classes: int) -> dict:
       "frame": np.zeros((batch_size, views), np.int32), "mask": np.ones(batch_size, bool)}
 
 
-def make_trainer(config, num_classes: int = 10):
-  """A trainer of the config on its mesh, for data with uniform class frequencies."""
-  from sgc_jax import train
-  mesh = sharding.create_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
-  return train.Trainer(config, train.model_config(config, num_classes), mesh,
-                       np.full(num_classes, 1 / num_classes))
+def make_trainer(config, num_classes: int = 10, mesh=None):
+  """SGC-VQGAN of the config on `mesh` (the config's), for data of
+  `num_classes` classes with uniform frequencies."""
+  from sgc_jax.methods.sgc_vqgan import SGCVQGANMethod
+  return SGCVQGANMethod(config, mesh or sharding.config_mesh(config),
+                        [f"class_{i}" for i in range(num_classes)],
+                        np.full(num_classes, 1 / num_classes))
 
 
 def compiled_train_step(config, batch_size: int, num_classes: int = 10):
-  """(trainer, compiled train step without GAN) on synthetic abstract inputs."""
+  """(method, compiled train step without GAN) on synthetic abstract inputs."""
   trainer = make_trainer(config, num_classes)
   mesh = trainer.mesh
   host = synthetic_batch(config, batch_size, num_classes)

@@ -85,7 +85,7 @@ BUNDLE_FAULTS = {  # id: (file, fault, what the message says)
                      "damaged or incompatible"),
     "variables_truncated": ("variables.npz", truncate, r"unreadable \(BadZipFile"),
     "variables_reshaped": ("variables.npz", reshape_leaf,
-                           r"params/conv_out/kernel is float32\[3, 3, 64, 4\], "
+                           r"params/conv_out/kernel is float32\[3, 3, 64, 4\], \S*/"
                            r"encode.jax_export takes float32\[3, 3, 32, 3\]"),
     "json_bad": ("model.json", lambda p: p.write_text('{"format": '), "unreadable"),
     "json_list": ("model.json", lambda p: p.write_text("[]"), "a JSON list, not an object"),

@@ -204,7 +204,8 @@ def test_inception_import_layer_by_layer(tmp_path):
 
 
 def test_training_starts_from_imported_taming_weights(data_dir, tmp_path):
-  from sgc_jax import sharding, train
+  from sgc_jax import synthetic
+  from sgc_jax.core import sharding
   from test_train import tiny_config
   sd = ref.taming_state_dict(**TINY)
   path = str(tmp_path / "vqgan.npz")
@@ -212,9 +213,8 @@ def test_training_starts_from_imported_taming_weights(data_dir, tmp_path):
   config = tiny_config(data_dir, quantizer="vq", init_from=path)
   config.model.update(dict(ch=32, ch_mult=(1, 2), attn_resolutions=(16,), z_channels=32))
   config.model.codebook.update(dict(num_codes=16, dim_sem=8, dim_det=0))
-  trainer = train.Trainer(config, train.model_config(config, 10), sharding.create_mesh(),
-                          np.full(10, 0.1))
-  state = train.initial_state(trainer)
+  trainer = synthetic.make_trainer(config, 10, sharding.create_mesh())
+  state = trainer.initial_state(trainer.create_train_state(config.seed))
   np.testing.assert_array_equal(state.params["codebook"]["embedding"],
                                 sd["quantize.embedding.weight"])
   np.testing.assert_array_equal(state.params["encoder"]["conv_in"]["kernel"],

@@ -4,8 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from sgc_jax import evaluate, metrics, train
+from sgc_jax import metrics, train
 from sgc_jax.data import pipeline
+from sgc_jax.evaluators import base, reconstruction
+from sgc_jax.evaluators.segmentation import linear_probe
 from sgc_jax.models import inception as inception_lib
 from sgc_jax.models import lpips as lpips_lib
 from test_train import tiny_config
@@ -13,30 +15,29 @@ from test_train import tiny_config
 
 def test_lpips_and_rfid_sums_equal_direct_computation(data_dir, scenes64):
   config = tiny_config(data_dir)
-  trainer = train.build_trainer(config, scenes64)
-  state = trainer.create_train_state(0)
-  source = evaluate.Head(scenes64.split("validation"), 3)  # 3 of batch 8: padding too
+  method = train.build_method(config, scenes64)
+  variables = method.eval_variables(method.create_train_state(0))
+  source = pipeline.head(scenes64.split("validation"), 3)  # 3 of batch 8: padding too
   key = jax.random.PRNGKey(1)
   lpips_params = lpips_lib.LPIPS().init(key, np.zeros((1, 32, 32, 3)), np.zeros((1, 32, 32, 3)))
   inception_params = inception_lib.InceptionV3().init(key, np.zeros((1, 32, 32, 3)))
-  perceptual = evaluate.PerceptualModels(lpips_params["params"], inception_params["params"])
-  totals = evaluate.split_totals(trainer, state.params, state.codebook, source, config,
-                                 perceptual=perceptual)
+  evaluator = reconstruction.Reconstruction("reconstruction", dict(config.evals.reconstruction))
+  perceptual = reconstruction.Perceptual(lpips_params["params"], inception_params["params"])
+  totals = base.split_pass(method, variables, source, config,
+                           [(evaluator, perceptual, None)])["reconstruction"]
   assert totals["images"] == 3
 
-  make_view = pipeline.MakeViews(32, 1, None)
-  images = np.stack([make_view.random_map(source[i], np.random.default_rng(0))["image"][0]
-                     for i in range(3)])
-  reconstructions, _, _ = train.reconstruct_fn(trainer)(state.params, state.codebook, images)
+  images = np.stack([r["image"][0] for r in pipeline.centred_examples(source, 3, 32)])
+  reconstructions = np.asarray(jax.jit(method.predict)(variables, images)["reconstruction"])
   # The metrics see reconstructions clipped to the images' range.
-  assert np.abs(np.asarray(reconstructions)).max() > 1.0
-  reconstructions = np.clip(np.asarray(reconstructions), -1.0, 1.0)
+  assert np.abs(reconstructions).max() > 1.0
+  reconstructions = np.clip(reconstructions, -1.0, 1.0)
   distances = lpips_lib.LPIPS().apply(lpips_params, images, reconstructions)
   assert totals["lpips"] == pytest.approx(float(np.sum(distances)), rel=1e-4)
   features = jax.jit(inception_lib.InceptionV3().apply)(
-      inception_params, np.concatenate([images, np.asarray(reconstructions)]))
+      inception_params, np.concatenate([images, reconstructions]))
   real, fake = np.split(np.asarray(features, np.float64), 2)
-  for statistics, features in zip(totals["fid"], (real, fake)):
+  for statistics, features in zip(perceptual.fid, (real, fake)):
     mean, covariance = statistics.mean_and_covariance()
     np.testing.assert_allclose(mean, features.mean(0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(covariance, np.cov(features.T), rtol=1e-3, atol=1e-7)
@@ -48,7 +49,7 @@ def test_linear_probe_separates_classes_a_linear_map_can():
   truth = (codes[:, 0] > 0).astype(int) + 2 * (codes[:, 1] > 0)  # 4 linearly separable classes
   counts = np.zeros((40, 4))
   counts[np.arange(40), truth] = rng.integers(1, 50, 40)
-  predicted = evaluate.linear_probe(codes, counts, steps=500)
+  predicted = linear_probe(codes, counts, steps=500)
   assert (predicted == truth).mean() >= 0.95
   confusion = metrics.confusion_from_assignment(counts, predicted, 4)
   assert metrics.mean_iou(confusion) > 0.9

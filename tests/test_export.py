@@ -17,12 +17,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def bundle(data_dir, scenes64, tmp_path_factory):
   config = tiny_config(data_dir)
-  trainer = train.build_trainer(config, scenes64)
-  state = trainer.create_train_state(0)
+  method = train.build_method(config, scenes64)
+  state = method.create_train_state(0)
   directory = str(tmp_path_factory.mktemp("bundle"))
-  export.write_bundle(directory, trainer.model_config,
-                      {"params": state.params, "codebook": state.codebook},
-                      scenes64.class_names, {"step": 0})
+  export.write_bundle(directory, method, method.eval_variables(state), {"step": 0})
   return directory
 
 

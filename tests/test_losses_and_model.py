@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sgc_jax import losses, sharding, train
+from sgc_jax import losses, synthetic
+from sgc_jax.core import sharding
 from sgc_jax.models import codebook as cb
 from sgc_jax.models import vqgan
 from test_train import tiny_config
@@ -238,9 +239,8 @@ def consistency_setup():
                                     consistency_temperature=0.8, consistency_weight=0.3))
   config.disc.ch = 8
   num_classes = 3
-  model_config = train.model_config(config, num_classes)
   mesh = sharding.create_mesh(devices=jax.devices()[:1])
-  trainer = train.Trainer(config, model_config, mesh, np.full(num_classes, 1 / num_classes))
+  trainer = synthetic.make_trainer(config, num_classes, mesh)
   state = trainer.create_train_state(0)
   consistency = jax.jit(trainer._consistency)
   return trainer, state, consistency

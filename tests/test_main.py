@@ -87,7 +87,7 @@ def test_data_and_preview_modes(tmp_path):
 def test_reading_and_augmenting_never_imports_tensorflow(data_dir, scenes64):
   script = f"""
 import sys
-from sgc_jax import sharding
+from sgc_jax.core import sharding
 from sgc_jax.data import pipeline, sources
 dataset = sources.open_dataset("sgc_scenes/smoke64", {data_dir!r})
 spec = pipeline.PipelineSpec(split="train", global_batch_size=8, image_size=32,

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from sgc_jax import checkpoint, train
+from sgc_jax import train
+from sgc_jax.core import checkpoint, loop
 from test_train import tiny_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -46,9 +47,9 @@ def _two_processes(data_dir, out, *jobs):
 
 
 def _state(config, dataset, workdir, step):
-  trainer = train.build_trainer(config, dataset)
+  method = train.build_method(config, dataset)
   mgr = checkpoint.manager(workdir, 1000, 5)
-  state, data = train.restore_state(trainer, mgr, step)
+  state, data = loop.restore_state(method, mgr, step)
   mgr.close()
   return state, json.loads(data)
 

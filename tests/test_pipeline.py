@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from sgc_jax import checkpoint, sharding
+from sgc_jax.core import checkpoint, sharding
 from sgc_jax.data import pipeline, sources, views
 
 

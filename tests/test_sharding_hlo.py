@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from configs import sgc_coco
-from sgc_jax import hlo, sharding, synthetic, train
+from sgc_jax import hlo, synthetic
+from sgc_jax.core import sharding
 from test_train import tiny_config
 
 
@@ -13,13 +14,12 @@ def _coco_trainer(data, fsdp):
   config = sgc_coco.get_config("quantizer=sgc,batch_size=8")
   config.mesh.update(dict(data=data, fsdp=fsdp))
   num_classes = 133
-  return train.Trainer(config, train.model_config(config, num_classes),
-                       sharding.create_mesh(data, fsdp, 1), np.full(num_classes, 1 / num_classes))
+  return synthetic.make_trainer(config, num_classes, sharding.create_mesh(data, fsdp, 1))
 
 
 def test_fsdp_cuts_per_device_state_memory_of_the_coco_config():
   fsdp = _coco_trainer(1, 8)
-  init = jax.jit(fsdp._init, out_shardings=fsdp.state_shardings)
+  init = jax.jit(fsdp.init, out_shardings=fsdp.state_shardings)
   compiled = init.lower(jax.random.PRNGKey(0)).compile().memory_analysis().output_size_in_bytes
   # The compiled program's outputs are what the sharding rules say...
   assert compiled == pytest.approx(sharding.bytes_per_device(fsdp.abstract_state, fsdp.state_shardings), rel=0.01)

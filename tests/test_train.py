@@ -18,7 +18,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import sgc_scenes
-from sgc_jax import checkpoint, config_lib, eval_checkpoint, export, report, sharding, train
+from sgc_jax import config_lib, eval_checkpoint, export, report, train
+from sgc_jax.core import checkpoint, loop, sharding
+from sgc_jax.methods import sgc_vqgan
 from sgc_jax.data import pipeline, views
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +36,7 @@ def tiny_config(data_dir, quantizer="sgc", **overrides):
   config.model.codebook.update(dict(num_codes=64, dim_sem=8, dim_det=8, chunk_size=128))
   config.optimizer.warmup_steps = 2
   config.log_every = 1
-  config.preview.update(dict(every=1000, num_examples=2))
+  config.evals.pictures.update(dict(every=1000, num_examples=2))
   config.checkpoint.update(dict(every=2, keep=5))
   config.update(overrides)
   return config
@@ -45,9 +47,8 @@ def _leaves(tree):
 
 
 def _run_steps(config, mesh, dataset, steps, with_gan):
-  model_config = train.model_config(config, dataset.num_classes)
-  frequency = train.class_frequency(dataset.split("train"), dataset.num_classes)
-  trainer = train.Trainer(config, model_config, mesh, frequency)
+  frequency = sgc_vqgan.class_frequency(dataset.split("train"), dataset.num_classes)
+  trainer = sgc_vqgan.SGCVQGANMethod(config, mesh, dataset.class_names, frequency)
   state = trainer.create_train_state(config.seed)
   spec = pipeline.PipelineSpec(split="train", global_batch_size=config.data.batch_size,
                                image_size=config.data.image_size, train=True,
@@ -212,14 +213,14 @@ def test_non_finite_loss_stops_with_the_term_named(data_dir, scenes64, tmp_path)
   config = tiny_config(data_dir, total_steps=3)
   config.optimizer.learning_rate = 1e30
   config.optimizer.grad_clip = 1e30
-  with pytest.raises(train.NonFiniteLoss, match=r"step \d+: loss term '\w+' is (nan|inf)"):
+  with pytest.raises(loop.NonFiniteLoss, match=r"step \d+: loss term '\w+' is (nan|inf)"):
     train.train_and_evaluate(config, str(tmp_path / "bad"))
 
 
 def test_a_non_finite_state_is_never_saved(data_dir, scenes64, tmp_path):
   """A checkpoint is the last good state: one NaN anywhere and it is not written."""
   config = tiny_config(data_dir)
-  trainer = train.build_trainer(config, scenes64)
+  trainer = train.build_method(config, scenes64)
   state = trainer.create_train_state(0)
   mgr = checkpoint.manager(str(tmp_path), 1, 3)
   kernel = state.params["decoder"]["conv_in"]["kernel"]
@@ -333,9 +334,9 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(two_checkpoi
   else:
     os.remove(latest / "data" / "metadata")
   # What a resumed run does: the newest checkpoint whose state and data restore.
-  trainer = train.build_trainer(config, scenes64)
+  trainer = train.build_method(config, scenes64)
   mgr = checkpoint.manager(workdir, 1, 5)
-  state, data, step = train.restore_newest(trainer, mgr, with_data=True)
+  state, data, step = loop.restore_newest(trainer, mgr, with_data=True)
   mgr.close()
   assert step == 1 and int(state.step) == 1 and json.loads(data)["batches_done"] == 1
   assert f"checkpoint {tmp_path / 'run' / 'checkpoints'}/2 does not restore" in caplog.text

@@ -20,7 +20,7 @@ import jax
 from absl import flags
 import numpy as np
 
-from sgc_jax import sharding
+from sgc_jax.core import sharding
 from sgc_jax.config_lib import ConfigError
 from sgc_jax.data import sources, views
 
@@ -140,17 +140,17 @@ class InputPipeline:
     self._iterators = [iter(loader) for loader in self._loaders]
     # Evaluation: every shard yields this many batches (shards differ by <= 1 record).
     self.num_batches = (None if spec.train else
-                        math.ceil(len(ShardView(source, 0, num_shards)) / self._shard_batch))
+                        math.ceil(len(shard_view(source, 0, num_shards)) / self._shard_batch))
     self._batches_done = 0
 
   def _loader(self, shard: int, num_shards: int) -> grain.DataLoader:
     spec = self.spec
-    records = ShardView(self.source, shard, num_shards)
+    records = shard_view(self.source, shard, num_shards)
     if spec.worker_count and not flags.FLAGS.is_parsed():
       # grain's workers read absl flags; outside absl.app (tests, notebooks)
       # nobody parsed them, so take their defaults.
       flags.FLAGS.mark_as_parsed()
-    # Sharding is ours (ShardView), not grain's: grain 0.2.18's ShardOptions
+    # Sharding is ours (shard_view), not grain's: grain 0.2.18's ShardOptions
     # with drop_remainder=False loses the record at a shard boundary.
     sampler = grain.samplers.IndexSampler(
         num_records=len(records), shard_options=grain.sharding.NoSharding(),
@@ -234,19 +234,11 @@ def _text(state) -> str:
   return state.decode() if isinstance(state, bytes) else state
 
 
-class ShardView:
-  """Shard `shard` of `num_shards` contiguous, near-equal ranges of a source.
+class RecordRange:
+  """Records [start, start + length) of a source, as a source."""
 
-  Shards differ in length by at most one record; together they hold every record
-  exactly once.
-  """
-
-  def __init__(self, source, shard: int, num_shards: int):
-    self._source = source
-    base, extra = divmod(len(source), num_shards)
-    self._start = shard * base + min(shard, extra)
-    self._length = base + (shard < extra)
-    self._name = f"shard {shard} of {num_shards}"
+  def __init__(self, source, start: int, length: int, name: str):
+    self._source, self._start, self._length, self._name = source, start, length, name
 
   def __len__(self) -> int:
     return self._length
@@ -257,7 +249,29 @@ class ShardView:
     return self._source[self._start + index]
 
   def __repr__(self) -> str:  # grain checks it when a state is restored
-    return f"ShardView({self._source!r}, {self._name})"
+    return self._name
+
+
+def shard_view(source, shard: int, num_shards: int) -> RecordRange:
+  """Shard `shard` of `num_shards` contiguous, near-equal ranges of a source:
+  they differ in length by at most one record and together hold every record
+  exactly once."""
+  base, extra = divmod(len(source), num_shards)
+  return RecordRange(source, shard * base + min(shard, extra), base + (shard < extra),
+                     f"ShardView({source!r}, shard {shard} of {num_shards})")
+
+
+def head(source, count: int) -> RecordRange:
+  """The first `count` records of a source."""
+  count = min(count, len(source))
+  return RecordRange(source, 0, count, f"Head({source!r}, {count})")
+
+
+def centred_examples(source, count: int, image_size: int) -> list[Batch]:
+  """The first `count` records as one centred view each (previews and pictures)."""
+  make = MakeViews(image_size, 1, None)
+  return [make.random_map(source[i], np.random.default_rng(0))
+          for i in range(min(count, len(source)))]
 
 
 def _zeros_like(batch: Batch) -> Batch:

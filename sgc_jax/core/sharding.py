@@ -44,6 +44,11 @@ def create_mesh(data: int = -1, fsdp: int = 1, model: int = 1,
   return Mesh(mesh_utils.create_device_mesh(shape, devices), MESH_AXES)
 
 
+def config_mesh(config) -> Mesh:
+  """The mesh of `config.mesh` over all devices."""
+  return create_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 

@@ -1,0 +1,224 @@
+"""THE train loop, and the restore of a workdir's newest checkpoint, for any method.
+
+    train_and_evaluate(method_class, config, workdir)
+
+Resumes from the workdir's newest checkpoint that restores (state and data
+position: a resumed run sees the batches of an uninterrupted one); one jitted
+step per phase of the method, with the state donated; metrics as JSON lines
+(and TensorBoard) every `log_every` steps and a progress bar; the config's
+evaluators when due; checkpoints by the manager's policy; SIGTERM (a TPU
+preemption) finishes the step, saves and returns; a non-finite loss term
+stops the run naming it, the last good checkpoint kept.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import traverse_util
+
+from sgc_jax import config_lib, evaluators, logs, report
+from sgc_jax.core import checkpoint, sharding
+from sgc_jax.core.method import Method
+from sgc_jax.data import pipeline, sources, views
+
+
+class NonFiniteLoss(RuntimeError):
+  pass
+
+
+class Preemption:
+  """SIGTERM (a TPU preemption) sets a flag; the loop finishes its step and saves."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: finishing this step, saving, exiting")
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def check_finite(metrics: dict, step: int) -> None:
+  for name, value in metrics.items():
+    if name.startswith("loss/") and not np.isfinite(value):
+      raise NonFiniteLoss(f"step {step}: loss term {name[5:]!r} is {value}; "
+                          "stopping, the last good checkpoint is kept")
+
+
+def host_metrics(metrics) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def build_method(method_class: type[Method], config, dataset) -> Method:
+  """The method of a config on a data set, on the config's mesh."""
+  return method_class.build(config, sharding.config_mesh(config), dataset)
+
+
+# ---------------------------------------------------------------- restore
+
+
+def restore_state(method: Method, mgr, step: int, with_data: bool = True):
+  """The train state of checkpoint `step`, placed by the method's shardings,
+  and the data position (None without data)."""
+  abstract = checkpoint.abstract_with_shardings(method.abstract_state, method.state_shardings)
+  return checkpoint.restore(mgr, step, abstract, with_data)
+
+
+def restore_newest(method: Method, mgr, with_data: bool = True):
+  """(state, data position, step) of the newest checkpoint that restores, or
+  None when there is none. A checkpoint that fails to restore (a damaged file)
+  is skipped with a warning naming it; one written for another model stops
+  with a ConfigError naming the fields that differ."""
+  steps = sorted(mgr.all_steps(), reverse=True)
+  for step in steps:
+    saved = checkpoint.saved_config(mgr, step)
+    if saved is not None:
+      _check_same_state_config(saved, method, step)
+    try:
+      state, data = restore_state(method, mgr, step, with_data)
+    except Exception as error:  # a damaged checkpoint fails in many ways, all inside orbax
+      logging.warning("checkpoint %s/%d does not restore (%s: %s); trying an earlier one",
+                      mgr.directory, step, type(error).__name__,
+                      " ".join(str(error).split())[:200])
+      continue
+    return state, data, step
+  if steps:
+    raise checkpoint.CheckpointError(f"{mgr.directory}: none of the checkpoints (steps "
+                                     f"{sorted(steps)}) restores; start a new workdir")
+  return None
+
+
+def _check_same_state_config(saved: dict, method: Method, step: int):
+  now = json.loads(method.config.to_json())
+  differ = []
+  # Checkpoints written before there were several methods name none: SGC-VQGAN's.
+  saved_method, now_method = saved.get("method") or "sgc_vqgan", now.get("method") or "sgc_vqgan"
+  if saved_method != now_method:
+    differ.append(f"method: {saved_method!r} in the checkpoint, {now_method!r} now")
+  for field in () if differ else method.state_fields:
+    old, new = (traverse_util.flatten_dict(c.get(field), sep=".")
+                if isinstance(c.get(field), dict) else {"": c.get(field)}
+                for c in (saved, now))
+    if field == "ema_decay":  # only whether an EMA is kept changes the state
+      old, new = {"": (old[""] or 0) > 0}, {"": (new[""] or 0) > 0}
+    for key in sorted(set(old) | set(new)):
+      if old.get(key) != new.get(key):
+        name = f"{field}.{key}" if key else field
+        differ.append(f"{name}: {old.get(key)!r} in the checkpoint, {new.get(key)!r} now")
+  if differ:
+    raise config_lib.ConfigError(
+        f"the workdir's checkpoint (step {step}) was written for another model: "
+        + "; ".join(differ) + ". Use a new --workdir (or start from weights with "
+        "--config.init_from)")
+
+
+def restore_latest(method_class: type[Method], config, workdir: str):
+  """(dataset, method, state, step) of WORKDIR's newest checkpoint that
+  restores, for evaluation and export (the data position is not restored)."""
+  dataset = sources.open_dataset(config.data.name, config.data.data_dir)
+  method = build_method(method_class, config, dataset)
+  mgr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.keep)
+  restored = restore_newest(method, mgr, with_data=False)
+  mgr.close()
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
+  state, _, step = restored
+  return dataset, method, state, step
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train_and_evaluate(method_class: type[Method], config: ml_collections.ConfigDict,
+                       workdir: str) -> dict:
+  """Trains (resuming from `workdir` if it holds checkpoints); returns last metrics.
+
+  The workdir is locked while training: a second trainer on it stops at once
+  (report.WorkdirBusy, naming the holder)."""
+  lock = report.WorkdirLock(workdir)
+  try:
+    return _train(method_class, config, workdir)
+  finally:
+    lock.release()
+
+
+def _train(method_class: type[Method], config: ml_collections.ConfigDict, workdir: str) -> dict:
+  dataset = sources.open_dataset(config.data.name, config.data.data_dir)
+  method = build_method(method_class, config, dataset)
+  spec = pipeline.PipelineSpec(
+      split=config.data.train_split, global_batch_size=config.data.batch_size,
+      image_size=config.data.image_size, train=True, num_views=config.data.num_views,
+      crop=views.CropSpec(**config.data.crop), seed=config.seed,
+      worker_count=config.data.worker_count, num_shards=config.data.num_shards)
+  batches = pipeline.InputPipeline(dataset.split(config.data.train_split), spec, method.mesh)
+  mgr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.keep)
+  restored = restore_newest(method, mgr)
+  latest = None
+  if restored is not None:
+    state, data_state, latest = restored
+    batches.set_state(data_state)
+    logs.note(f"resumed from step {latest}")
+  else:
+    state = method.initial_state(method.create_train_state(config.seed))
+  step = int(state.step)
+  writer = report.Writer(workdir, config.total_steps, step)
+  evaluation = evaluators.create(config)
+  preemption = Preemption()
+  compiled = {}
+  metrics: dict[str, float] = {}
+  last_saved = latest
+  window_start, window_steps = time.perf_counter(), 0
+  try:
+    while step < config.total_steps:
+      batch = next(batches)
+      phase = method.phase(step)
+      if phase not in compiled:
+        compiled[phase] = method.jit_train_step(phase, batch)
+      state, step_metrics = compiled[phase](state, batch)
+      metrics = host_metrics(step_metrics)
+      step += 1
+      check_finite(metrics, step)
+      window_steps += 1
+      if step % config.log_every == 0 or step == config.total_steps:
+        seconds = time.perf_counter() - window_start
+        metrics["steps_per_second"] = window_steps / seconds
+        metrics["images_per_second"] = window_steps * config.data.batch_size / seconds
+        writer.scalars(step, metrics)
+        window_start, window_steps = time.perf_counter(), 0
+      writer.progress(1, {label: metrics[key] for label, key in method.progress.items()})
+      due = [e for e in evaluation if e.due(step, config.total_steps)]
+      if due:
+        results = evaluators.run(due, evaluators.Context(
+            method, method.eval_variables(state), method.units(method.eval_variables(state)),
+            dataset, config, step, final=False,
+            write_image=lambda name, image: writer.image(step, name, image, workdir)))
+        eval_metrics = {f"val/{k}": v for k, v in results.items() if v is not None}
+        if eval_metrics:
+          writer.scalars(step, eval_metrics)
+          logging.info("step %d: %s", step, eval_metrics)
+        metrics.update(eval_metrics)
+      if checkpoint.save(mgr, step, state, batches.get_state(), config,
+                         force=preemption.requested or step == config.total_steps):
+        last_saved = step
+      if preemption.requested:
+        logging.warning("preempted: saved step %d", step)
+        break
+  finally:
+    mgr.wait_until_finished()
+    preemption.restore()
+    writer.close()
+    mgr.close()
+  metrics["step"] = step
+  metrics["last_checkpoint"] = last_saved if last_saved is not None else -1
+  return metrics

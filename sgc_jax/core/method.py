@@ -1,0 +1,148 @@
+"""What a method gives the core, and the sharded-state machinery every method shares.
+
+A method (one module in `sgc_jax/methods/`) subclasses `Method` and provides:
+
+    build(config, mesh, dataset)        its instance for a data set (class statistics ...)
+    validate(config)                    its config fields -> ConfigError naming the field
+    validate_data(config, dataset)      those that depend on the data set
+    init(key) -> state                  a pytree with a `step` field, created sharded here
+    phase(step) -> hashable             one jitted train step per phase (GAN off / on ...)
+    train_step(state, batch, phase)     -> (state, metrics); metrics "loss/NAME" are checked
+    initial_state(state)                weights from a file (`init_from`), else unchanged
+    eval_variables(state)               the variables that predict and export take
+    predict(variables, images) -> dict  what evaluators read (see `sgc_jax.evaluators`)
+    units(variables) -> Units | None    discrete units (codes, prototypes) for evaluators
+    export_functions()                  {name: (fn(variables, x), abstract x)} for the bundle
+    bundle_fields()                     what model.json says about the model
+    functions_from_bundle(description)  the bundle's functions rebuilt from the model
+                                        code, and the variables' shapes they take
+
+The core (state creation, the loop, checkpoints, evaluators, export) asks these,
+and nothing else: it never imports a method's modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, ClassVar, Hashable
+
+import jax
+import numpy as np
+
+from sgc_jax.core import sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class Units:
+  """The discrete units a method assigns tokens to (codes, prototypes, concepts)."""
+  vectors: np.ndarray  # [K, D]
+  classes: np.ndarray | None = None  # [K] the class each unit stands for, if it has one
+
+
+class Method:
+  """Base class: the sharded state and the jitted train step of any method."""
+  name: ClassVar[str] = ""
+  # Config fields that the state's shapes and tree depend on: a checkpoint
+  # written with other values cannot be restored into this method's state.
+  state_fields: ClassVar[tuple[str, ...]] = ()
+  # Progress-bar label -> train metric.
+  progress: ClassVar[dict[str, str]] = {}
+  # Class names of the data set (empty for unlabelled data).
+  class_names: tuple[str, ...] = ()
+
+  def __init__(self, config, mesh: jax.sharding.Mesh):
+    self.config, self.mesh = config, mesh
+    self.rules = [tuple(rule) for rule in config.sharding.rules]
+    self.activation_axes = [tuple(rule) for rule in config.sharding.activation_axes]
+
+  def __hash__(self):  # jitted helpers are cached per method instance
+    return id(self)
+
+  def __eq__(self, other):
+    return self is other
+
+  # -------------------------------------------------- what a method defines
+
+  @classmethod
+  def build(cls, config, mesh, dataset) -> "Method":
+    raise NotImplementedError
+
+  @classmethod
+  def validate(cls, config) -> None:
+    """Raises config_lib.ConfigError naming a bad field of the method's config."""
+
+  @classmethod
+  def validate_data(cls, config, dataset) -> None:
+    """The same, for fields that depend on the data set (its classes ...)."""
+
+  def init(self, key):
+    raise NotImplementedError
+
+  def phase(self, step: int) -> Hashable:
+    del step
+    return None
+
+  def train_step(self, state, batch, phase):
+    raise NotImplementedError
+
+  def initial_state(self, state):
+    return state
+
+  def eval_variables(self, state):
+    raise NotImplementedError
+
+  def predict(self, variables, images) -> dict[str, jax.Array]:
+    raise NotImplementedError
+
+  def units(self, variables) -> Units | None:
+    del variables
+    return None
+
+  def export_functions(self) -> dict[str, tuple[Callable, jax.ShapeDtypeStruct]]:
+    raise NotImplementedError
+
+  def bundle_fields(self) -> dict[str, Any]:
+    return {}
+
+  @classmethod
+  def functions_from_bundle(cls, description: dict) -> tuple[dict[str, Callable], Any]:
+    raise NotImplementedError
+
+  def summary(self) -> dict[str, Any]:
+    """A few words about the run for result files (SGC-VQGAN: its quantizer)."""
+    return {}
+
+  # -------------------------------------------------- the shared machinery
+
+  @functools.cached_property
+  def abstract_state(self):
+    return jax.eval_shape(self.init, jax.random.PRNGKey(0))
+
+  @functools.cached_property
+  def state_shardings(self):
+    return sharding.tree_shardings(self.abstract_state, self.mesh, self.rules,
+                                   self.config.sharding.min_size)
+
+  def create_train_state(self, seed: int):
+    """The initial state, created directly sharded (never whole on one device)."""
+    init = jax.jit(self.init, out_shardings=self.state_shardings)
+    return init(jax.random.PRNGKey(seed))
+
+  def batch_shardings(self, batch_example):
+    return jax.tree.map(lambda _: sharding.batch_sharding(self.mesh), batch_example)
+
+  def jit_train_step(self, phase: Hashable, batch_example):
+    """The train step of `phase`, jitted with the state donated."""
+    return jax.jit(
+        functools.partial(self.train_step, phase=phase),
+        in_shardings=(self.state_shardings, self.batch_shardings(batch_example)),
+        out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+        donate_argnums=0)
+
+  def constrain(self, x, names):
+    return sharding.constrain(x, self.mesh, names, self.activation_axes)
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)

@@ -1,0 +1,120 @@
+"""The evaluator protocol and the one pass over a split that all due
+evaluators share (the method's predict function runs once per batch)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from jax.experimental import multihost_utils
+
+from sgc_jax.core.method import Method, Units
+from sgc_jax.data import pipeline
+
+
+@dataclasses.dataclass
+class Context:
+  """What an evaluation step knows: the method, its variables and units, the
+  data set, and what earlier evaluators of this step left in `shared`."""
+  method: Method
+  variables: Any
+  units: Units | None
+  dataset: Any
+  config: Any
+  step: int
+  final: bool  # --mode=eval: every metric (probe, perceptual) and every picture
+  write_image: Callable[[str, np.ndarray], Any]
+  shared: dict = dataclasses.field(default_factory=dict)
+
+
+class Evaluator:
+  """One kind of evaluation. `options` are its config entry's fields.
+
+  An evaluator that reads the evaluation split defines `batch_sums` (device
+  sums, summed over batches) and optionally `examples` (per-example arrays,
+  gathered to the host batch by batch, `add_examples`); then `finish` turns
+  the totals into metrics."""
+  reads_split = True
+
+  def __init__(self, name: str, options: dict):
+    self.name, self.options = name, options
+    self.every = options["every"]
+
+  def due(self, step: int, total_steps: int) -> bool:
+    return step % self.every == 0 or step == total_steps
+
+  def start(self, context: Context):
+    """Host state for this evaluation; its `constants` are passed to the
+    jitted pass as arguments (weights of perceptual networks ...)."""
+    del context
+    return None
+
+  def constants(self, state):
+    del state
+    return None
+
+  def batch_sums(self, predictions: dict, batch: dict, constants, static) -> dict:
+    raise NotImplementedError
+
+  def examples(self, predictions: dict, batch: dict, constants, static):
+    del predictions, batch, constants, static
+    return None
+
+  def add_examples(self, state, arrays) -> None:
+    raise NotImplementedError
+
+  def static(self, context: Context):
+    """Hashable facts the jitted sums depend on (number of units ...)."""
+    del context
+    return None
+
+  def finish(self, totals: dict | None, state, context: Context) -> dict[str, float | None]:
+    raise NotImplementedError
+
+
+def split_pass(method: Method, variables, source, config,
+               evaluators: list[tuple[Evaluator, Any, Any]]) -> dict[str, dict]:
+  """Sums of every (evaluator, host state, static) over every record of
+  `source`, with one predict per batch: {evaluator name: totals (NumPy)}."""
+  spec = pipeline.PipelineSpec(split=repr(source), global_batch_size=config.data.batch_size,
+                               image_size=config.data.image_size, train=False,
+                               num_shards=config.data.num_shards)
+  jitted = _pass_fn(method, tuple((e, static) for e, _, static in evaluators))
+  constants = {e.name: e.constants(state) for e, state, _ in evaluators}
+  totals = None
+  batches = pipeline.InputPipeline(source, spec, method.mesh)
+  for batch in tqdm.tqdm(batches, total=batches.num_batches, unit="batch", leave=False,
+                         desc=f"evaluate {len(source)} images",
+                         disable=jax.process_index() != 0, mininterval=2.0):
+    sums, examples = jitted(variables, constants, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    for evaluator, state, _ in evaluators:
+      if examples.get(evaluator.name) is not None:  # batch-sharded: all processes get all
+        keep, arrays = multihost_utils.process_allgather(
+            (batch["mask"], examples[evaluator.name]), tiled=True)
+        keep = np.asarray(keep)
+        evaluator.add_examples(state, jax.tree.map(lambda x: np.asarray(x)[keep], arrays))
+  return jax.tree.map(np.asarray, jax.device_get(totals))
+
+
+@functools.cache
+def _pass_fn(method: Method, evaluators: tuple):
+  """The jitted per-batch sums of `evaluators`, compiled once per method and set."""
+
+  @jax.jit
+  def batch_pass(variables, constants, batch):
+    predictions = method.predict(variables, batch["image"][:, 0])
+    sums, examples = {}, {}
+    for evaluator, static in evaluators:
+      sums[evaluator.name] = evaluator.batch_sums(predictions, batch,
+                                                  constants[evaluator.name], static)
+      examples[evaluator.name] = evaluator.examples(predictions, batch,
+                                                    constants[evaluator.name], static)
+    return sums, examples
+
+  return batch_pass

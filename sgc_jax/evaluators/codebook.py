@@ -1,0 +1,29 @@
+"""Use of the method's units (codebook usage, perplexity, usage entropy, the
+share of the top 10 % units) over the evaluation split. Reads `indices`."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from sgc_jax import metrics
+from sgc_jax.evaluators.base import Evaluator
+
+
+def unit_usage(indices, weight, num_units: int):
+  """Tokens per unit [K] of [N, g, g] indices, examples weighted by `weight` [N]."""
+  return jnp.zeros(num_units).at[indices.reshape(-1)].add(
+      jnp.broadcast_to(weight[:, None, None], indices.shape).reshape(-1))
+
+
+class Codebook(Evaluator):
+
+  def static(self, context):
+    return len(context.units.vectors)
+
+  def batch_sums(self, predictions, batch, constants, num_units):
+    return {"usage": unit_usage(predictions["indices"], batch["mask"].astype(jnp.float32),
+                                num_units)}
+
+  def finish(self, totals, state, context):
+    context.shared["usage"] = totals["usage"]
+    return metrics.codebook_statistics(totals["usage"])

@@ -1,0 +1,65 @@
+"""PNGs of the first `num_examples` evaluation images: input | reconstruction |
+true classes | the method's semantic map (rows), every `every` steps; in
+`--mode=eval` also the units' usage histogram and a PCA of the unit vectors,
+coloured by class. Semantic maps: the method's `semantic` prediction, else the
+classes the segmentation evaluator of the same step gave the units, else none."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from sgc_jax import report, viz
+from sgc_jax.data import pipeline
+from sgc_jax.evaluators.base import Evaluator
+
+
+class Pictures(Evaluator):
+  reads_split = False
+
+  def finish(self, totals, state, context):
+    method, dataset, config = context.method, context.dataset, context.config
+    num_classes = method.num_classes
+    records = pipeline.centred_examples(dataset.split(config.data.eval_split),
+                                        self.options["num_examples"], config.data.image_size)
+    images = np.stack([r["image"][0] for r in records])
+    # Every process computes them: the model may be sharded over processes.
+    predictions = multihost_utils.process_allgather(
+        _predict(method)(context.variables, images), tiled=True)
+    unit_class = context.shared.get("unit_class")
+    if "semantic" in predictions and unit_class is None:
+      semantic = np.asarray(predictions["semantic"])
+    elif unit_class is not None:
+      semantic = unit_class[np.asarray(predictions["indices"])]
+    else:  # no class for the tokens
+      semantic = np.full(np.shape(predictions["indices"]), num_classes)
+    pictures = {"reconstructions": report.reconstruction_grid(
+        images, np.asarray(predictions["reconstruction"]),
+        np.stack([r["segmentation"][0] for r in records]), semantic, num_classes,
+        method.class_names)}
+    usage = context.shared.get("usage")
+    if context.final and usage is not None and unit_class is not None:
+      used = usage > 0
+      vectors = context.units.vectors
+      pictures["codebook_usage"] = viz.usage_histogram(usage, unit_class, num_classes)
+      pictures["codes_pca"] = np.concatenate([  # grey: unused units
+          viz.scatter(_pca(vectors, used), np.where(used, unit_class, -1), num_classes),
+          viz.legend(method.class_names, 400)])
+    for name, image in pictures.items():
+      context.write_image(name, image)
+    return {}
+
+
+@functools.cache
+def _predict(method):
+  return jax.jit(method.predict)
+
+
+def _pca(points: np.ndarray, fit: np.ndarray) -> np.ndarray:
+  """2-D projection of all points on the principal axes of points[fit]."""
+  mean = points[fit].mean(0)
+  _, _, vt = np.linalg.svd(points[fit] - mean, full_matrices=False)
+  return (points - mean) @ vt[:2].T

@@ -1,0 +1,35 @@
+"""The methods, by the name `config.method` gives (a registry by import path)."""
+
+from __future__ import annotations
+
+import importlib
+
+from sgc_jax.config_lib import ConfigError
+
+# name -> "module:class"; a method outside sgc_jax registers with `register`.
+_REGISTRY = {"sgc_vqgan": "sgc_jax.methods.sgc_vqgan:SGCVQGANMethod"}
+
+
+def register(name: str, target) -> None:
+  """Adds a method: `target` is its class or "module:class"."""
+  _REGISTRY[name] = target
+
+
+def names() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+def get(name: str):
+  """The class of method `name`; ConfigError for an unknown name."""
+  if name not in _REGISTRY:
+    raise ConfigError(f"config.method={name!r}: no such method (known: {', '.join(names())})")
+  target = _REGISTRY[name]
+  if isinstance(target, str):
+    module, attribute = target.split(":")
+    target = getattr(importlib.import_module(module), attribute)
+  return target
+
+
+def method_name(config) -> str:
+  """`config.method`; configs written before there were several name none."""
+  return config.get("method", None) or "sgc_vqgan"

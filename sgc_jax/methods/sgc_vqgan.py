@@ -1,0 +1,337 @@
+"""SGC-VQGAN (arXiv 2409.06105): a VQGAN with pyramid features whose codebook is
+clustered online under the guidance of segmentation labels.
+
+One train step updates the generator (reconstruction, perceptual, codebook,
+semantic and consistency terms; the hinge GAN term from `loss.disc_start`),
+the codebook state (EMA / SGC clustering) and the discriminator together.
+`codebook.mode` vq and ema are the plain VQGAN baselines on the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from sgc_jax import config_lib, logs, losses
+from sgc_jax.core import ema, gan, optim, sharding
+from sgc_jax.core.method import Method, Units
+from sgc_jax.data import views
+from sgc_jax.models import codebook as codebook_lib
+from sgc_jax.models import lpips as lpips_lib
+from sgc_jax.models.vqgan import ModelConfig, SGCVQGAN
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  codebook: Any
+  disc_params: Any
+  disc_stats: Any
+  disc_opt_state: Any
+  ema_params: Any
+  key: jax.Array  # raw uint32 key: checkpoints hold it as a plain array
+
+
+def model_config_from_dict(fields: dict) -> ModelConfig:
+  """A ModelConfig from its dict form (config.model with the codebook's
+  model fields, or a bundle's model.json `model_config`)."""
+  fields = dict(fields)
+  codebook = codebook_lib.CodebookConfig(**fields.pop("codebook"))
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+  return ModelConfig(codebook=codebook, **fields)
+
+
+def model_config(config, num_classes: int) -> ModelConfig:
+  """The model of `config` for data with `num_classes` classes; ValueError
+  naming a bad field."""
+  m = config.model.to_dict()
+  codebook = dict(m.pop("codebook"))
+  codebook["num_classes"] = num_classes if codebook["mode"] == "sgc" else 1
+  _check_allocation(codebook.pop("alpha"), codebook.pop("min_codes"),
+                    codebook.pop("label_threshold"), codebook, num_classes)
+  model = model_config_from_dict(dict(m, codebook=codebook))
+  model.validate()
+  return model
+
+
+def _check_allocation(alpha, min_codes, label_threshold, codebook: dict,
+                      num_classes: int) -> None:
+  """The codebook fields that only the trainer reads (allocation, token labels)."""
+  if not (isinstance(min_codes, int) and min_codes >= 1):
+    raise ValueError(f"codebook.min_codes={min_codes!r}: must be an integer >= 1 "
+                     "(a class with no code gets an infinite semantic loss)")
+  if not alpha >= 0:
+    raise ValueError(f"codebook.alpha={alpha!r}: must be >= 0")
+  if not 0 < label_threshold <= 1:
+    raise ValueError(f"codebook.label_threshold={label_threshold!r}: must be in (0, 1]")
+  if codebook["mode"] == "sgc" and codebook["num_codes"] < min_codes * num_classes:
+    raise ValueError(f"codebook.num_codes={codebook['num_codes']} cannot give each of the "
+                     f"{num_classes} classes min_codes={min_codes} codes")
+
+
+def class_frequency(source, num_classes: int, max_records: int = 2000) -> np.ndarray:
+  """Pixel class frequencies over (the first `max_records` of) a training split."""
+  counts = np.zeros(num_classes, np.float64)
+  step = max(1, len(source) // max_records)
+  for index in range(0, len(source), step):
+    labels = source[index]["segmentation"].ravel()
+    counts += np.bincount(labels[labels < num_classes], minlength=num_classes)
+  return counts / max(counts.sum(), 1.0)
+
+
+class SGCVQGANMethod(Method):
+  name = "sgc_vqgan"
+  state_fields = ("model", "disc", "ema_decay")
+  progress = {"loss": "loss/total", "psnr": "psnr", "codes": "codes_used"}
+
+  def __init__(self, config, mesh, class_names, class_frequency: np.ndarray,
+               lpips_params=None):
+    super().__init__(config, mesh)
+    self.class_names = tuple(class_names)
+    self.class_frequency = np.asarray(class_frequency)
+    self.model_config = model_config(config, len(self.class_names))
+    self.lpips_params = lpips_params
+    c = config
+    self.model = SGCVQGAN(self.model_config, token_groups=sharding.batch_shards(mesh))
+    self.tx = optim.create(c.optimizer, c.optimizer.learning_rate, c.total_steps)
+    self.adversarial = gan.Adversarial(
+        c.disc.ch, c.disc.num_layers, self.model_config.dtype,
+        optim.create(c.optimizer, c.optimizer.disc_learning_rate, c.total_steps))
+    self.lpips = lpips_lib.LPIPS() if lpips_params is not None else None
+
+  @classmethod
+  def build(cls, config, mesh, dataset) -> "SGCVQGANMethod":
+    """For a labelled data set: class frequencies (the codebook's allocation)
+    and the LPIPS weights of the perceptual loss."""
+    cls.validate_data(config, dataset)
+    frequency = class_frequency(dataset.split(config.data.train_split), dataset.num_classes)
+    logging.info("class frequencies: %s", dict(zip(dataset.class_names, frequency.round(4))))
+    lpips_params = None
+    if config.loss.lpips_weights:
+      lpips_params = lpips_lib.load_params(config.loss.lpips_weights)
+    return cls(config, mesh, dataset.class_names, frequency, lpips_params)
+
+  @classmethod
+  def validate(cls, config) -> None:
+    config_lib.check_positive(config, "optimizer.learning_rate",
+                              "optimizer.disc_learning_rate")
+    config_lib.check_choice(config, "model.codebook.mode", ("vq", "ema", "sgc"))
+    config_lib.check_choice(config, "model.codebook.distance", ("l2", "cosine"))
+    if config.data.num_views not in (1, 2):
+      raise config_lib.ConfigError(
+          f"config.data.num_views={config.data.num_views}: must be 1 or 2 (two views "
+          "give Consistent Semantic Learning its pairs)")
+    if config.model.resolution != config.data.image_size:
+      raise config_lib.ConfigError(
+          f"config.model.resolution={config.model.resolution} differs from "
+          f"config.data.image_size={config.data.image_size}")
+    optim.validate(config.optimizer)
+
+  @classmethod
+  def validate_data(cls, config, dataset) -> None:
+    if not dataset.class_names:
+      raise config_lib.ConfigError(
+          f"config.data.name={config.data.name!r} has no segmentation labels; SGC-VQGAN "
+          "needs label maps (a data set's, a model's saved outputs, or ACSeg's)")
+    try:
+      model_config(config, dataset.num_classes)
+    except ValueError as error:
+      raise config_lib.ConfigError(str(error)) from None
+
+  # ------------------------------------------------------------ state
+
+  def init(self, key) -> TrainState:
+    c, mc = self.config, self.model_config
+    k_params, k_disc, k_state = jax.random.split(key, 3)
+    images = jnp.zeros((sharding.batch_shards(self.mesh), mc.resolution, mc.resolution, 3))
+    variables = self.model.init({"params": k_params}, images)
+    params = variables["params"]
+    codebook = variables["codebook"]  # {"codebook": state of the Codebook module}
+    if mc.codebook.mode == "sgc":
+      codebook = {"codebook": codebook_lib.set_allocation(
+          codebook["codebook"], self.class_frequency, c.model.codebook.alpha,
+          c.model.codebook.min_codes)}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
+        codebook=codebook, **self.adversarial.init(k_disc, images[:1]),
+        ema_params=params if c.ema_decay > 0 else None, key=k_state)
+
+  def initial_state(self, state: TrainState) -> TrainState:
+    """With `config.init_from`, the generator starts from imported
+    taming-transformers VQGAN weights (.ckpt, or the .npz the converter writes)."""
+    if not self.config.init_from:
+      return state
+    from sgc_jax.convert import taming
+    params = taming.load(self.config.init_from, self.model_config)
+    params = jax.device_put(params, self.state_shardings.params)
+    logs.note(f"generator initialised from {self.config.init_from}")
+    return state.replace(params=params, opt_state=jax.jit(
+        self.tx.init, out_shardings=self.state_shardings.opt_state)(params),
+        ema_params=params if state.ema_params is not None else None)
+
+  # ------------------------------------------------------------ step
+
+  def phase(self, step: int) -> bool:
+    """Whether the GAN term is on."""
+    return step >= self.config.loss.disc_start and self.config.loss.disc_weight > 0
+
+  def train_step(self, state: TrainState, batch: dict, phase: bool):
+    c, mc = self.config, self.model_config
+    with_gan = phase
+    images = batch["image"]
+    num_views = images.shape[1]
+    x = self.constrain(images.reshape((-1,) + images.shape[2:]),
+                       ("batch", "height", "width", "channels"))
+    weight = jnp.repeat(batch["mask"].astype(jnp.float32), num_views)
+    labels = codebook_lib.token_labels(
+        batch["segmentation"].reshape((-1,) + images.shape[2:4]), mc.grid,
+        max(mc.codebook.num_classes, 1), c.model.codebook.label_threshold)
+    key, k_restart, k_dropout = jax.random.split(state.key, 3)
+
+    def generator_loss(params):
+      variables = {"params": params, "codebook": state.codebook}
+      out, updates = self.model.apply(
+          variables, x, labels, weight, train=True, mutable=["codebook"],
+          rngs={"restart": k_restart, "dropout": k_dropout})
+      x_hat = out["reconstruction"]
+      out["z"] = self.constrain(out["z"], ("batch", "height", "width", "embed"))
+
+      def nll(reconstruction):
+        value = losses.reconstruction(x, reconstruction, weight, c.loss.reconstruction)
+        if self.lpips is not None and c.loss.perceptual_weight > 0:
+          distance = self.lpips.apply({"params": self.lpips_params}, x, reconstruction)
+          value = value + c.loss.perceptual_weight * jnp.sum(
+              distance * weight) / jnp.maximum(weight.sum(), 1.0)
+        return value
+
+      terms = {"reconstruction": nll(x_hat), **out["losses"]}
+      if num_views == 2 and mc.codebook.consistency_weight > 0:
+        terms["consistency"] = self._consistency(params, state.codebook, out["z"], batch)
+      metrics = dict(out["metrics"])
+      if with_gan:
+        conv_out = jax.lax.stop_gradient(params["conv_out"])
+
+        def last(kernel):  # taming: the gradients at the last layer's weight only
+          frozen = dict(jax.lax.stop_gradient(params), conv_out=dict(conv_out, kernel=kernel))
+          return self.model.apply({"params": frozen}, jax.lax.stop_gradient(out["features"]),
+                                  method=SGCVQGAN.last_layer)
+
+        terms["gan"], metrics["adaptive_weight"] = self.adversarial.weighted_generator_loss(
+            state, x_hat, weight, lambda w: nll(last(w)), last, conv_out["kernel"],
+            c.loss.disc_weight, c.loss.max_adaptive_weight)
+      total = sum(terms.values())
+      return total, (terms, metrics, updates["codebook"], x_hat)
+
+    grads, (terms, metrics, codebook, x_hat) = jax.grad(generator_loss, has_aux=True)(state.params)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = state.ema_params
+    if ema_params is not None:
+      ema_params = ema.update(ema_params, params, c.ema_decay)
+    disc = dict(disc_params=state.disc_params, disc_stats=state.disc_stats,
+                disc_opt_state=state.disc_opt_state)
+    if with_gan:
+      disc, metrics["disc_loss"] = self.adversarial.update(state, x, x_hat, weight)
+    metrics.update({f"loss/{k}": v for k, v in terms.items()})
+    metrics["loss/total"] = sum(terms.values())
+    metrics["psnr"] = jnp.sum(losses.psnr(x, x_hat) * weight) / jnp.maximum(weight.sum(), 1.0)
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                           codebook=codebook, **disc, ema_params=ema_params, key=key)
+    return new_state, metrics
+
+  def _consistency(self, params, codebook_state, z, batch):
+    """Consistent Semantic Learning between the two views of each example."""
+    grid = self.model_config.grid
+    batch_size = batch["image"].shape[0]
+    z = z.reshape(batch_size, 2, grid * grid, z.shape[-1])
+    index, valid = views.token_correspondence(
+        batch["box"][:, 0], batch["flip"][:, 0], batch["box"][:, 1], batch["flip"][:, 1],
+        grid, xp=jnp)
+    # Both views must see the same thing at the two tokens (clips: things move).
+    size = batch["image"].shape[2]
+    centre = jnp.arange(grid) * (size // grid) + size // (2 * grid)
+    instances = batch["instances"][:, :, centre][:, :, :, centre].reshape(batch_size, 2, -1)
+    matched_instances = jnp.take_along_axis(instances[:, 1], index, axis=1)
+    valid = valid & (instances[:, 0] == matched_instances) & batch["mask"][:, None]
+    z_a = z[:, 0]
+    z_b = jnp.take_along_axis(z[:, 1], index[..., None], axis=1)
+    variables = {"params": params, "codebook": codebook_state}
+    # As [B, T, 1, ...]: the model groups tokens of a [N, g, g, ...] layout.
+    valid = valid.astype(jnp.float32)[:, :, None]
+
+    def one_way(student, teacher):
+      return self.model.apply(variables, student[:, :, None], teacher[:, :, None],
+                              valid, method=SGCVQGAN.consistency)
+
+    return 0.5 * (one_way(z_a, z_b) + one_way(z_b, z_a))
+
+  # ------------------------------------------------------------ evaluation
+
+  def eval_variables(self, state: TrainState) -> dict:
+    """The EMA generator where one is kept, and the codebook."""
+    params = state.ema_params if state.ema_params is not None else state.params
+    return {"params": params, "codebook": state.codebook}
+
+  def predict(self, variables, images) -> dict[str, jax.Array]:
+    indices, nearest_class, posterior_class = self.model.apply(
+        variables, images, method=SGCVQGAN.encode_all)
+    out = {"indices": indices,
+           "reconstruction": self.model.apply(variables, indices, method=SGCVQGAN.decode)}
+    if self.model_config.codebook.mode == "sgc":
+      out["posterior"] = posterior_class
+      out["semantic"] = (posterior_class if self.model_config.codebook.semantic_map
+                         == "posterior" else nearest_class)
+    return out
+
+  def units(self, variables) -> Units:
+    codes = self.model.apply(variables, method=lambda m: m.codebook.codes())
+    classes = None
+    if self.model_config.codebook.mode == "sgc":
+      classes = np.asarray(jax.device_get(variables["codebook"]["codebook"]["code_class"]))
+    return Units(np.asarray(jax.device_get(codes)), classes)
+
+  # ------------------------------------------------------------ export
+
+  def export_functions(self):
+    return _functions(SGCVQGAN(self.model_config), self.model_config)
+
+  def summary(self) -> dict:
+    return {"quantizer": self.model_config.codebook.mode}
+
+  def bundle_fields(self) -> dict:
+    mc = self.model_config
+    return {"image_size": mc.resolution, "grid": mc.grid,
+            "num_codes": mc.codebook.num_codes, "semantic": mc.codebook.mode == "sgc",
+            "model_config": dataclasses.asdict(mc)}
+
+  @classmethod
+  def functions_from_bundle(cls, description: dict):
+    mc = model_config_from_dict(description["model_config"])
+    model = SGCVQGAN(mc)
+    images = jax.ShapeDtypeStruct((1, mc.resolution, mc.resolution, 3), jnp.float32)
+    abstract = jax.eval_shape(model.init, {"params": jax.random.PRNGKey(0)}, images)
+    return {name: fn for name, (fn, _) in _functions(model, mc).items()}, abstract
+
+
+def _functions(model: SGCVQGAN, mc: ModelConfig):
+  batch, = jax.export.symbolic_shape("b")
+
+  def encode(variables, images):
+    return model.apply(variables, images, method=SGCVQGAN.encode)
+
+  def decode(variables, indices):
+    return model.apply(variables, indices, method=SGCVQGAN.decode)
+
+  return {
+      "encode": (encode, jax.ShapeDtypeStruct((batch, mc.resolution, mc.resolution, 3),
+                                              jnp.float32)),
+      "decode": (decode, jax.ShapeDtypeStruct((batch, mc.grid, mc.grid), jnp.int32))}
