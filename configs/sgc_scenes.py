@@ -27,6 +27,7 @@ def get_config(arg=None):
   config.data.image_size = arg.size
   config.data.batch_size = 8  # global, over all processes and devices
   config.data.num_views = 2  # two views for Consistent Semantic Learning
+  config.data.normalization = "symmetric"  # pixels to [-1, 1]; or imagenet, clip
   config.data.worker_count = 2  # grain worker processes per data shard
   config.data.num_shards = config_dict.placeholder(int)  # None: one per process
   config.data.crop = ml_collections.ConfigDict(dict(

@@ -47,6 +47,9 @@ def validate(config) -> None:
   if config.data.worker_count < 0:
     raise config_lib.ConfigError(
         f"config.data.worker_count={config.data.worker_count}: must be >= 0")
+  if "normalization" in config.data:
+    config_lib.check_choice(config, "data.normalization",
+                            ("symmetric", "imagenet", "clip"))
   crop = config.data.crop
   if not 0 < crop.min_area <= crop.max_area <= 1:
     raise config_lib.ConfigError(

@@ -39,19 +39,15 @@ def write_previews(config, dataset: sources.Dataset, workdir: str) -> list[str]:
   source = dataset.split(config.data.eval_split)
   count = min(config.preview.num_examples, len(source))
   size = config.data.image_size
-  eval_views = pipeline.MakeViews(size, 1, None)
   rows = []
   for index in range(count):
     record = source[index]
-    frames = record["image"] if dataset.num_frames else record["image"][None]
-    labels = record["segmentation"] if dataset.num_frames else record["segmentation"][None]
-    instances = record["instances"] if dataset.num_frames else record["instances"][None]
-    viz.save_png(frames[0], os.path.join(examples_dir, f"{index:04d}.png"))
+    # One record per frame (a still image: one frame).
+    frames = [{k: v[t] for k, v in record.items()} for t in range(dataset.num_frames)] \
+        if dataset.num_frames else [record]
+    viz.save_png(frames[0]["image"], os.path.join(examples_dir, f"{index:04d}.png"))
     row = []
-    for frame in range(len(frames)):
-      one = {"image": frames[frame], "segmentation": labels[frame],
-             "instances": instances[frame]}
-      view = eval_views.random_map(one, np.random.default_rng(0))
+    for view in pipeline.centred_examples(frames, len(frames), size):
       row += [viz.to_uint8(view["image"][0]),
               viz.colour_classes(view["segmentation"][0], dataset.num_classes),
               _instance_colours(view["instances"][0])]

@@ -64,8 +64,11 @@ def test_folder_without_labels_is_all_unlabeled(tmp_path):
   for name in os.listdir(source_dir / "labels"):
     os.remove(source_dir / "labels" / name)
   os.rmdir(source_dir / "labels")
+  os.remove(source_dir / "classes.txt")  # unlabelled data needs no class list
   path = folder.prepare(str(source_dir), str(tmp_path / "tfds"))
-  record = sources.open_dataset(f"folder:{path}", None).split("train")[0]
+  dataset = sources.open_dataset(f"folder:{path}", None)
+  assert dataset.class_names == ()
+  record = dataset.split("train")[0]
   assert (record["segmentation"] == sources.IGNORE_LABEL).all()
 
 

@@ -185,3 +185,15 @@ def test_batch_size_must_divide_over_devices_and_shards(mesh):
                                train=True)
   with pytest.raises(ValueError, match="batch size 12 must be divisible by 8"):
     pipeline.InputPipeline(_source(16), spec, mesh)
+
+
+def test_normalizations_match_their_formulas_and_invert_for_pictures():
+  pixels = np.random.default_rng(0).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+  symmetric = pipeline.normalize(pixels, "symmetric")
+  np.testing.assert_array_equal(symmetric, pixels.astype(np.float32) / 127.5 - 1.0)
+  imagenet = pipeline.normalize(pixels, "imagenet")
+  expected = (pixels / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+  np.testing.assert_allclose(imagenet, expected, rtol=1e-5, atol=1e-5)
+  for name in pipeline.NORMALIZATIONS:
+    np.testing.assert_allclose(pipeline.to_symmetric(pipeline.normalize(pixels, name), name),
+                               symmetric, atol=1e-5)

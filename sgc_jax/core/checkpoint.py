@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -97,27 +98,32 @@ def restore(mgr: ocp.CheckpointManager, step: int, abstract_state, with_data: bo
   """The state (placed as `abstract_state`'s shardings, whatever the mesh it
   was saved from) and the data position of every shard (None without data).
 
-  Codebook state that a checkpoint of an earlier release lacks (`missed`, the
-  dead-code detector's counts) starts at zero, as in a fresh run."""
-  saved = mgr.item_metadata(step)["state"]["codebook"]
-  codebook, added = _split_added(abstract_state.codebook, saved)
-  args = {"state": ocp.args.StandardRestore(abstract_state.replace(codebook=codebook))}
+  State that a checkpoint of an earlier release lacks (SGC-VQGAN's codebook
+  `missed` counts: the dead-code detector's) starts at zero, as in a fresh run."""
+  saved = mgr.item_metadata(step)["state"]
+  kept, added = _split_added(_fields(abstract_state), saved)
+  args = {"state": ocp.args.StandardRestore(abstract_state.replace(**kept))}
   if with_data:
     args["data"] = ocp.args.JsonRestore()
   restored = mgr.restore(step, args=ocp.args.Composite(**args))
   state = restored["state"]
   if added:
-    state = state.replace(codebook=_merge(state.codebook, jax.tree.map(
-        lambda a: jax.device_put(np.zeros(a.shape, a.dtype), a.sharding), added)))
+    zeros = jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype), a.sharding), added)
+    state = state.replace(**_merge(_fields(state), zeros))
   data = json.dumps(_current_data_format(restored["data"])).encode() if with_data else None
   return state, data
+
+
+def _fields(state) -> dict:
+  """A state dataclass's fields by name."""
+  return {field.name: getattr(state, field.name) for field in dataclasses.fields(state)}
 
 
 def _split_added(abstract: dict, saved) -> tuple[dict, dict]:
   """(the part of the nested dict `abstract` that `saved` holds, the rest)."""
   kept, added = {}, {}
   for key, value in abstract.items():
-    if key not in saved:
+    if key not in saved and value is not None:
       added[key] = value
     elif isinstance(value, dict):
       kept[key], rest = _split_added(value, saved[key])
@@ -131,7 +137,7 @@ def _split_added(abstract: dict, saved) -> tuple[dict, dict]:
 def _merge(tree: dict, extra: dict) -> dict:
   merged = dict(tree)
   for key, value in extra.items():
-    merged[key] = _merge(tree[key], value) if key in tree else value
+    merged[key] = _merge(tree[key], value) if isinstance(tree.get(key), dict) else value
   return merged
 
 

@@ -21,7 +21,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from flax import traverse_util
 
 from sgc_jax import config_lib, evaluators, logs, report
 from sgc_jax.core import checkpoint, sharding
@@ -106,16 +105,8 @@ def _check_same_state_config(saved: dict, method: Method, step: int):
   saved_method, now_method = saved.get("method") or "sgc_vqgan", now.get("method") or "sgc_vqgan"
   if saved_method != now_method:
     differ.append(f"method: {saved_method!r} in the checkpoint, {now_method!r} now")
-  for field in () if differ else method.state_fields:
-    old, new = (traverse_util.flatten_dict(c.get(field), sep=".")
-                if isinstance(c.get(field), dict) else {"": c.get(field)}
-                for c in (saved, now))
-    if field == "ema_decay":  # only whether an EMA is kept changes the state
-      old, new = {"": (old[""] or 0) > 0}, {"": (new[""] or 0) > 0}
-    for key in sorted(set(old) | set(new)):
-      if old.get(key) != new.get(key):
-        name = f"{field}.{key}" if key else field
-        differ.append(f"{name}: {old.get(key)!r} in the checkpoint, {new.get(key)!r} now")
+  if not differ:
+    differ = method.state_config_differences(saved, now)
   if differ:
     raise config_lib.ConfigError(
         f"the workdir's checkpoint (step {step}) was written for another model: "
@@ -160,7 +151,8 @@ def _train(method_class: type[Method], config: ml_collections.ConfigDict, workdi
       split=config.data.train_split, global_batch_size=config.data.batch_size,
       image_size=config.data.image_size, train=True, num_views=config.data.num_views,
       crop=views.CropSpec(**config.data.crop), seed=config.seed,
-      worker_count=config.data.worker_count, num_shards=config.data.num_shards)
+      worker_count=config.data.worker_count, num_shards=config.data.num_shards,
+      normalization=config.data.get("normalization", "symmetric"))
   batches = pipeline.InputPipeline(dataset.split(config.data.train_split), spec, method.mesh)
   mgr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.keep)
   restored = restore_newest(method, mgr)

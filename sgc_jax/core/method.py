@@ -29,6 +29,7 @@ from typing import Any, Callable, ClassVar, Hashable
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from sgc_jax.core import sharding
 
@@ -88,6 +89,23 @@ class Method:
 
   def initial_state(self, state):
     return state
+
+  def state_config_differences(self, saved: dict, now: dict) -> list[str]:
+    """'field: old in the checkpoint, new now' for each of `state_fields`
+    (flattened) that differs between a checkpoint's config and this one's."""
+    differ = []
+    for field in self.state_fields:
+      old, new = (self._state_config(field, c.get(field)) for c in (saved, now))
+      for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+          name = f"{field}.{key}" if key else field
+          differ.append(f"{name}: {old.get(key)!r} in the checkpoint, {new.get(key)!r} now")
+    return differ
+
+  def _state_config(self, field: str, value) -> dict:
+    """A state field's config value as {dotted key: value} (what is compared)."""
+    del field
+    return traverse_util.flatten_dict(value, sep=".") if isinstance(value, dict) else {"": value}
 
   def eval_variables(self, state):
     raise NotImplementedError

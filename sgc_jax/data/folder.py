@@ -2,7 +2,7 @@
 
 Layout of the folder (label maps are the saved results of a segmentation model):
 
-    SRC/classes.txt            one class name per line; label k is line k
+    SRC/classes.txt            one class name per line; label k is line k (with labels)
     SRC/images/NAME.{png,jpg,jpeg,bmp,webp}
     SRC/labels/NAME.png        optional: single-channel (L or P), same size as
                                the image, values < number of classes or 255
@@ -131,7 +131,9 @@ class SegFolder(tfds.core.GeneratorBasedBuilder):
         builder=self,
         description=f"Images and label maps from {source_dir}",
         features=tfds.features.FeaturesDict(features),
-        metadata=tfds.core.MetadataDict(class_names=read_class_names(source_dir),
+        # Unlabelled folders need no classes.txt: SlotCon, ACSeg train on them.
+        metadata=tfds.core.MetadataDict(class_names=read_class_names(source_dir)
+                                        if self._has_labels() else [],
                                         ignore_label=IGNORE_LABEL,
                                         source_dir=os.path.abspath(source_dir),
                                         skipped_files=[], source_fingerprint=""),
@@ -140,8 +142,8 @@ class SegFolder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     config = self.builder_config
-    num_classes = len(read_class_names(config.source_dir))
     with_labels = self._has_labels()
+    num_classes = len(read_class_names(config.source_dir)) if with_labels else 0
     splits, problems = {}, []
     for split, directory in split_dirs(config.source_dir).items():
       good = []

@@ -27,6 +27,32 @@ from sgc_jax.data import sources, views
 Batch = dict[str, np.ndarray]
 
 
+# How uint8 pixels become a model's input, per backbone: "symmetric", [-1, 1]
+# (the VQGAN family); else (x / 255 - mean) / std with the statistics a
+# pretrained backbone was trained on.
+NORMALIZATIONS = {
+    "symmetric": None,
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ResNet, DINO
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+}
+
+
+def normalize(pixels: np.ndarray, normalization: str) -> np.ndarray:
+  """uint8 pixels [..., 3] -> float32 model input."""
+  if NORMALIZATIONS[normalization] is None:
+    return pixels.astype(np.float32) / 127.5 - 1.0
+  mean, std = (np.asarray(v, np.float32) for v in NORMALIZATIONS[normalization])
+  return (pixels.astype(np.float32) / 255.0 - mean) / std
+
+
+def to_symmetric(images: np.ndarray, normalization: str) -> np.ndarray:
+  """Model input back to [-1, 1] (what pictures show)."""
+  if NORMALIZATIONS[normalization] is None:
+    return images
+  mean, std = (np.asarray(v, np.float32) for v in NORMALIZATIONS[normalization])
+  return (images * std + mean) * 2.0 - 1.0
+
+
 class MakeViews(grain.transforms.RandomMap):
   """Record -> `num_views` augmented views with their crop geometry.
 
@@ -38,10 +64,11 @@ class MakeViews(grain.transforms.RandomMap):
   """
 
   def __init__(self, image_size: int, num_views: int,
-               crop: views.CropSpec | None):
+               crop: views.CropSpec | None, normalization: str = "symmetric"):
     self.image_size = image_size
     self.num_views = num_views
     self.crop = crop
+    self.normalization = normalization
 
   def _geometry(self, rng: np.random.Generator, shape):
     clip = len(shape) == 4
@@ -80,7 +107,7 @@ class MakeViews(grain.transforms.RandomMap):
       out["segmentation"].append(view(record["segmentation"], nearest=True))
       out["instances"].append(view(record["instances"], nearest=True))
     return {
-        "image": np.stack(out["image"]).astype(np.float32) / 127.5 - 1.0,
+        "image": normalize(np.stack(out["image"]), self.normalization),
         "segmentation": np.stack(out["segmentation"]).astype(np.uint8),
         "instances": np.stack(out["instances"]).astype(np.int32),
         "box": np.stack(boxes).astype(np.float32),
@@ -101,6 +128,7 @@ class PipelineSpec:
   seed: int = 0
   worker_count: int = 0  # grain worker processes per data shard
   num_shards: int | None = None  # data shards; default: one per JAX process
+  normalization: str = "symmetric"  # a key of NORMALIZATIONS
 
 
 class InputPipeline:
@@ -157,7 +185,7 @@ class InputPipeline:
         shuffle=spec.train, num_epochs=None if spec.train else 1,
         seed=int(np.random.SeedSequence([spec.seed, shard]).generate_state(1)[0]))
     make_views = MakeViews(spec.image_size, spec.num_views if spec.train else 1,
-                           spec.crop if spec.train else None)
+                           spec.crop if spec.train else None, spec.normalization)
     return grain.DataLoader(
         data_source=records, sampler=sampler,
         operations=[make_views,
@@ -195,8 +223,7 @@ class InputPipeline:
         lambda x: jax.make_array_from_process_local_data(batch_sharding, x), local)
 
   def _empty_batch(self) -> Batch:
-    example = MakeViews(self.spec.image_size, 1, None).random_map(
-        self.source[0], np.random.default_rng(0))
+    example, = centred_examples(self.source, 1, self.spec.image_size)
     return {k: np.zeros((1,) + v.shape, v.dtype) for k, v in example.items()}
 
   def get_state(self) -> bytes:
@@ -267,9 +294,10 @@ def head(source, count: int) -> RecordRange:
   return RecordRange(source, 0, count, f"Head({source!r}, {count})")
 
 
-def centred_examples(source, count: int, image_size: int) -> list[Batch]:
+def centred_examples(source, count: int, image_size: int,
+                     normalization: str = "symmetric") -> list[Batch]:
   """The first `count` records as one centred view each (previews and pictures)."""
-  make = MakeViews(image_size, 1, None)
+  make = MakeViews(image_size, 1, None, normalization)
   return [make.random_map(source[i], np.random.default_rng(0))
           for i in range(min(count, len(source)))]
 

@@ -235,10 +235,12 @@ def open_dataset(name: str, data_dir: str | None) -> Dataset:
   else:
     image_key = "image"
     metadata = builder.info.metadata or {}
-    if "class_names" not in metadata:
+    labelled = "segmentation" in builder.info.features
+    if labelled and "class_names" not in metadata:
       raise DataError(f"{name}: no class_names in its metadata and no adapter; "
                       f"known adapters: {sorted(CATALOG_ADAPTERS)}")
-    class_names, adapter = tuple(metadata["class_names"]), native_record
+    # Unlabelled data (no segmentation feature): no classes, every pixel ignored.
+    class_names, adapter = tuple(metadata.get("class_names", ())), native_record
   image_feature = builder.info.features[image_key]
   num_frames = image_feature.shape[0] if isinstance(
       image_feature, tfds.features.Sequence) else 0

@@ -83,7 +83,8 @@ def split_pass(method: Method, variables, source, config,
   `source`, with one predict per batch: {evaluator name: totals (NumPy)}."""
   spec = pipeline.PipelineSpec(split=repr(source), global_batch_size=config.data.batch_size,
                                image_size=config.data.image_size, train=False,
-                               num_shards=config.data.num_shards)
+                               num_shards=config.data.num_shards,
+                               normalization=config.data.get("normalization", "symmetric"))
   jitted = _pass_fn(method, tuple((e, static) for e, _, static in evaluators))
   constants = {e.name: e.constants(state) for e, state, _ in evaluators}
   totals = None

@@ -23,12 +23,15 @@ class Pictures(Evaluator):
   def finish(self, totals, state, context):
     method, dataset, config = context.method, context.dataset, context.config
     num_classes = method.num_classes
+    normalization = config.data.get("normalization", "symmetric")
     records = pipeline.centred_examples(dataset.split(config.data.eval_split),
-                                        self.options["num_examples"], config.data.image_size)
+                                        self.options["num_examples"], config.data.image_size,
+                                        normalization)
     images = np.stack([r["image"][0] for r in records])
     # Every process computes them: the model may be sharded over processes.
     predictions = multihost_utils.process_allgather(
         _predict(method)(context.variables, images), tiled=True)
+    images = pipeline.to_symmetric(images, normalization)
     unit_class = context.shared.get("unit_class")
     if "semantic" in predictions and unit_class is None:
       semantic = np.asarray(predictions["semantic"])

@@ -165,6 +165,11 @@ class SGCVQGANMethod(Method):
         codebook=codebook, **self.adversarial.init(k_disc, images[:1]),
         ema_params=params if c.ema_decay > 0 else None, key=k_state)
 
+  def _state_config(self, field: str, value) -> dict:
+    if field == "ema_decay":  # only whether an EMA is kept changes the state
+      return {"": (value or 0) > 0}
+    return super()._state_config(field, value)
+
   def initial_state(self, state: TrainState) -> TrainState:
     """With `config.init_from`, the generator starts from imported
     taming-transformers VQGAN weights (.ckpt, or the .npz the converter writes)."""
