@@ -132,6 +132,26 @@ def test_model_code_checks_model_config_and_variables(bundle, tmp_path):
     inference.load(str(directory), use_model_code=True)
 
 
+def test_bundles_of_the_first_release_load_as_sgc_vqgan(bundle, tmp_path):
+  """No "method", "functions" or "sha256" in model.json: SGC-VQGAN's encode /
+  decode, the same numbers; a bundle naming an unknown function is an error."""
+  images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  directory = copy_bundle(bundle, tmp_path)
+  edit_json(lambda d: (d.pop("method"), d.pop("functions")))(directory / "model.json")
+  for use_model_code in (False, True):
+    old = inference.load(str(directory), use_model_code=use_model_code)
+    assert old.method == "sgc_vqgan" and sorted(old.functions) == ["decode", "encode"]
+    for got, want in zip(old.encode(images), inference.load(bundle).encode(images)):
+      np.testing.assert_array_equal(got, want)
+  edit_json(lambda d: d.update(functions=["encode", "../x"]))(directory / "model.json")
+  with pytest.raises(inference.BundleError, match=r"functions is \['encode', '../x'\], "
+                     "expected a list of function names"):
+    inference.load(str(directory))
+  edit_json(lambda d: d.update(functions=["encode", "segment"]))(directory / "model.json")
+  with pytest.raises(inference.BundleError, match=r"bundle without segment.jax_export"):
+    inference.load(str(directory))
+
+
 def test_missing_files_and_other_versions_stay_one_line(bundle, images_dir, tmp_path):
   directory = copy_bundle(bundle, tmp_path)
   os.remove(directory / "decode.jax_export")
