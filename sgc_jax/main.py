@@ -50,6 +50,8 @@ def validate(config) -> None:
   if "normalization" in config.data:
     config_lib.check_choice(config, "data.normalization",
                             ("symmetric", "imagenet", "clip"))
+  if config.data.get("photometric", None) is not None:
+    config_lib.check_choice(config, "data.photometric", ("slotcon",))
   crop = config.data.crop
   if not 0 < crop.min_area <= crop.max_area <= 1:
     raise config_lib.ConfigError(

@@ -122,15 +122,17 @@ class Writer:
 
 def reconstruction_grid(images, reconstructions, segmentation, token_classes,
                         num_classes: int, class_names) -> np.ndarray:
-  """Rows of input | reconstruction | ground-truth classes | token classes."""
+  """Rows of input | reconstruction | ground-truth classes | token classes
+  (no reconstruction column where `reconstructions` is None)."""
   size = images.shape[1]
   rows = []
-  for x, x_hat, seg, tokens in zip(images, reconstructions, segmentation, token_classes):
+  for i, (x, seg, tokens) in enumerate(zip(images, segmentation, token_classes)):
     factor = size // tokens.shape[0]
     token_map = np.repeat(np.repeat(tokens, factor, 0), factor, 1)
-    rows.append([viz.to_uint8(x), viz.to_uint8(x_hat),
-                 viz.colour_classes(seg, num_classes),
-                 viz.colour_classes(token_map, num_classes)])
+    rows.append([viz.to_uint8(x)]
+                + ([] if reconstructions is None else [viz.to_uint8(reconstructions[i])])
+                + [viz.colour_classes(seg, num_classes),
+                   viz.colour_classes(token_map, num_classes)])
   tiles = viz.grid(rows)
   return np.concatenate([tiles, viz.legend(class_names, tiles.shape[1])], 0)
 

@@ -197,3 +197,18 @@ def test_normalizations_match_their_formulas_and_invert_for_pictures():
   for name in pipeline.NORMALIZATIONS:
     np.testing.assert_allclose(pipeline.to_symmetric(pipeline.normalize(pixels, name), name),
                                symmetric, atol=1e-5)
+
+
+def test_photometric_views_are_reproducible_and_leave_geometry_and_labels_alone(scenes64):
+  record = scenes64.split("train")[0]
+  plain = pipeline.MakeViews(32, 2, views.CropSpec())
+  coloured = pipeline.MakeViews(32, 2, views.CropSpec(), photometric="slotcon")
+  a = coloured.random_map(record, np.random.default_rng(3))
+  b = coloured.random_map(record, np.random.default_rng(3))
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key])
+  reference = plain.random_map(record, np.random.default_rng(3))
+  for key in ("box", "flip", "segmentation"):
+    np.testing.assert_array_equal(a[key], reference[key])
+  # View 1 is always blurred (p = 1): never the plain pixels.
+  assert not np.array_equal(a["image"][0], reference["image"][0])

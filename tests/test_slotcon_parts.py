@@ -247,14 +247,11 @@ def test_select_slots_equals_dense_and_official_labels():
   assert np.asarray(small.row_valid).sum() == np.sum(mask_k.cumsum()[idx_q] - 1 < 5)
 
 
-def test_total_loss_and_teacher_momentum():
+def test_total_loss():
   got = slotcon.total_loss(1., 2., 3., 5.)
   assert float(got) == pytest.approx(0.5 * 3. + 0.5 * 8.)
   got = slotcon.total_loss(1., 2., 3., 5., group_loss_weight=0.25)
   assert float(got) == pytest.approx(0.25 * 3. + 0.75 * 8.)
-  assert float(slotcon.teacher_momentum(0, 100)) == pytest.approx(0.99)
-  assert float(slotcon.teacher_momentum(50, 100)) == pytest.approx(0.995)
-  assert float(slotcon.teacher_momentum(100, 100)) == pytest.approx(1.)
 
 
 # ---------------------------------------------------------------------- modules

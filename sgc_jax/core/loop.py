@@ -152,7 +152,8 @@ def _train(method_class: type[Method], config: ml_collections.ConfigDict, workdi
       image_size=config.data.image_size, train=True, num_views=config.data.num_views,
       crop=views.CropSpec(**config.data.crop), seed=config.seed,
       worker_count=config.data.worker_count, num_shards=config.data.num_shards,
-      normalization=config.data.get("normalization", "symmetric"))
+      normalization=config.data.get("normalization", "symmetric"),
+      photometric=config.data.get("photometric", None))
   batches = pipeline.InputPipeline(dataset.split(config.data.train_split), spec, method.mesh)
   mgr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.keep)
   restored = restore_newest(method, mgr)

@@ -1,7 +1,8 @@
 """Optimizers and their learning-rate schedule, built from a config's `optimizer` section.
 
 Every optimizer reads `name` ("adam" if absent), `warmup_steps` and
-`final_lr_fraction` (both required: see `schedule`); its own fields and their
+`final_lr_fraction` (both required: see `schedule`), optionally
+`warmup_start_fraction`; its own fields and their
 defaults are in `DEFAULTS`. The learning rate itself is an argument of
 `create`, so that one section can serve several rates (generator, discriminator).
 """
@@ -31,6 +32,7 @@ _INF = float("inf")
 _RANGES = {
     "warmup_steps": (lambda v: 0 <= v < _INF, ">= 0"),
     "final_lr_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "warmup_start_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "b1": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "eps": (lambda v: 0 < v < _INF, "positive"),
@@ -42,13 +44,17 @@ _RANGES = {
 
 
 def schedule(learning_rate: float, total_steps: int, warmup_steps: int,
-             final_lr_fraction: float) -> optax.Schedule:
-  """Linear warm-up to `learning_rate` at step `warmup_steps`, then cosine to
+             final_lr_fraction: float, warmup_start_fraction: float | None = None
+             ) -> optax.Schedule:
+  """Linear warm-up from `learning_rate * warmup_start_fraction` (default
+  1/(warmup+1)) to `learning_rate` at step `warmup_steps`, then cosine to
   `learning_rate * final_lr_fraction` at `total_steps`."""
   warmup = max(1, warmup_steps)
-  # Warm-up starts at lr/(warmup+1), not 0: a step at rate 0 would be wasted.
+  # By default warm-up starts at lr/(warmup+1), not 0: a step at rate 0 would
+  # be wasted. SlotCon's official schedule starts at lr/100.
+  start = 1 / (warmup + 1) if warmup_start_fraction is None else warmup_start_fraction
   return optax.warmup_cosine_decay_schedule(
-      learning_rate / (warmup + 1), learning_rate, warmup,
+      learning_rate * start, learning_rate, warmup,
       max(warmup + 1, total_steps), end_value=learning_rate * final_lr_fraction)
 
 
@@ -61,7 +67,8 @@ def validate(opt: ml_collections.ConfigDict, prefix: str = "optimizer") -> None:
     config_lib.check_choice(root, f"{prefix}.name", DEFAULTS)
   config_lib.check_positive(root, *(f"{prefix}.{key}" for key in opt.keys()
                                     if key.endswith("learning_rate")))
-  for field in ("warmup_steps", "final_lr_fraction", *DEFAULTS[opt.get("name", "adam")]):
+  for field in ("warmup_steps", "final_lr_fraction", "warmup_start_fraction",
+                *DEFAULTS[opt.get("name", "adam")]):
     if field not in opt:
       continue
     value = opt[field]
@@ -79,7 +86,8 @@ def create(opt: ml_collections.ConfigDict, learning_rate: float, total_steps: in
   validate(opt, prefix)
   name = opt.get("name", "adam")
   field = lambda key: opt.get(key, DEFAULTS[name][key])
-  rate = schedule(learning_rate, total_steps, opt.warmup_steps, opt.final_lr_fraction)
+  rate = schedule(learning_rate, total_steps, opt.warmup_steps, opt.final_lr_fraction,
+                  opt.get("warmup_start_fraction", None))
   if name == "adam":
     tx = optax.adam(rate, b1=field("b1"), b2=field("b2"), eps=field("eps"))
   else:

@@ -22,6 +22,7 @@ import numpy as np
 
 from sgc_jax.core import sharding
 from sgc_jax.config_lib import ConfigError
+from sgc_jax.data import photometric as photometric_lib
 from sgc_jax.data import sources, views
 
 Batch = dict[str, np.ndarray]
@@ -53,6 +54,10 @@ def to_symmetric(images: np.ndarray, normalization: str) -> np.ndarray:
   return (images * std + mean) * 2.0 - 1.0
 
 
+# Photometric augmentations of training views by name (`data.photometric`).
+PHOTOMETRIC = {"slotcon": photometric_lib.SLOTCON_VIEWS}
+
+
 class MakeViews(grain.transforms.RandomMap):
   """Record -> `num_views` augmented views with their crop geometry.
 
@@ -64,11 +69,14 @@ class MakeViews(grain.transforms.RandomMap):
   """
 
   def __init__(self, image_size: int, num_views: int,
-               crop: views.CropSpec | None, normalization: str = "symmetric"):
+               crop: views.CropSpec | None, normalization: str = "symmetric",
+               photometric: str | None = None):
     self.image_size = image_size
     self.num_views = num_views
     self.crop = crop
     self.normalization = normalization
+    # Per view (the last spec repeats): SlotCon's asymmetric BYOL-style views.
+    self.photometric = PHOTOMETRIC[photometric] if photometric else None
 
   def _geometry(self, rng: np.random.Generator, shape):
     clip = len(shape) == 4
@@ -103,7 +111,11 @@ class MakeViews(grain.transforms.RandomMap):
       def view(array, nearest):
         return views.crop_resize(array[frame] if clip else array, box,
                                  self.image_size, flip, nearest)
-      out["image"].append(view(image, nearest=False))
+      pixels = view(image, nearest=False)
+      if self.photometric is not None:
+        spec = self.photometric[min(len(out["image"]), len(self.photometric) - 1)]
+        pixels = photometric_lib.apply(pixels, spec, rng)
+      out["image"].append(pixels)
       out["segmentation"].append(view(record["segmentation"], nearest=True))
       out["instances"].append(view(record["instances"], nearest=True))
     return {
@@ -129,6 +141,7 @@ class PipelineSpec:
   worker_count: int = 0  # grain worker processes per data shard
   num_shards: int | None = None  # data shards; default: one per JAX process
   normalization: str = "symmetric"  # a key of NORMALIZATIONS
+  photometric: str | None = None  # a key of PHOTOMETRIC (training views only)
 
 
 class InputPipeline:
@@ -185,7 +198,8 @@ class InputPipeline:
         shuffle=spec.train, num_epochs=None if spec.train else 1,
         seed=int(np.random.SeedSequence([spec.seed, shard]).generate_state(1)[0]))
     make_views = MakeViews(spec.image_size, spec.num_views if spec.train else 1,
-                           spec.crop if spec.train else None, spec.normalization)
+                           spec.crop if spec.train else None, spec.normalization,
+                           spec.photometric if spec.train else None)
     return grain.DataLoader(
         data_source=records, sampler=sampler,
         operations=[make_views,

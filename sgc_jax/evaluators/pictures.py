@@ -1,5 +1,5 @@
-"""PNGs of the first `num_examples` evaluation images: input | reconstruction |
-true classes | the method's semantic map (rows), every `every` steps; in
+"""PNGs of the first `num_examples` evaluation images: input | reconstruction
+(methods that reconstruct) | true classes | the method's semantic map (rows), every `every` steps; in
 `--mode=eval` also the units' usage histogram and a PCA of the unit vectors,
 coloured by class. Semantic maps: the method's `semantic` prediction, else the
 classes the segmentation evaluator of the same step gave the units, else none."""
@@ -39,8 +39,10 @@ class Pictures(Evaluator):
       semantic = unit_class[np.asarray(predictions["indices"])]
     else:  # no class for the tokens
       semantic = np.full(np.shape(predictions["indices"]), num_classes)
-    pictures = {"reconstructions": report.reconstruction_grid(
-        images, np.asarray(predictions["reconstruction"]),
+    name = "reconstructions" if "reconstruction" in predictions else "segments"
+    pictures = {name: report.reconstruction_grid(
+        images, (np.asarray(pipeline.to_symmetric(predictions["reconstruction"], normalization))
+                 if "reconstruction" in predictions else None),
         np.stack([r["segmentation"][0] for r in records]), semantic, num_classes,
         method.class_names)}
     usage = context.shared.get("usage")

@@ -6,8 +6,10 @@ pixel classes under every unit (a [K, C] co-occurrence matrix; no second pass):
   - zero-shot mIoU: each unit predicts its class (`zero_shot_miou`), and the
     same with the method's `posterior` prediction, argmax_c p(c|z) where a
     method gives it (`posterior_miou`; a [C, C] confusion from the same pass);
-  - Hungarian mIoU: the units k-means-clustered into C groups (by their
-    vectors, weighted by use; no labels), groups matched one to one to classes;
+  - Hungarian mIoU and pixel accuracy: the units k-means-clustered into C
+    groups (by their vectors, weighted by use; no labels), groups matched one
+    to one to classes;
+  - many-to-one mIoU and pixel accuracy: each unit predicts its majority class;
   - linear-probe mIoU (`--mode=eval`, or `probe_in_training`): a linear
     classifier on the frozen unit vectors of `probe_images` training images.
     A token's feature is its unit's vector, so training on every token is a
@@ -80,7 +82,13 @@ class Segmentation(Evaluator):
     clusters = metrics.kmeans(units.vectors, num_classes, weights=usage,
                               seed=context.config.seed)
     cluster_confusion = metrics.confusion_from_assignment(pixels, clusters, num_classes)
-    results["hungarian_miou"] = metrics.mean_iou(metrics.matched_confusion(cluster_confusion))
+    matched = metrics.matched_confusion(cluster_confusion)
+    results["hungarian_miou"] = metrics.mean_iou(matched)
+    results["hungarian_pixel_accuracy"] = _pixel_accuracy(matched)
+    # Many-to-one: each unit predicts its majority class (by pixels).
+    majority = metrics.confusion_from_assignment(pixels, pixels.argmax(1), num_classes)
+    results["majority_miou"] = metrics.mean_iou(majority)
+    results["majority_pixel_accuracy"] = _pixel_accuracy(majority)
     if unit_class is None:  # semantic maps of units without a class: the matched clusters
       matching = metrics.hungarian_match(cluster_confusion)
       unit_class = np.where(matching[clusters] >= 0, matching[clusters], num_classes)
@@ -115,6 +123,12 @@ class _TokensOnly(Evaluator):
   def batch_sums(self, predictions, batch, constants, static):
     return self._segmentation.batch_sums(predictions, batch, constants, static,
                                          tokens_only=True)
+
+
+def _pixel_accuracy(confusion: np.ndarray) -> float:
+  """Correct pixels / labelled pixels of a [P >= C, C] confusion."""
+  num_classes = confusion.shape[1]
+  return float(np.trace(confusion[:num_classes]) / max(confusion.sum(), 1.0))
 
 
 def linear_probe(codes: np.ndarray, token_counts: np.ndarray, steps: int,

@@ -7,7 +7,8 @@ import importlib
 from sgc_jax.config_lib import ConfigError
 
 # name -> "module:class"; a method outside sgc_jax registers with `register`.
-_REGISTRY = {"sgc_vqgan": "sgc_jax.methods.sgc_vqgan:SGCVQGANMethod"}
+_REGISTRY = {"sgc_vqgan": "sgc_jax.methods.sgc_vqgan:SGCVQGANMethod",
+             "slotcon": "sgc_jax.methods.slotcon:SlotConMethod"}
 
 
 def register(name: str, target) -> None:

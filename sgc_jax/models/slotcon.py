@@ -10,7 +10,7 @@ scripts use the same values except `num_prototypes` 2048 on ImageNet):
   dim_hidden         4096   hidden width of the projector and the slot predictor
   dim_out             256   projector output = prototype = slot dimension
   num_prototypes      256   (COCO / COCO+; 2048 in the ImageNet scripts)
-  teacher_momentum   0.99   EMA base, raised to 1 by a cosine (`teacher_momentum`)
+  teacher_momentum   0.99   EMA base, raised to 1 by a cosine (core.ema.cosine_momentum)
   teacher_temp       0.07   grouping softmax (student AND teacher grouping) and
                             the teacher side of the group loss
   student_temp        0.1   student side of the group loss
@@ -35,7 +35,6 @@ which is the official SyncBN / all_reduce / all_gather.
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -287,9 +286,3 @@ def total_loss(group_ab: jax.Array, group_ba: jax.Array, contrast_ab: jax.Array,
   """w·(group losses of both directions) + (1 - w)·(contrast losses of both)."""
   return (group_loss_weight * (group_ab + group_ba) +
           (1. - group_loss_weight) * (contrast_ab + contrast_ba))
-
-
-def teacher_momentum(step, total_steps, base_momentum: float = 0.99):
-  """Cosine EMA momentum, base -> 1 over `total_steps` (official
-  `_momentum_update_key_encoder`, evaluated before its step counter advances)."""
-  return 1. - (1. - base_momentum) * (jnp.cos(math.pi * step / total_steps) + 1.) * 0.5
