@@ -51,3 +51,13 @@ def check_positive(config: ml_collections.ConfigDict, *fields: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
         0 < value < float("inf")):
       raise ConfigError(f"config.{field}={value!r}: must be positive")
+
+
+def resolve(target):
+  """A registry entry: a class, or "module:attribute" imported on first use
+  (so that a registry names its entries without importing them all)."""
+  if not isinstance(target, str):
+    return target
+  import importlib
+  module, attribute = target.split(":")
+  return getattr(importlib.import_module(module), attribute)

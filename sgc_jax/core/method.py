@@ -23,6 +23,7 @@ and nothing else: it never imports a method's modules.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 from typing import Any, Callable, ClassVar, Hashable
@@ -41,8 +42,9 @@ class Units:
   classes: np.ndarray | None = None  # [K] the class each unit stands for, if it has one
 
 
-class Method:
-  """Base class: the sharded state and the jitted train step of any method."""
+class Method(abc.ABC):
+  """Base class: the sharded state and the jitted train step of any method.
+  The abstract methods are what each method must give; the others have defaults."""
   name: ClassVar[str] = ""
   # Config fields that the state's shapes and tree depend on: a checkpoint
   # written with other values cannot be restored into this method's state.
@@ -66,8 +68,9 @@ class Method:
   # -------------------------------------------------- what a method defines
 
   @classmethod
+  @abc.abstractmethod
   def build(cls, config, mesh, dataset) -> "Method":
-    raise NotImplementedError
+    """Its instance for a data set (class statistics, weights ...)."""
 
   @classmethod
   def validate(cls, config) -> None:
@@ -77,15 +80,17 @@ class Method:
   def validate_data(cls, config, dataset) -> None:
     """The same, for fields that depend on the data set (its classes ...)."""
 
+  @abc.abstractmethod
   def init(self, key):
-    raise NotImplementedError
+    """The initial state (created sharded by `create_train_state`)."""
 
   def phase(self, step: int) -> Hashable:
     del step
     return None
 
+  @abc.abstractmethod
   def train_step(self, state, batch, phase):
-    raise NotImplementedError
+    """One step: (state, metrics)."""
 
   def initial_state(self, state):
     return state
@@ -107,25 +112,29 @@ class Method:
     del field
     return traverse_util.flatten_dict(value, sep=".") if isinstance(value, dict) else {"": value}
 
+  @abc.abstractmethod
   def eval_variables(self, state):
-    raise NotImplementedError
+    """The variables predict and export take."""
 
+  @abc.abstractmethod
   def predict(self, variables, images) -> dict[str, jax.Array]:
-    raise NotImplementedError
+    """What evaluators read."""
 
   def units(self, variables) -> Units | None:
     del variables
     return None
 
+  @abc.abstractmethod
   def export_functions(self) -> dict[str, tuple[Callable, jax.ShapeDtypeStruct]]:
-    raise NotImplementedError
+    """{name: (fn(variables, x), abstract x)} for the bundle."""
 
   def bundle_fields(self) -> dict[str, Any]:
     return {}
 
   @classmethod
+  @abc.abstractmethod
   def functions_from_bundle(cls, description: dict) -> tuple[dict[str, Callable], Any]:
-    raise NotImplementedError
+    """The bundle's functions from the model code, and the variables' shapes."""
 
   def summary(self) -> dict[str, Any]:
     """A few words about the run for result files (SGC-VQGAN: its quantizer)."""

@@ -10,9 +10,7 @@ codebook, segmentation, pictures; another registers with `register`.
 
 from __future__ import annotations
 
-import importlib
-
-from sgc_jax.config_lib import ConfigError
+from sgc_jax.config_lib import ConfigError, resolve
 from sgc_jax.evaluators.base import Context, Evaluator, split_pass
 
 _REGISTRY = {
@@ -29,11 +27,7 @@ def register(type_name: str, target) -> None:
 
 
 def _class(type_name: str):
-  target = _REGISTRY[type_name]
-  if isinstance(target, str):
-    module, attribute = target.split(":")
-    target = getattr(importlib.import_module(module), attribute)
-  return target
+  return resolve(_REGISTRY[type_name])
 
 
 def validate(config) -> None:

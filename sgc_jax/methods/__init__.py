@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-
-from sgc_jax.config_lib import ConfigError
+from sgc_jax.config_lib import ConfigError, resolve
 
 # name -> "module:class"; a method outside sgc_jax registers with `register`.
 _REGISTRY = {"sgc_vqgan": "sgc_jax.methods.sgc_vqgan:SGCVQGANMethod",
@@ -24,11 +22,7 @@ def get(name: str):
   """The class of method `name`; ConfigError for an unknown name."""
   if name not in _REGISTRY:
     raise ConfigError(f"config.method={name!r}: no such method (known: {', '.join(names())})")
-  target = _REGISTRY[name]
-  if isinstance(target, str):
-    module, attribute = target.split(":")
-    target = getattr(importlib.import_module(module), attribute)
-  return target
+  return resolve(_REGISTRY[name])
 
 
 def method_name(config) -> str:
