@@ -37,7 +37,10 @@ def get_config(arg=None):
       dim_hidden=512, dim_out=128, num_prototypes=32,  # official: 4096, 256, 256
       teacher_momentum=0.99, teacher_temp=0.07, student_temp=0.1,
       center_momentum=0.9, group_loss_weight=0.5, contrast_temperature=0.2,
-      dtype="float32"))
+      # 0: the slot contrast over every slot of the global batch, O((B K)^2)
+      # memory; C > 0: over the first C valid ones (as the official order),
+      # for large B K. `slots_over_capacity` counts what a capacity drops.
+      contrast_capacity=0, dtype="float32"))
   # LARS as the official recipe (lr = base_lr 1.0 x batch / 256, weight decay
   # 1e-5, momentum 0.9, warm-up from lr/100, cosine to 1e-6).
   lr = 1.0 * config.data.batch_size / 256

@@ -69,7 +69,9 @@ def bench_train(config, batch_size: int, steps: int, with_gan: bool, num_classes
   state = trainer.create_train_state(config.seed)
   host = synthetic.synthetic_batch(config, batch_size, num_classes)
   batch = jax.tree.map(lambda x: jax.device_put(x, sharding.batch_sharding(mesh)), host)
-  step_fn = trainer.jit_train_step(with_gan, batch)
+  # --gan: SGC-VQGAN's phase with the discriminator on (from loss.disc_start).
+  phase = trainer.phase(config.loss.disc_start if with_gan else 0)
+  step_fn = trainer.jit_train_step(phase, batch)
   start = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()
   compile_seconds = time.perf_counter() - start
@@ -120,8 +122,8 @@ def main(argv):
     if _CONFIG.value is None:
       raise app.UsageError("comms needs --config")
     row = bench_comms(_CONFIG.value, _BATCH.value)
-    print(f"\ncollectives of one train step (no GAN), batch {_BATCH.value}, "
-          f"quantizer {_CONFIG.value.model.codebook.mode}")
+    print(f"\ncollectives of one train step (its first phase), batch {_BATCH.value}, "
+          f"{_CONFIG.value.get('method', 'sgc_vqgan')}")
     print(report.markdown_table(list(row), [list(row.values())], "r" * len(row)))
     return
   if argv[1:] == ["train"]:
@@ -129,9 +131,11 @@ def main(argv):
       raise app.UsageError("train needs --config")
     config = _CONFIG.value
     row = bench_train(config, _BATCH.value, _STEPS.value, _GAN.value)
+    about = ", ".join(f"{k} {v}" for k, v in synthetic.make_trainer(config).summary().items())
     print(f"\ntrain step on {jax.devices()[0].platform} ({jax.device_count()} device(s)), "
-          f"quantizer {config.model.codebook.mode}, batch {_BATCH.value} x "
-          f"{config.data.num_views} views, {config.model.dtype}, gan={_GAN.value}")
+          f"{config.get('method', 'sgc_vqgan')}{', ' + about if about else ''}, batch "
+          f"{_BATCH.value} x {config.data.num_views} views, {config.model.dtype}"
+          + (", with GAN" if _GAN.value else ""))
     print(report.markdown_table(list(row), [list(row.values())], "r" * len(row)))
     return
   if argv[1:] != ["data"]:

@@ -10,6 +10,7 @@ import os
 import jax
 
 from sgc_jax import evaluators, report, train, viz
+from sgc_jax.data import sources
 
 # Rows of the markdown table: key, label, format.
 TABLE = (("psnr", "PSNR (dB)", ".2f"), ("ssim", "SSIM", ".3f"), ("l1", "L1", ".4f"),
@@ -51,9 +52,16 @@ def evaluate(config, dataset, method, state, step: int, write_image) -> dict:
       write_image=write_image))
 
 
-def evaluate_checkpoint(config, workdir: str) -> dict:
-  """Restores WORKDIR's latest checkpoint, evaluates it, writes the results."""
-  dataset, method, state, step = train.restore_latest(config, workdir)
+def evaluate_checkpoint(config, workdir: str, initial: bool = False) -> dict:
+  """Restores WORKDIR's latest checkpoint, evaluates it, writes the results.
+  `initial`: the method's initial state instead (random init, or `init_from`'s
+  weights): the untrained baseline of the same protocol."""
+  if initial:
+    dataset = sources.open_dataset(config.data.name, config.data.data_dir)
+    method = train.build_method(config, dataset)
+    state, step = method.initial_state(method.create_train_state(config.seed)), 0
+  else:
+    dataset, method, state, step = train.restore_latest(config, workdir)
   directory = os.path.join(workdir, "eval")
   pictures = {}
   metrics = evaluate(config, dataset, method, state, step, pictures.__setitem__)

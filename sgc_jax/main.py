@@ -36,6 +36,9 @@ _COORDINATOR = flags.DEFINE_string(
     "outside a TPU pod / SLURM / MPI (there it is found automatically).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_EVAL_INITIAL = flags.DEFINE_bool(
+    "eval_initial", False, "--mode=eval: evaluate the method's initial state (random "
+    "init, or config.init_from's weights) instead of a checkpoint: the untrained baseline.")
 _INIT_TIMEOUT = flags.DEFINE_integer(
     "init_timeout", 300, "Seconds to wait for every process of a multi-process run to join.")
 
@@ -136,7 +139,7 @@ def run_mode(mode: str, config, workdir: str) -> None:
     print("final: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
   elif mode == "eval":
     from sgc_jax import eval_checkpoint
-    results = eval_checkpoint.evaluate_checkpoint(config, workdir)
+    results = eval_checkpoint.evaluate_checkpoint(config, workdir, _EVAL_INITIAL.value)
     print(eval_checkpoint.markdown(results))
     print(f"wrote {workdir}/eval/eval.json, eval.md and PNGs")
   elif mode == "export":

@@ -22,16 +22,16 @@ def synthetic_batch(config, batch_size: int, num_classes: int) -> dict:
 
 
 def make_trainer(config, num_classes: int = 10, mesh=None):
-  """SGC-VQGAN of the config on `mesh` (the config's), for data of
-  `num_classes` classes with uniform frequencies."""
-  from sgc_jax.methods.sgc_vqgan import SGCVQGANMethod
-  return SGCVQGANMethod(config, mesh or sharding.config_mesh(config),
-                        [f"class_{i}" for i in range(num_classes)],
-                        np.full(num_classes, 1 / num_classes))
+  """The config's method on `mesh` (the config's), for data of `num_classes`
+  classes (uniform frequencies)."""
+  from sgc_jax import methods
+  method_class = methods.get(methods.method_name(config))
+  return method_class(config, mesh or sharding.config_mesh(config),
+                      [f"class_{i}" for i in range(num_classes)])
 
 
 def compiled_train_step(config, batch_size: int, num_classes: int = 10):
-  """(method, compiled train step without GAN) on synthetic abstract inputs."""
+  """(method, compiled train step of its first phase) on synthetic abstract inputs."""
   trainer = make_trainer(config, num_classes)
   mesh = trainer.mesh
   host = synthetic_batch(config, batch_size, num_classes)
@@ -39,4 +39,4 @@ def compiled_train_step(config, batch_size: int, num_classes: int = 10):
       x.shape, x.dtype, sharding=sharding.batch_sharding(mesh)), host)
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                        trainer.abstract_state, trainer.state_shardings)
-  return trainer, trainer.jit_train_step(False, host).lower(state, batch).compile()
+  return trainer, trainer.jit_train_step(trainer.phase(0), host).lower(state, batch).compile()

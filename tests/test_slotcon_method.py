@@ -120,6 +120,8 @@ def test_trains_resumes_evaluates_and_exports_through_the_core(data_dir, scenes6
   assert os.path.exists(os.path.join(workdir, "images", "segments_0000004.png"))
   results = eval_checkpoint.evaluate_checkpoint(config, workdir)
   assert results["method"] == "slotcon" and 0 < results["probe_miou"] <= 1
+  untrained = eval_checkpoint.evaluate_checkpoint(config, str(tmp_path / "init"), initial=True)
+  assert untrained["step"] == 0 and 0 < untrained["hungarian_miou"] <= 1
   bundle = export.export_checkpoint(config, workdir)
   description = json.load(open(os.path.join(bundle, "model.json")))
   assert description["method"] == "slotcon" and description["functions"] == ["features",
@@ -134,3 +136,20 @@ def test_trains_resumes_evaluates_and_exports_through_the_core(data_dir, scenes6
   np.testing.assert_array_equal(segments, np.asarray(want))
   features = loaded.call("features", images)
   assert features.shape == (3, 4, 4, 32)
+
+
+@pytest.mark.slow  # three compilations of the step: 1 to 3 minutes on 2 cores
+def test_a_contrast_capacity_holding_every_slot_gives_the_dense_loss(data_dir, scenes64):
+  mesh = sharding.create_mesh(devices=jax.devices()[:1])
+  losses = {}
+  for capacity in (0, 8 * 8, 3):  # batch 8 x 8 prototypes = 64 slots
+    config = tiny_slotcon_config(data_dir)
+    config.model.contrast_capacity = capacity
+    _, history = _run(config, mesh, scenes64, 1)
+    losses[capacity] = history[0][1]
+  assert float(losses[64]["loss/contrast"]) == pytest.approx(float(losses[0]["loss/contrast"]),
+                                                             rel=1e-5)
+  assert float(losses[64]["loss/group"]) == float(losses[0]["loss/group"])
+  assert int(losses[64]["slots_over_capacity"]) == 0
+  assert int(losses[3]["slots_over_capacity"]) > 0
+  assert float(losses[3]["loss/contrast"]) != pytest.approx(float(losses[0]["loss/contrast"]))

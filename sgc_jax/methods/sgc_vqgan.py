@@ -93,11 +93,13 @@ class SGCVQGANMethod(Method):
   state_fields = ("model", "disc", "ema_decay")
   progress = {"loss": "loss/total", "psnr": "psnr", "codes": "codes_used"}
 
-  def __init__(self, config, mesh, class_names, class_frequency: np.ndarray,
+  def __init__(self, config, mesh, class_names, class_frequency: np.ndarray | None = None,
                lpips_params=None):
+    """`class_frequency`: of the data's pixel classes (None: uniform)."""
     super().__init__(config, mesh)
     self.class_names = tuple(class_names)
-    self.class_frequency = np.asarray(class_frequency)
+    self.class_frequency = (np.full(len(class_names), 1 / len(class_names))
+                            if class_frequency is None else np.asarray(class_frequency))
     self.model_config = model_config(config, len(self.class_names))
     self.lpips_params = lpips_params
     c = config

@@ -128,6 +128,10 @@ class SlotConMethod(Method):
       value = config.model[field]
       if not 0 <= value <= 1:
         raise config_lib.ConfigError(f"config.model.{field}={value!r}: must be in [0, 1]")
+    capacity = config.model.contrast_capacity
+    if not (isinstance(capacity, int) and capacity >= 0):
+      raise config_lib.ConfigError(f"config.model.contrast_capacity={capacity!r}: must be an "
+                                   "integer >= 0 (0: every slot)")
     if config.data.num_views != 2:
       raise config_lib.ConfigError(f"config.data.num_views={config.data.num_views}: SlotCon "
                                    "contrasts two views of each image")
@@ -148,6 +152,20 @@ class SlotConMethod(Method):
         opt_state=self.tx.init(params), teacher_params=variables["params"],
         teacher_stats=variables["batch_stats"],
         center=jnp.zeros((1, self.config.model.num_prototypes), jnp.float32), key=k_state)
+
+  def initial_state(self, state: TrainState) -> TrainState:
+    """With `config.init_from`, every part (student, teacher, centre) from an
+    official SlotCon checkpoint (.pth) or the .npz its converter writes."""
+    if not self.config.init_from:
+      return state
+    from sgc_jax import logs
+    from sgc_jax.convert import slotcon as slotcon_convert
+    loaded = slotcon_convert.load(self.config.init_from, self.config.model)
+    loaded = {name: jax.device_put(value, getattr(self.state_shardings, name))
+              for name, value in loaded.items()}
+    logs.note(f"SlotCon initialised from {self.config.init_from}")
+    return state.replace(**loaded, opt_state=jax.jit(
+        self.tx.init, out_shardings=self.state_shardings.opt_state)(loaded["params"]))
 
   # ------------------------------------------------------------ step
 
@@ -176,24 +194,38 @@ class SlotConMethod(Method):
                                       train=True, mutable=["batch_stats"])
         stats = updates["batch_stats"]
         student_out.append(out)
-      predictor_stats, terms = state.batch_stats["predictor"], {"group": 0.0, "contrast": 0.0}
+      predictor_stats, group, contrast, dropped = state.batch_stats["predictor"], [], [], 0
       for a, b in ((0, 1), (1, 0)):
         (slots_q, dots_q), (slots_k, dots_k) = student_out[a], teacher_out[b]
-        terms["group"] += m.group_loss_weight * parts.group_loss(
+        group.append(parts.group_loss(
             align(dots_q, boxes[:, a], batch["flip"][:, a]),
             align(dots_k, boxes[:, b], batch["flip"][:, b]), state.center,
-            student_temp=m.student_temp, teacher_temp=m.teacher_temp)
+            student_temp=m.student_temp, teacher_temp=m.teacher_temp))
         valid_q, valid_k = parts.slot_validity(dots_q), parts.slot_validity(dots_k)
-        predicted, updates = self.predictor.apply(
-            {"params": params["predictor"], "batch_stats": predictor_stats}, slots_q,
-            train=True, mask=valid_q & valid_k, mutable=["batch_stats"])
+        predictor = {"params": params["predictor"], "batch_stats": predictor_stats}
+        if m.contrast_capacity:  # the first C rows and keys: O(C^2), not O((BK)^2)
+          selection = parts.select_slots(valid_q, valid_k, m.contrast_capacity,
+                                         m.contrast_capacity)
+          dim = slots_q.shape[-1]
+          predicted, updates = self.predictor.apply(
+              predictor, slots_q.reshape(-1, dim)[selection.row_index], train=True,
+              mask=selection.row_valid, mutable=["batch_stats"])
+          contrast.append(parts.masked_info_nce(
+              predicted, slots_k.reshape(-1, dim)[selection.col_index], selection.labels,
+              selection.row_valid, selection.col_valid, tau=m.contrast_temperature))
+          dropped += jnp.sum(valid_q & valid_k) - jnp.sum(selection.row_valid)
+        else:
+          predicted, updates = self.predictor.apply(
+              predictor, slots_q, train=True, mask=valid_q & valid_k, mutable=["batch_stats"])
+          contrast.append(parts.slot_contrast_loss(predicted, slots_k, valid_q, valid_k,
+                                                   tau=m.contrast_temperature))
         predictor_stats = updates["batch_stats"]
-        terms["contrast"] += (1 - m.group_loss_weight) * parts.slot_contrast_loss(
-            predicted, slots_k, valid_q, valid_k, tau=m.contrast_temperature)
-      total = terms["group"] + terms["contrast"]
-      return total, (terms, {"net": stats, "predictor": predictor_stats})
+      w = m.group_loss_weight
+      terms = {"group": w * (group[0] + group[1]), "contrast": (1 - w) * (contrast[0] + contrast[1])}
+      total = parts.total_loss(*group, *contrast, group_loss_weight=w)
+      return total, (terms, {"net": stats, "predictor": predictor_stats}, dropped)
 
-    grads, (terms, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (terms, batch_stats, dropped) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     center = parts.update_center(state.center, (teacher_out[0][1], teacher_out[1][1]),
@@ -201,6 +233,7 @@ class SlotConMethod(Method):
     metrics = {f"loss/{k}": v for k, v in terms.items()}
     metrics["loss/total"] = terms["group"] + terms["contrast"]
     metrics["teacher_momentum"] = momentum
+    metrics["slots_over_capacity"] = dropped  # > 0: raise model.contrast_capacity
     metrics["prototypes_used"] = jnp.sum(jnp.any(
         jax.nn.one_hot(jnp.argmax(teacher_out[0][1], -1), m.num_prototypes) > 0,
         axis=(0, 1, 2)))
