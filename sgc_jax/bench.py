@@ -5,6 +5,8 @@
         [--steps=5] [--batch_size=8]
     python -m sgc_jax.bench comms --config=configs/X.py --batch_size=64
         [--config.mesh.data=1 --config.mesh.fsdp=-1]
+    python -m sgc_jax.bench versus-slotcon --official=PATH [--batch_size=16]
+        [--steps=5] [--config=configs/slotcon_scenes.py[:size=32]]
 
 `data`: images/s of the training input pipeline (decode, two augmented views,
 batching, placement on the mesh) at 64 and 128 px, on the `smoke` configs of
@@ -19,6 +21,10 @@ and the achieved GFLOP/s. Repeat --config to compare configs side by side.
 devices (simulate N with XLA_FLAGS=--xla_force_host_platform_device_count=N)
 and prints, from the optimised HLO, the collectives per step and the bytes each
 device sends, the per-device memory of the state, and the FLOPs per device.
+
+`versus-slotcon`: our SlotCon train step against the official PyTorch model
+(PATH: a checkout of CVMI-Lab/SlotCon; needs the `torch` extra) on this CPU, in
+alternating blocks: images/s of each and the ratio (see sgc_jax/bench_versus.py).
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ _BATCHES = flags.DEFINE_integer("batches", 40, "Batches timed (after 5 of warm-u
 _STEPS = flags.DEFINE_integer("steps", 5, "train: steps timed (after 2 of warm-up).")
 _GAN = flags.DEFINE_bool("gan", False, "train: time the step with the GAN terms.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "train: the config.")
+_OFFICIAL = flags.DEFINE_string("official", None,
+                                "versus-slotcon: a checkout of CVMI-Lab/SlotCon.")
 
 
 def bench_data() -> list[tuple]:
@@ -138,8 +146,17 @@ def main(argv):
           + (", with GAN" if _GAN.value else ""))
     print(report.markdown_table(list(row), [list(row.values())], "r" * len(row)))
     return
+  if argv[1:] == ["versus-slotcon"]:
+    from sgc_jax import bench_versus
+    about, header, rows = bench_versus.versus(
+        _OFFICIAL.value, _CONFIG.value or bench_versus.default_config(), _BATCH.value,
+        _STEPS.value)
+    print(f"\n{about}")
+    print(report.markdown_table(header, rows, "l" * 5 + "r" * (len(header) - 5)))
+    return
   if argv[1:] != ["data"]:
-    raise app.UsageError("usage: python -m sgc_jax.bench data|train|comms [flags]")
+    raise app.UsageError(
+        "usage: python -m sgc_jax.bench data|train|comms|versus-slotcon [flags]")
   rows = bench_data()
   print(f"\ninput pipeline on {jax.devices()[0].platform}, "
         f"{jax.device_count()} device(s)")

@@ -153,3 +153,19 @@ def test_a_contrast_capacity_holding_every_slot_gives_the_dense_loss(data_dir, s
   assert int(losses[64]["slots_over_capacity"]) == 0
   assert int(losses[3]["slots_over_capacity"]) > 0
   assert float(losses[3]["loss/contrast"]) != pytest.approx(float(losses[0]["loss/contrast"]))
+
+
+@pytest.mark.slow  # three short runs: 2 to 4 minutes on 2 cores
+def test_resume_is_exact(data_dir, tmp_path):
+  """Photometric views, the teacher's EMA and the centre all resume bit-exactly:
+  a run resumed from its step-2 checkpoint ends where the straight run does."""
+  import shutil
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  config = tiny_slotcon_config(data_dir)
+  train.train_and_evaluate(config, straight)
+  shutil.copytree(straight, resumed)
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "4"))
+  assert train.train_and_evaluate(config, resumed)["step"] == 4
+  states = [loop.restore_latest(slotcon.SlotConMethod, config, w)[2] for w in (straight, resumed)]
+  for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
