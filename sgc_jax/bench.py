@@ -148,9 +148,9 @@ def main(argv):
     return
   if argv[1:] == ["versus-slotcon"]:
     from sgc_jax import bench_versus
-    about, header, rows = bench_versus.versus(
-        _OFFICIAL.value, _CONFIG.value or bench_versus.default_config(), _BATCH.value,
-        _STEPS.value)
+    config = bench_versus.default_config() if _CONFIG.value is None else _CONFIG.value
+    about, header, rows = bench_versus.versus(_OFFICIAL.value, config, _BATCH.value,
+                                              _STEPS.value)
     print(f"\n{about}")
     print(report.markdown_table(header, rows, "l" * 5 + "r" * (len(header) - 5)))
     return

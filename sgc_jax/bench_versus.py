@@ -119,9 +119,10 @@ def official_args(config, batch_size: int) -> argparse.Namespace:
       # main_pretrain.py's lr is batch_size * world_size / 256 * base_lr: ours.
       base_lr=opt.learning_rate * 256 / batch_size, weight_decay=opt.weight_decay,
       momentum=opt.momentum, eta=opt.trust_coefficient, optimizer="lars",
-      warmup_epoch=opt.warmup_steps,
-      # GradualWarmupScheduler starts at lr / multiplier.
-      warmup_multiplier=max(2, round(1 / start)) if start > 0 else 100)
+      warmup_epoch=opt.warmup_steps if start < 1 else 0,
+      # GradualWarmupScheduler starts at lr / multiplier (which must be > 1); a
+      # warm-up from 0 is approached by a large one.
+      warmup_multiplier=max(2, round(1 / start)) if start > 0 else 10**6)
 
 
 def cpu_description(cpuinfo: str) -> tuple[str, str]:

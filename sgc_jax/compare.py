@@ -53,7 +53,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   runs = read_runs(args.workdirs)
   steps = sorted({r["step"] for r in runs.values()})
-  images = sorted({int(r["images"]) for r in runs.values()})
+  images = sorted({int(r["images"]) for r in runs.values() if "images" in r})
   body = (f"Step {'/'.join(map(str, steps))}, {'/'.join(map(str, images))} validation "
           "images each.\n\n" + table(runs))
   print(body)

@@ -117,7 +117,8 @@ def test_trains_resumes_evaluates_and_exports_through_the_core(data_dir, scenes6
   metrics = train.train_and_evaluate(config, workdir)
   assert metrics["step"] == 4 and np.isfinite(metrics["loss/total"])
   assert 0 < metrics["val/hungarian_miou"] <= 1 and 0 < metrics["val/majority_pixel_accuracy"] <= 1
-  assert os.path.exists(os.path.join(workdir, "images", "segments_0000004.png"))
+  for name in ("segments", "unit_maps"):
+    assert os.path.exists(os.path.join(workdir, "images", f"{name}_0000004.png"))
   results = eval_checkpoint.evaluate_checkpoint(config, workdir)
   assert results["method"] == "slotcon" and 0 < results["probe_miou"] <= 1
   untrained = eval_checkpoint.evaluate_checkpoint(config, str(tmp_path / "init"), initial=True)

@@ -21,9 +21,10 @@ class Codebook(Evaluator):
     return len(context.units.vectors)
 
   def batch_sums(self, predictions, batch, constants, num_units):
-    return {"usage": unit_usage(predictions["indices"], batch["mask"].astype(jnp.float32),
-                                num_units)}
+    weight = batch["mask"].astype(jnp.float32)
+    return {"usage": unit_usage(predictions["indices"], weight, num_units),
+            "images": weight.sum()}
 
   def finish(self, totals, state, context):
     context.shared["usage"] = totals["usage"]
-    return metrics.codebook_statistics(totals["usage"])
+    return {"images": float(totals["images"]), **metrics.codebook_statistics(totals["usage"])}

@@ -1,8 +1,10 @@
-"""PNGs of the first `num_examples` evaluation images: input | reconstruction
-(methods that reconstruct) | true classes | the method's semantic map (rows), every `every` steps; in
-`--mode=eval` also the units' usage histogram and a PCA of the unit vectors,
-coloured by class. Semantic maps: the method's `semantic` prediction, else the
-classes the segmentation evaluator of the same step gave the units, else none."""
+"""PNGs of the first `num_examples` evaluation images, every `every` steps:
+rows of input | reconstruction (methods that reconstruct) | true classes | the
+method's semantic map; for methods that do not reconstruct, `unit_maps` too
+(each token coloured by its unit: SlotCon's slot maps). In `--mode=eval` also
+the units' usage histogram and a PCA of the unit vectors, coloured by class.
+Semantic maps: the method's `semantic` prediction, else the classes the
+segmentation evaluator of the same step gave the units, else none."""
 
 from __future__ import annotations
 
@@ -53,6 +55,13 @@ class Pictures(Evaluator):
       pictures["codes_pca"] = np.concatenate([  # grey: unused units
           viz.scatter(_pca(vectors, used), np.where(used, unit_class, -1), num_classes),
           viz.legend(method.class_names, 400)])
+    if context.units is not None and "reconstruction" not in predictions:
+      # Slot maps: each token coloured by its unit (prototype), as SlotCon shows them.
+      indices = np.asarray(predictions["indices"])
+      factor = images.shape[1] // indices.shape[1]
+      maps = np.repeat(np.repeat(indices, factor, 1), factor, 2)
+      pictures["unit_maps"] = viz.grid([[viz.to_uint8(x), viz.colour_classes(m, len(
+          context.units.vectors))] for x, m in zip(images, maps)])
     for name, image in pictures.items():
       context.write_image(name, image)
     return {}

@@ -1,0 +1,89 @@
+"""`bench versus-slotcon`'s own pieces, without PyTorch or the official checkout
+(neither is in CI): the official model's `args` from our config, the CPU line,
+the errors before anything runs, and the roi_align stand-in where torch is."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import slotcon_scenes
+from sgc_jax import bench_versus
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz
+flags\t\t: fpu vme sse sse2 avx avx2 fma avx512f avx512dq
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz
+flags\t\t: fpu vme sse sse2 avx avx2 fma avx512f avx512dq
+"""
+
+
+def test_the_official_args_come_from_our_config():
+  config = bench_versus.like_for_like(slotcon_scenes.get_config("size=64,steps=300"))
+  assert tuple(config.model.dilation) == (False, False, False)
+  assert config.model.contrast_capacity == 0
+  args = bench_versus.official_args(config, batch_size=16)
+  assert set(bench_versus.OFFICIAL_MODEL_FIELDS) <= set(vars(args))
+  m = config.model
+  assert (args.arch, args.dim_hidden, args.dim_out, args.num_prototypes) == (
+      "resnet18", m.dim_hidden, m.dim_out, m.num_prototypes)
+  for field in ("teacher_momentum", "teacher_temp", "student_temp", "center_momentum",
+                "group_loss_weight"):
+    assert getattr(args, field) == m[field]
+  # The official momentum schedule's K and k (SlotCon.__init__): K = our steps.
+  assert int(args.num_instances / args.world_size / args.batch_size * args.epochs) == 300
+  assert int(args.num_instances / args.world_size / args.batch_size * (args.start_epoch - 1)) == 0
+  # main_pretrain.build_model's learning rate is ours; warm-up from lr / 100 over ours.
+  lr = args.batch_size * args.world_size / 256 * args.base_lr
+  assert lr == pytest.approx(config.optimizer.learning_rate)
+  assert (args.warmup_epoch, args.warmup_multiplier) == (config.optimizer.warmup_steps, 100)
+  assert (args.weight_decay, args.momentum, args.eta) == (1e-5, 0.9, 1e-3)
+
+
+def test_cpu_model_and_simd_flags_from_cpuinfo():
+  assert bench_versus.cpu_description(CPUINFO) == (
+      "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", "avx2 avx512f")
+  assert bench_versus.cpu_description("model name : Old\nflags : sse2 avx\n") == (
+      "Old", "neither avx2 nor avx512f")
+  assert bench_versus.cpu_description("") == ("unknown CPU", "neither avx2 nor avx512f")
+
+
+def test_a_missing_or_wrong_checkout_is_one_line(tmp_path):
+  with pytest.raises(SystemExit, match=r"needs --official=PATH") as missing:
+    bench_versus.check_official(None)
+  with pytest.raises(SystemExit, match=r"not a SlotCon checkout: no models/slotcon.py"):
+    bench_versus.check_official(str(tmp_path))
+  (tmp_path / "models").mkdir()
+  (tmp_path / "utils").mkdir()
+  for name in bench_versus.OFFICIAL_FILES:
+    (tmp_path / name).write_text("")
+  assert bench_versus.check_official(str(tmp_path)) == str(tmp_path)
+  assert "\n" not in str(missing.value.code)
+
+
+def test_the_subcommand_without_official_prints_one_error_line():
+  done = subprocess.run([sys.executable, "-m", "sgc_jax.bench", "versus-slotcon"],
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines() == [
+      "versus-slotcon needs --official=PATH, a checkout of https://github.com/CVMI-Lab/SlotCon"]
+
+
+def test_roi_align_stand_in_matches_ours():
+  torch = pytest.importorskip("torch")
+  import jax.numpy as jnp
+  from sgc_jax.models.roi_align import roi_align
+  boxes = np.array([[0.0, 0.0, 7.0, 5.0], [1.2, 0.7, 5.9, 4.4], [-2.3, -1.7, 4.1, 3.2],
+                    [3.5, 2.2, 9.6, 7.9], [5.0, 4.0, 2.0, 1.0]], np.float32)  # last: empty
+  x = np.random.default_rng(0).normal(size=(len(boxes), 3, 5, 7)).astype(np.float32)
+  expected = np.asarray(roi_align(jnp.asarray(x.transpose(0, 2, 3, 1)), jnp.asarray(boxes),
+                                  (5, 7), aligned=True, max_samples=(4, 4)))
+  rois = torch.cat([torch.arange(len(boxes), dtype=torch.float32)[:, None],
+                    torch.from_numpy(boxes)], 1)
+  got = bench_versus.roi_align_torch(torch.from_numpy(x), rois, (5, 7), aligned=True)
+  np.testing.assert_allclose(got.numpy().transpose(0, 2, 3, 1), expected, atol=1e-5)
