@@ -287,7 +287,8 @@ def plain_batch_norm(module, notes: list[str] | None = None):
 class Official:
   """The official model, LARS and scheduler in a one-process gloo group."""
 
-  def __init__(self, path: str, config, batch_size: int, threads: int):
+  def __init__(self, path: str, config, images, threads: int):
+    """images: [B, 2, H, W, 3] float32, the two views (ours' layout)."""
     import torch
     import torch.distributed as dist
     self.torch = torch
@@ -302,6 +303,7 @@ class Official:
     resnet = _load(path, "models/resnet.py", "slotcon_official_models_resnet")
     lars = _load(path, "utils/lars.py", "slotcon_official_utils_lars")
     schedulers = _load(path, "utils/lr_scheduler.py", "slotcon_official_utils_lr_scheduler")
+    batch_size = images.shape[0]
     self.args = args = official_args(config, batch_size)
     torch.manual_seed(config.seed)
     self.model = plain_batch_norm(slotcon.SlotCon(resnet.__dict__[args.arch], args), self.notes)
@@ -312,11 +314,9 @@ class Official:
     with warnings.catch_warnings():  # the schedulers' own notes on their first step
       warnings.simplefilter("ignore")
       self.scheduler = schedulers.get_scheduler(self.optimizer, 1, args)
-    size = config.data.image_size
-    generator = torch.Generator().manual_seed(0)
-    crops = [torch.rand(batch_size, 3, size, size, generator=generator) * 2 - 1
-             for _ in range(2)]
-    # Identical views: each one's overlap is the whole crop, nothing flipped.
+    crops = [torch.from_numpy(images[:, v].transpose(0, 3, 1, 2).copy()) for v in range(2)]
+    # Ours' boxes: the views are the whole image (their overlap: the whole
+    # crop), nothing flipped.
     coords = [torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(batch_size, 1) for _ in range(2)]
     flags = [torch.zeros(batch_size, dtype=torch.bool) for _ in range(2)]
     self.batch = (crops, coords, flags)
@@ -356,6 +356,13 @@ class Ours:
     self.trainer = trainer = synthetic.make_trainer(config)
     self.state = trainer.create_train_state(config.seed)
     host = synthetic.synthetic_batch(config, batch_size, 10)
+    # Two identical views (their boxes are the whole image already): as
+    # overlapping crops, the student's and the teacher's slots then mostly
+    # agree, so the slot contrast has its usual rows; independent noise views
+    # leave it almost none (and the official predictor's batch norm can then
+    # see a single row, which it refuses).
+    host["image"][:, 1] = host["image"][:, 0]
+    self.images = host["image"]  # the official side is fed the same pixels
     self.batch = jax.tree.map(
         lambda x: jax.device_put(x, sharding.batch_sharding(trainer.mesh)), host)
     start = time.perf_counter()
@@ -402,7 +409,7 @@ def versus(official_path: str | None, config, batch_size: int, steps: int,
   config = like_for_like(config)
   threads = available_cores()
   ours = Ours(config, batch_size)
-  theirs = Official(path, config, batch_size, threads)
+  theirs = Official(path, config, ours.images, threads)
   try:
     for side in (ours, theirs):
       _timed(side, WARMUP_STEPS)
@@ -411,6 +418,15 @@ def versus(official_path: str | None, config, batch_size: int, steps: int,
       times["ours"].append(_timed(ours, steps))
       times["official"].append(_timed(theirs, steps))
     losses = (ours.loss, theirs.loss)
+  except ValueError as e:
+    if "more than 1 value per channel" not in str(e):
+      raise
+    side = -(-config.data.image_size // 32)  # the stride of an undilated ResNet
+    raise VersusError(
+        f"the official step failed: its slot predictor's BatchNorm1d got a single slot "
+        f"pair ({str(e).splitlines()[0]}); at {config.data.image_size} px its encoder "
+        f"map is {side} x {side}, where one valid pair per batch is likely: use a "
+        f"larger image size or batch") from None
   finally:
     theirs.close()
   images = batch_size * config.data.num_views  # views count, as `bench train`
