@@ -9,16 +9,20 @@ from jax import lax
 from sgc_jax.models import conv
 
 
-@pytest.mark.parametrize("kernel, stride, padding", [
-    (3, 1, ((1, 1), (1, 1))),
-    (1, 1, ((0, 0), (0, 0))),
-    (3, 2, ((0, 1), (0, 1))),  # the VQGAN downsampling
-    (4, 2, ((1, 1), (1, 1))),  # the PatchGAN discriminator
-    (4, 1, ((1, 1), (1, 1))),
+@pytest.mark.parametrize("kernel, stride, padding, size", [
+    (3, 1, ((1, 1), (1, 1)), (9, 10)),
+    # Maps of at most IM2COL_MAX_PIXELS outputs: one GEMM over the taps.
+    (3, 1, ((1, 1), (1, 1)), (2, 2)),
+    (3, 2, ((1, 1), (1, 1)), (3, 4)),  # a ResNet's strided 3x3 onto a 2x2 map
+    (3, 1, ((1, 1), (1, 1)), (1, 1)),
+    (1, 1, ((0, 0), (0, 0)), (9, 10)),
+    (3, 2, ((0, 1), (0, 1)), (9, 10)),  # the VQGAN downsampling
+    (4, 2, ((1, 1), (1, 1)), (9, 10)),  # the PatchGAN discriminator
+    (4, 1, ((1, 1), (1, 1)), (9, 10)),
 ])
-def test_gradients_equal_xla(kernel, stride, padding):
+def test_gradients_equal_xla(kernel, stride, padding, size):
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(2, 9, 10, 5)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(2, *size, 5)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(kernel, kernel, 5, 7)), jnp.float32)
   dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
   strides = (stride, stride)
