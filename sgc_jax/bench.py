@@ -35,7 +35,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from sgc_jax import logs, report, synthetic
+from sgc_jax import config_lib, logs, report, synthetic
 from sgc_jax.core import sharding
 from sgc_jax.data import pipeline, sources
 
@@ -72,6 +72,7 @@ def bench_data() -> list[tuple]:
 
 
 def bench_train(config, batch_size: int, steps: int, with_gan: bool, num_classes: int = 10):
+  """(the table row of the config's train step, the method's summary)."""
   trainer = synthetic.make_trainer(config, num_classes)
   mesh = trainer.mesh
   state = trainer.create_train_state(config.seed)
@@ -99,10 +100,11 @@ def bench_train(config, batch_size: int, steps: int, with_gan: bool, num_classes
   peak = (getattr(memory, "temp_size_in_bytes", 0) + getattr(memory, "argument_size_in_bytes", 0)
           + getattr(memory, "output_size_in_bytes", 0)) if memory is not None else 0
   params = sum(x.size for x in jax.tree.leaves(state.params))
-  return {"images/s": images / seconds, "ms/step": 1000 * seconds,
-          "compile s": compile_seconds, "peak MiB": peak / 2**20,
-          "params M": params / 1e6, "GFLOP/image": flops / images / 1e9,
-          "GFLOP/s": flops / seconds / 1e9}
+  row = {"images/s": images / seconds, "ms/step": 1000 * seconds,
+         "compile s": compile_seconds, "peak MiB": peak / 2**20,
+         "params M": params / 1e6, "GFLOP/image": flops / images / 1e9,
+         "GFLOP/s": flops / seconds / 1e9}
+  return row, trainer.summary()
 
 
 def bench_comms(config, batch_size: int) -> dict:
@@ -131,17 +133,17 @@ def main(argv):
       raise app.UsageError("comms needs --config")
     row = bench_comms(_CONFIG.value, _BATCH.value)
     print(f"\ncollectives of one train step (its first phase), batch {_BATCH.value}, "
-          f"{_CONFIG.value.get('method', 'sgc_vqgan')}")
+          f"{config_lib.method_name(_CONFIG.value)}")
     print(report.markdown_table(list(row), [list(row.values())], "r" * len(row)))
     return
   if argv[1:] == ["train"]:
     if _CONFIG.value is None:
       raise app.UsageError("train needs --config")
     config = _CONFIG.value
-    row = bench_train(config, _BATCH.value, _STEPS.value, _GAN.value)
-    about = ", ".join(f"{k} {v}" for k, v in synthetic.make_trainer(config).summary().items())
+    row, summary = bench_train(config, _BATCH.value, _STEPS.value, _GAN.value)
+    about = ", ".join(f"{k} {v}" for k, v in summary.items())
     print(f"\ntrain step on {jax.devices()[0].platform} ({jax.device_count()} device(s)), "
-          f"{config.get('method', 'sgc_vqgan')}{', ' + about if about else ''}, batch "
+          f"{config_lib.method_name(config)}{', ' + about if about else ''}, batch "
           f"{_BATCH.value} x {config.data.num_views} views, {config.model.dtype}"
           + (", with GAN" if _GAN.value else ""))
     print(report.markdown_table(list(row), [list(row.values())], "r" * len(row)))

@@ -11,6 +11,12 @@ class ConfigError(ValueError):
   """A config field has a bad value; the message names the field."""
 
 
+def method_name(config) -> str:
+  """`config.method` of a config (or of its JSON dict); configs written before
+  there were several methods name none: SGC-VQGAN's."""
+  return config.get("method", None) or "sgc_vqgan"
+
+
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   """'quantizer=sgc,size=128' -> ConfigDict over `defaults`, values typed like them."""
   result = ml_collections.ConfigDict(defaults)

@@ -101,8 +101,7 @@ def restore_newest(method: Method, mgr, with_data: bool = True):
 def _check_same_state_config(saved: dict, method: Method, step: int):
   now = json.loads(method.config.to_json())
   differ = []
-  # Checkpoints written before there were several methods name none: SGC-VQGAN's.
-  saved_method, now_method = saved.get("method") or "sgc_vqgan", now.get("method") or "sgc_vqgan"
+  saved_method, now_method = config_lib.method_name(saved), config_lib.method_name(now)
   if saved_method != now_method:
     differ.append(f"method: {saved_method!r} in the checkpoint, {now_method!r} now")
   if not differ:
@@ -192,9 +191,9 @@ def _train(method_class: type[Method], config: ml_collections.ConfigDict, workdi
       writer.progress(1, {label: metrics[key] for label, key in method.progress.items()})
       due = [e for e in evaluation if e.due(step, config.total_steps)]
       if due:
+        variables = method.eval_variables(state)
         results = evaluators.run(due, evaluators.Context(
-            method, method.eval_variables(state), method.units(method.eval_variables(state)),
-            dataset, config, step, final=False,
+            method, variables, method.units(variables), dataset, config, step, final=False,
             write_image=lambda name, image: writer.image(step, name, image, workdir)))
         eval_metrics = {f"val/{k}": v for k, v in results.items() if v is not None}
         if eval_metrics:

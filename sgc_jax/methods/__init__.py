@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sgc_jax.config_lib import ConfigError, resolve
+from sgc_jax.config_lib import ConfigError, method_name, resolve  # noqa: F401 (re-exported)
 
 # name -> "module:class"; a method outside sgc_jax registers with `register`.
 _REGISTRY = {"sgc_vqgan": "sgc_jax.methods.sgc_vqgan:SGCVQGANMethod",
@@ -24,7 +24,3 @@ def get(name: str):
     raise ConfigError(f"config.method={name!r}: no such method (known: {', '.join(names())})")
   return resolve(_REGISTRY[name])
 
-
-def method_name(config) -> str:
-  """`config.method`; configs written before there were several name none."""
-  return config.get("method", None) or "sgc_vqgan"

@@ -64,8 +64,8 @@ def _bn(train: bool, *, dtype, name: str, zero: bool = False) -> nn.BatchNorm:
                       scale_init=nn.initializers.zeros if zero else nn.initializers.ones)
 
 
-class BasicBlock(nn.Module):
-  """3x3 (stride) -> 3x3, plus the shortcut; `planes` output channels."""
+class _Block(nn.Module):
+  """The fields both residual blocks take."""
   planes: int
   stride: int = 1
   dilation: int = 1
@@ -73,6 +73,9 @@ class BasicBlock(nn.Module):
   zero_init_residual: bool = True
   dtype: Any = jnp.float32
 
+
+class BasicBlock(_Block):
+  """3x3 (stride) -> 3x3, plus the shortcut; `planes` output channels."""
   expansion: ClassVar[int] = 1
 
   @nn.compact
@@ -85,15 +88,8 @@ class BasicBlock(nn.Module):
     return nn.relu(out + _shortcut(self, x, train))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
   """1x1 -> 3x3 (stride, dilation) -> 1x1 to 4·planes, plus the shortcut."""
-  planes: int
-  stride: int = 1
-  dilation: int = 1
-  downsample: bool = False
-  zero_init_residual: bool = True
-  dtype: Any = jnp.float32
-
   expansion: ClassVar[int] = 4
 
   @nn.compact

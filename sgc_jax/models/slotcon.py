@@ -62,66 +62,54 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   return x * lax.rsqrt(jnp.maximum(sq, eps * eps))
 
 
-def _head(x, make_layer, *, use_bn, nlayers, hidden_dim, bottleneck_dim, train, mask,
-          dtype):
-  """(layer → BN → GELU) × (nlayers - 1), then layer → bottleneck."""
-  nlayers = max(nlayers, 1)
-  widths = [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
-  if mask is not None:
-    mask = jnp.asarray(mask, bool)[..., None]
-  for i, width in enumerate(widths):
-    x = make_layer(width, i)(x)
-    if i < nlayers - 1:
-      if use_bn:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         use_fast_variance=False, dtype=dtype, name=f"bn_{i}")(x, mask=mask)
-      x = nn.gelu(x, approximate=False)
-  return x
+class _Head(nn.Module):
+  """(layer → BN → GELU) × (nlayers - 1), then layer → bottleneck. The heads
+  below differ in the layer only: each defines `_layer(width, index)`."""
+  use_bn: bool = True
+  nlayers: int = 3
+  hidden_dim: int = 4096
+  bottleneck_dim: int = 256
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, mask: jax.Array | None = None):
+    nlayers = max(self.nlayers, 1)
+    widths = [self.hidden_dim] * (nlayers - 1) + [self.bottleneck_dim]
+    if mask is not None:
+      mask = jnp.asarray(mask, bool)[..., None]
+    for i, width in enumerate(widths):
+      x = self._layer(width, i)(x)
+      if i < nlayers - 1:
+        if self.use_bn:
+          x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                           use_fast_variance=False, dtype=self.dtype, name=f"bn_{i}")(x, mask=mask)
+        x = nn.gelu(x, approximate=False)
+    return x
 
 
-class DINOHead(nn.Module):
+class DINOHead(_Head):
   """The official MLP head over vectors [..., in_dim] -> [..., bottleneck_dim].
 
   `mask` [...] (optional) picks the rows the BatchNorm statistics are taken over
   in train mode: the official predictor runs on the selected slots only.
   """
-  use_bn: bool = True
-  nlayers: int = 3
-  hidden_dim: int = 4096
-  bottleneck_dim: int = 256
-  dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x, train: bool = False, mask: jax.Array | None = None):
-    def make_layer(width, i):
-      return nn.Dense(width, dtype=self.dtype, kernel_init=_trunc_normal(),
-                      bias_init=nn.initializers.zeros, name=f"linear_{i}")
-    return _head(x, make_layer, use_bn=self.use_bn, nlayers=self.nlayers,
-                 hidden_dim=self.hidden_dim, bottleneck_dim=self.bottleneck_dim,
-                 train=train, mask=mask, dtype=self.dtype)
+  def _layer(self, width, index):
+    return nn.Dense(width, dtype=self.dtype, kernel_init=_trunc_normal(),
+                    bias_init=nn.initializers.zeros, name=f"linear_{index}")
 
 
-class DINOHead2d(nn.Module):
+class DINOHead2d(_Head):
   """The official head with 1x1 convolutions: [B, H, W, in_dim] -> [B, H, W, bottleneck_dim].
 
   BatchNorm statistics are over (B, H, W), as BatchNorm2d; `mask` [B, H, W] as in
   `DINOHead`.
   """
-  use_bn: bool = True
-  nlayers: int = 3
-  hidden_dim: int = 4096
-  bottleneck_dim: int = 256
-  dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x, train: bool = False, mask: jax.Array | None = None):
-    def make_layer(width, i):
-      return nn.Conv(width, (1, 1), padding=0, dtype=self.dtype, kernel_init=_trunc_normal(),
-                     bias_init=nn.initializers.zeros, name=f"conv_{i}",
-                     conv_general_dilated=conv_lib.conv_general_dilated)
-    return _head(x, make_layer, use_bn=self.use_bn, nlayers=self.nlayers,
-                 hidden_dim=self.hidden_dim, bottleneck_dim=self.bottleneck_dim,
-                 train=train, mask=mask, dtype=self.dtype)
+  def _layer(self, width, index):
+    return nn.Conv(width, (1, 1), padding=0, dtype=self.dtype, kernel_init=_trunc_normal(),
+                   bias_init=nn.initializers.zeros, name=f"conv_{index}",
+                   conv_general_dilated=conv_lib.conv_general_dilated)
 
 
 class SemanticGrouping(nn.Module):
