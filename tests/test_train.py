@@ -186,8 +186,8 @@ def test_sigterm_in_the_first_compile_and_kill_9_in_a_save_both_resume(data_dir,
       time.sleep(0.2)
     raise AssertionError(process.stdout.read()[-3000:])
 
-  # The metrics file opens just before the SIGTERM handler is set and the loop
-  # starts: one second later the first step is compiling (it takes longer).
+  # The metrics file opens just after the SIGTERM handler is set, before the
+  # loop starts: one second later the first step is compiling (it takes longer).
   process = start_and_wait_for(0)
   time.sleep(1.0)
   assert metrics_file.read_text() == ""

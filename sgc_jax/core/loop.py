@@ -164,9 +164,10 @@ def _train(method_class: type[Method], config: ml_collections.ConfigDict, workdi
   else:
     state = method.initial_state(method.create_train_state(config.seed))
   step = int(state.step)
-  writer = report.Writer(workdir, config.total_steps, step)
   evaluation = evaluators.create(config)
+  # The handler before the metrics file opens: a SIGTERM from then on is a clean stop.
   preemption = Preemption()
+  writer = report.Writer(workdir, config.total_steps, step)
   compiled = {}
   metrics: dict[str, float] = {}
   last_saved = latest
