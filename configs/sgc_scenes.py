@@ -94,6 +94,7 @@ def get_config(arg=None):
       type="segmentation", every=every,
       label_threshold=config.model.codebook.get_ref("label_threshold"),
       probe_images=2000,  # training images whose tokens train the linear probe
-      probe_steps=500, probe_in_training=False)
+      probe_steps=500, probe_in_training=False,
+      feature_tokens=100_000)  # of a method's dense features: what k-means and probe fit
   config.evals.pictures = dict(type="pictures", every=60, num_examples=8)
   return config

@@ -26,7 +26,12 @@ TABLE = (("psnr", "PSNR (dB)", ".2f"), ("ssim", "SSIM", ".3f"), ("l1", "L1", ".4
          ("hungarian_pixel_accuracy", "Hungarian pixel accuracy", ".3f"),
          ("majority_miou", "many-to-one mIoU (unit's majority class)", ".3f"),
          ("majority_pixel_accuracy", "many-to-one pixel accuracy", ".3f"),
-         ("probe_miou", "linear-probe mIoU", ".3f"))
+         ("probe_miou", "linear-probe mIoU", ".3f"),
+         ("feature_hungarian_miou", "features: k-means Hungarian mIoU", ".3f"),
+         ("feature_hungarian_pixel_accuracy", "features: k-means Hungarian pixel accuracy",
+          ".3f"),
+         ("feature_probe_miou", "features: linear-probe mIoU", ".3f"),
+         ("feature_probe_pixel_accuracy", "features: linear-probe pixel accuracy", ".3f"))
 
 
 def format_value(value, spec: str) -> str:

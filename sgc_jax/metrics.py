@@ -202,11 +202,21 @@ def _squared_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
 def kmeans(points: np.ndarray, num_clusters: int, weights: np.ndarray | None = None,
            iterations: int = 50, seed: int = 0) -> np.ndarray:
   """Weighted k-means (k-means++ seeding, Lloyd steps) -> cluster of each point."""
+  return _lloyd(points, num_clusters, weights, iterations, seed)[0]
+
+
+def kmeans_centres(points: np.ndarray, num_clusters: int, weights: np.ndarray | None = None,
+                   iterations: int = 50, seed: int = 0) -> np.ndarray:
+  """The [num_clusters, D] centres of `kmeans`."""
+  return _lloyd(points, num_clusters, weights, iterations, seed)[1]
+
+
+def _lloyd(points, num_clusters, weights, iterations, seed):
   points = np.asarray(points, np.float64)
   n = points.shape[0]
   weights = np.ones(n) if weights is None else np.asarray(weights, np.float64)
   if num_clusters >= n:
-    return np.arange(n)
+    return np.arange(n), points
   rng = np.random.default_rng(seed)
   seeding = np.where(weights > 0, weights, 1e-12)
   centres = [points[rng.choice(n, p=seeding / seeding.sum())]]
@@ -226,4 +236,4 @@ def kmeans(points: np.ndarray, num_clusters: int, weights: np.ndarray | None = N
       members = assignment == k
       if (weights[members] > 0).any():
         centres[k] = np.average(points[members], axis=0, weights=weights[members])
-  return assignment
+  return assignment, centres

@@ -197,7 +197,7 @@ def test_converted_teacher_and_predictor_match_numpy_forwards(sd, converted):
   assert encoded.shape == (2, 4, 4, 512)  # stride 8: layers 3 and 4 dilated
   projected = _np_head(sd, "module.projector_k", encoded)
   want_slots, want_dots = _np_grouping(projected, sd["module.grouping_k.slot_embed.weight"])
-  _close(features, projected)
+  _close(features, encoded)
   _close(dots, want_dots)
   _close(slots, want_slots)
 

@@ -119,8 +119,8 @@ class ToyMethod(Method):
     return {"params": state.params}
 
   def predict(self, variables, images):
-    _, indices = self.net.apply(variables, images, method=ToyNet.encode)
-    return {"indices": indices,
+    z, indices = self.net.apply(variables, images, method=ToyNet.encode)
+    return {"indices": indices, "features": z,
             "reconstruction": self.net.apply(variables, indices, method=ToyNet.decode)}
 
   def units(self, variables):
@@ -263,6 +263,13 @@ def test_eval_mode_evaluates_the_toy(toy_run):
   assert saved["psnr"] == pytest.approx(metrics["val/psnr"], abs=1e-4)
   assert saved["token_purity"] is None and saved["zero_shot_miou"] is None  # units w/o class
   assert 0 < saved["probe_miou"] <= 1 and 0 < saved["hungarian_miou"] <= 1
+  # Its dense features (the encoder's z) through k-means + Hungarian and a probe.
+  for key in ("feature_hungarian_miou", "feature_hungarian_pixel_accuracy",
+              "feature_probe_miou", "feature_probe_pixel_accuracy"):
+    assert 0 < saved[key] <= 1, key
+  # In training (no probes due) the feature metrics are not computed.
+  lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [l.get("val/feature_probe_miou") for l in lines if "val/psnr" in l] == [None, None]
   for name in ("reconstructions", "codebook_usage", "codes_pca"):
     assert os.path.exists(os.path.join(workdir, "eval", f"{name}.png")), name
 

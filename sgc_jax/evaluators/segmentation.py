@@ -14,7 +14,17 @@ pixel classes under every unit (a [K, C] co-occurrence matrix; no second pass):
     classifier on the frozen unit vectors of `probe_images` training images.
     A token's feature is its unit's vector, so training on every token is a
     weighted logistic regression over the K units with the [K, C] token
-    counts of the training subset as weights.
+    counts of the training subset as weights;
+  - when the probes are due and the method's predictions hold dense
+    `features` [B, g, g, D] (its encoder's, before any grouping), the
+    protocol of unsupervised segmentation on those features, fitted on about
+    `feature_tokens` tokens drawn uniformly from the same training images and
+    applied to the evaluation split: k-means of the L2-normalised features into
+    C clusters (cosine), matched one to one to classes, no label in the fit
+    (feature Hungarian mIoU and pixel accuracy), and a linear probe on the
+    standardised features, trained on the tokens' labels (feature probe mIoU
+    and pixel accuracy). A method and a randomly initialised copy of it compare
+    on exactly this.
 Leaves `unit_class` (each unit's class for semantic maps: its own, else the
 matched cluster's) and `usage` for the pictures.
 """
@@ -36,6 +46,22 @@ from sgc_jax.models import codebook as codebook_lib
 
 class Segmentation(Evaluator):
 
+  def __init__(self, name: str, options: dict):
+    super().__init__(name, options)
+    self._dense_methods = {}  # id(method) -> whether its predictions hold `features`
+
+  def _fits_probes(self, context) -> bool:
+    return context.final or bool(self.options.get("probe_in_training"))
+
+  def _dense(self, context) -> bool:
+    method = context.method
+    if id(method) not in self._dense_methods:
+      size = context.config.data.image_size
+      self._dense_methods[id(method)] = "features" in jax.eval_shape(
+          method.predict, context.variables,
+          jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+    return self._dense_methods[id(method)]
+
   def static(self, context):
     if context.units is None:
       raise ConfigError(f"config.evals.{self.name}: method {context.method.name!r} has no "
@@ -43,10 +69,28 @@ class Segmentation(Evaluator):
     if not context.method.num_classes:
       raise ConfigError(f"config.evals.{self.name}: the data set has no segmentation labels")
     return (len(context.units.vectors), context.method.num_classes,
-            self.options["label_threshold"])
+            self.options["label_threshold"],
+            self._fits_probes(context) and self._dense(context))
+
+  def start(self, context):
+    """When the probes are due: their pass over the first `probe_images`
+    training images, which gives the unit probe's token counts and fits the
+    dense features' k-means centres and probe."""
+    if not self._fits_probes(context):
+      return None
+    static = self.static(context)
+    fit = _ProbeFit(self, static, context.config.seed)
+    train = pipeline.head(context.dataset.split(context.config.data.train_split),
+                          self.options["probe_images"])
+    totals = split_pass(context.method, context.variables, train, context.config,
+                        [(fit, None, static)])
+    return fit.result(totals[fit.name]["tokens"])
+
+  def constants(self, state):
+    return None if state is None else state.get("dense")
 
   def batch_sums(self, predictions, batch, constants, static, tokens_only: bool = False):
-    num_units, num_classes, label_threshold = static
+    num_units, num_classes, label_threshold, dense = static
     indices = predictions["indices"]
     grid = indices.shape[1]
     weight = batch["mask"].astype(jnp.float32)
@@ -62,6 +106,12 @@ class Segmentation(Evaluator):
     if "posterior" in predictions:  # [C predicted, C true] pixels of argmax_c p(c|z)
       out["posterior_pixels"] = metrics.code_class_cooccurrence(
           predictions["posterior"], pixel_counts, num_classes, weight)
+    if dense:  # the same for the feature clusters and the feature probe
+      features = predictions["features"].astype(jnp.float32)
+      out["feature_cluster_pixels"] = metrics.code_class_cooccurrence(
+          nearest_centre(features, constants["centres"]), pixel_counts, num_classes, weight)
+      out["feature_probe_pixels"] = metrics.code_class_cooccurrence(
+          probe_classes(constants["probe"], features), pixel_counts, num_classes, weight)
     return out
 
   def finish(self, totals, state, context):
@@ -92,37 +142,82 @@ class Segmentation(Evaluator):
     if unit_class is None:  # semantic maps of units without a class: the matched clusters
       matching = metrics.hungarian_match(cluster_confusion)
       unit_class = np.where(matching[clusters] >= 0, matching[clusters], num_classes)
-    results["probe_miou"] = None
-    if context.final or self.options.get("probe_in_training"):
-      results["probe_miou"] = metrics.mean_iou(metrics.confusion_from_assignment(
-          pixels, self._probe(context), num_classes))
+    results.update(probe_miou=None, feature_hungarian_miou=None,
+                   feature_hungarian_pixel_accuracy=None, feature_probe_miou=None,
+                   feature_probe_pixel_accuracy=None)
+    if state is not None:
+      unit_probe = linear_probe(units.vectors, state["tokens"], self.options["probe_steps"])
+      results["probe_miou"] = metrics.mean_iou(
+          metrics.confusion_from_assignment(pixels, unit_probe, num_classes))
+    if "feature_cluster_pixels" in totals:
+      clustered = metrics.matched_confusion(totals["feature_cluster_pixels"])
+      probed = totals["feature_probe_pixels"]
+      results.update(feature_hungarian_miou=metrics.mean_iou(clustered),
+                     feature_hungarian_pixel_accuracy=_pixel_accuracy(clustered),
+                     feature_probe_miou=metrics.mean_iou(probed),
+                     feature_probe_pixel_accuracy=_pixel_accuracy(probed))
     context.shared.update(unit_class=unit_class, usage=usage)
     return results
 
-  def _probe(self, context) -> np.ndarray:
-    """The class a linear probe gives each unit, trained on the tokens of the
-    first `probe_images` training images."""
-    config = context.config
-    train = pipeline.head(context.dataset.split(config.data.train_split),
-                          self.options["probe_images"])
-    static = self.static(context)
-    tokens_only = _TokensOnly(self)
-    totals = split_pass(context.method, context.variables, train, config,
-                        [(tokens_only, None, static)])
-    return linear_probe(context.units.vectors, totals[tokens_only.name]["tokens"],
-                        self.options["probe_steps"])
 
+class _ProbeFit(Evaluator):
+  """The probes' pass over training images: a segmentation evaluator's token
+  counts and, for dense features, a uniform sample of about `feature_tokens`
+  token features with their token labels, gathered on the host."""
 
-class _TokensOnly(Evaluator):
-  """The probe's pass: the token counts of a segmentation evaluator only."""
-
-  def __init__(self, segmentation: Segmentation):
+  def __init__(self, segmentation: Segmentation, static, seed: int):
     super().__init__(segmentation.name + "/probe", segmentation.options)
-    self._segmentation = segmentation
+    self._segmentation, self._static, self._seed = segmentation, static, seed
+    self._rng = np.random.default_rng(seed)
+    self._features, self._labels = [], []
 
   def batch_sums(self, predictions, batch, constants, static):
     return self._segmentation.batch_sums(predictions, batch, constants, static,
                                          tokens_only=True)
+
+  def examples(self, predictions, batch, constants, static):
+    _, num_classes, label_threshold, dense = static
+    if not dense:
+      return None
+    features = predictions["features"].astype(jnp.float32)
+    labels = codebook_lib.token_labels(batch["segmentation"][:, 0], features.shape[1],
+                                       num_classes, label_threshold)
+    return features, labels
+
+  def add_examples(self, state, arrays) -> None:
+    features, labels = arrays
+    tokens_per_image = features.shape[1] * features.shape[2]
+    features, labels = features.reshape(-1, features.shape[-1]), labels.reshape(-1)
+    # Kept with probability feature_tokens / (all tokens the pass will see), so
+    # the host holds about feature_tokens of them whatever the grid and images.
+    rate = self.options["feature_tokens"] / (self.options["probe_images"] * tokens_per_image)
+    keep = self._rng.random(len(features)) < rate
+    self._features.append(features[keep])
+    self._labels.append(labels[keep])
+
+  def result(self, tokens: np.ndarray) -> dict:
+    state = {"tokens": tokens}
+    if self._static[3]:
+      num_classes = self._static[1]
+      features, labels = np.concatenate(self._features), np.concatenate(self._labels)
+      labeled = labels >= 0
+      state["dense"] = {
+          "centres": metrics.kmeans_centres(l2_normalize(features), num_classes,
+                                            seed=self._seed).astype(np.float32),
+          "probe": fit_linear_probe(features[labeled],
+                                    np.eye(num_classes, dtype=np.float32)[labels[labeled]],
+                                    self.options["probe_steps"])}
+    return state
+
+
+def l2_normalize(x, axis: int = -1):
+  return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
+def nearest_centre(features: jax.Array, centres: jax.Array) -> jax.Array:
+  """[..., D] features -> [...] index of the nearest of the [C, D] centres by
+  cosine (the centres are of L2-normalised features)."""
+  return jnp.argmax(features @ centres.T, -1).astype(jnp.int32)
 
 
 def _pixel_accuracy(confusion: np.ndarray) -> float:
@@ -131,32 +226,45 @@ def _pixel_accuracy(confusion: np.ndarray) -> float:
   return float(np.trace(confusion[:num_classes]) / max(confusion.sum(), 1.0))
 
 
-def linear_probe(codes: np.ndarray, token_counts: np.ndarray, steps: int,
-                 learning_rate: float = 0.05) -> np.ndarray:
-  """The class a linear classifier on quantized features gives each code.
+def fit_linear_probe(features, counts, steps: int, learning_rate: float = 0.05) -> dict:
+  """A linear classifier on standardised features by weighted logistic
+  regression (full batch, Adam, `steps` steps).
 
-  codes [K, D]; token_counts [K, C]: labeled training tokens of each class
-  quantized to each code. The classifier is trained on all of those tokens
-  (full batch, Adam, `steps` steps) on standardised features.
-  """
-  codes = jnp.asarray(codes, jnp.float32)
-  counts = jnp.asarray(token_counts, jnp.float32)
+  features [N, D]; counts [N, C]: the weight of each class at each point
+  (one-hot token labels, or a unit's token counts per class)."""
+  features = jnp.asarray(features, jnp.float32)
+  counts = jnp.asarray(counts, jnp.float32)
   weight = counts.sum(1, keepdims=True)
-  mean = jnp.sum(codes * weight, 0) / jnp.maximum(weight.sum(), 1)
-  std = jnp.sqrt(jnp.sum((codes - mean) ** 2 * weight, 0) / jnp.maximum(weight.sum(), 1)) + 1e-6
-  features = (codes - mean) / std
-  probe = {"w": jnp.zeros((codes.shape[1], counts.shape[1])), "b": jnp.zeros(counts.shape[1])}
+  total = jnp.maximum(weight.sum(), 1)
+  mean = jnp.sum(features * weight, 0) / total
+  std = jnp.sqrt(jnp.sum((features - mean) ** 2 * weight, 0) / total) + 1e-6
+  standardised = (features - mean) / std
+  linear = {"w": jnp.zeros((features.shape[1], counts.shape[1])),
+            "b": jnp.zeros(counts.shape[1])}
   tx = optax.adam(learning_rate)
 
   def loss(p):
-    log_p = jax.nn.log_softmax(features @ p["w"] + p["b"])
+    log_p = jax.nn.log_softmax(standardised @ p["w"] + p["b"])
     return -jnp.sum(counts * log_p) / jnp.maximum(counts.sum(), 1)
 
   def step(carry, _):
     p, opt_state = carry
-    grads = jax.grad(loss)(p)
-    updates, opt_state = tx.update(grads, opt_state)
+    updates, opt_state = tx.update(jax.grad(loss)(p), opt_state)
     return (optax.apply_updates(p, updates), opt_state), None
 
-  (probe, _), _ = jax.lax.scan(step, (probe, tx.init(probe)), None, length=steps)
-  return np.asarray(jnp.argmax(features @ probe["w"] + probe["b"], -1))
+  (linear, _), _ = jax.lax.scan(step, (linear, tx.init(linear)), None, length=steps)
+  return jax.device_get({"mean": mean, "std": std, **linear})
+
+
+def probe_classes(probe: dict, features) -> jax.Array:
+  """[..., D] features -> [...] the class a `fit_linear_probe` probe gives them."""
+  logits = ((features - probe["mean"]) / probe["std"]) @ probe["w"] + probe["b"]
+  return jnp.argmax(logits, -1).astype(jnp.int32)
+
+
+def linear_probe(codes, token_counts, steps: int) -> np.ndarray:
+  """The class a linear probe on quantized features gives each code: codes
+  [K, D], token_counts [K, C] the labelled training tokens of each class
+  quantized to each code (training on all those tokens)."""
+  return np.asarray(probe_classes(fit_linear_probe(codes, token_counts, steps),
+                                  jnp.asarray(codes, jnp.float32)))

@@ -289,9 +289,10 @@ class SGCVQGANMethod(Method):
     return {"params": params, "codebook": state.codebook}
 
   def predict(self, variables, images) -> dict[str, jax.Array]:
+    z = self.model.apply(variables, images, method=SGCVQGAN.tokens)
     indices, nearest_class, posterior_class = self.model.apply(
-        variables, images, method=SGCVQGAN.encode_all)
-    out = {"indices": indices,
+        variables, z, method=SGCVQGAN.quantize_all)
+    out = {"indices": indices, "features": z,
            "reconstruction": self.model.apply(variables, indices, method=SGCVQGAN.decode)}
     if self.model_config.codebook.mode == "sgc":
       out["posterior"] = posterior_class

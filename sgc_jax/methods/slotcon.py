@@ -52,11 +52,18 @@ class SlotConNet(nn.Module):
                                       dtype=self.dtype)
     self.grouping = parts.SemanticGrouping(self.num_prototypes, self.dim_out, self.teacher_temp)
 
-  def features(self, x, train: bool = False):
-    return self.projector(self.encoder(x, train=train), train=train)
-
   def __call__(self, x, train: bool = False):
-    return self.grouping(self.features(x, train))
+    return self.grouping(self.projector(self.encoder(x, train=train), train=train))
+
+  def features(self, x):
+    """The backbone's features [B, h, w, C] (what transfer uses)."""
+    return self.encoder(x, train=False)
+
+  def features_and_assignments(self, x):
+    """Inference: the backbone's features and the prototype assignments."""
+    features = self.encoder(x, train=False)
+    _, dots = self.grouping(self.projector(features, train=False))
+    return features, dots
 
 
 @flax.struct.dataclass
@@ -248,8 +255,9 @@ class SlotConMethod(Method):
     return {"params": state.teacher_params, "batch_stats": state.teacher_stats}
 
   def predict(self, variables, images) -> dict[str, jax.Array]:
-    _, dots = self.net.apply(variables, images, train=False)
-    return {"indices": jnp.argmax(dots, -1).astype(jnp.int32)}
+    features, dots = self.net.apply(variables, images,
+                                    method=SlotConNet.features_and_assignments)
+    return {"indices": jnp.argmax(dots, -1).astype(jnp.int32), "features": features}
 
   def units(self, variables) -> Units:
     prototypes = variables["params"]["grouping"]["slot_embed"]

@@ -267,7 +267,10 @@ class SGCVQGAN(nn.Module):
   def encode_all(self, images):
     """Inference, no mask: the nearest code of every token over all K, its
     class, and the token's argmax_c p(c|z) — each [N, g, g]."""
-    z = self.tokens(images)
+    return self.quantize_all(self.tokens(images))
+
+  def quantize_all(self, z):
+    """`encode_all` of the encoder's tokens z [N, g, g, D]."""
     indices = self.codebook.nearest(z)
     return indices, self.codebook.code_classes(indices), self.codebook.posterior_classes(z)
 
