@@ -1,4 +1,4 @@
-"""The CPU convolution with GEMM kernel gradients equals XLA's convolution."""
+"""The CPU convolution (im2col GEMMs on tiny maps) equals XLA's, with its gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -38,3 +38,14 @@ def test_gradients_equal_xla(kernel, stride, padding, size):
                              rtol=1e-5, atol=1e-5)
   for a, b in zip(ours, reference):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size, native", [((2, 2), False), ((3, 4), False), ((4, 4), True)])
+def test_only_maps_of_at_most_four_output_pixels_take_the_gemm(size, native):
+  x = jnp.zeros((2, *size, 5))
+  w = jnp.zeros((3, 3, 5, 7))
+  dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+  stride = (2, 2) if size == (3, 4) else (1, 1)
+  jaxpr = str(jax.make_jaxpr(lambda x, w: conv.conv_general_dilated(
+      x, w, stride, ((1, 1), (1, 1)), dimension_numbers=dn))(x, w))
+  assert ("conv_general_dilated" in jaxpr) == native
