@@ -44,7 +44,9 @@ setuptools.setup(
                  "tensorflow-cpu>=2.20,<2.22", "scikit-image>=0.24,<0.27"],
         "cuda": ["jax[cuda12]>=0.10.0,<0.11"],
         "tpu": ["jax[tpu]>=0.10.0,<0.11"],
-        "torch": ["torch>=2.9,<2.15"],  # only to read published PyTorch weights
+        # torch: to read published PyTorch weights, and the bench versus the
+        # official PyTorch code; einops: taming-transformers' quantizer imports it.
+        "torch": ["torch>=2.9,<2.15", "einops>=0.7,<1"],
     },
     entry_points={"console_scripts": [
         "sgc-jax=sgc_jax.main:run",

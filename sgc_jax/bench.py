@@ -7,6 +7,8 @@
         [--config.mesh.data=1 --config.mesh.fsdp=-1]
     python -m sgc_jax.bench versus-slotcon --official=PATH [--batch_size=16]
         [--steps=5] [--config=configs/slotcon_scenes.py[:size=32]]
+    python -m sgc_jax.bench versus-taming --official=PATH [--batch_size=8]
+        [--steps=5] [--config=configs/bench_taming64.py[:quantizer=sgc]]
 
 `data`: images/s of the training input pipeline (decode, two augmented views,
 batching, placement on the mesh) at 64 and 128 px, on the `smoke` configs of
@@ -25,6 +27,9 @@ device sends, the per-device memory of the state, and the FLOPs per device.
 `versus-slotcon`: our SlotCon train step against the official PyTorch model
 (PATH: a checkout of CVMI-Lab/SlotCon; needs the `torch` extra) on this CPU, in
 alternating blocks: images/s of each and the ratio (see sgc_jax/bench_versus.py).
+`versus-taming`: the same for our VQGAN step against taming-transformers' own
+modules (PATH: a checkout of CompVis/taming-transformers; see
+sgc_jax/bench_versus_taming.py).
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ _STEPS = flags.DEFINE_integer("steps", 5, "train: steps timed (after 2 of warm-u
 _GAN = flags.DEFINE_bool("gan", False, "train: time the step with the GAN terms.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "train: the config.")
 _OFFICIAL = flags.DEFINE_string("official", None,
-                                "versus-slotcon: a checkout of CVMI-Lab/SlotCon.")
+                                "versus-slotcon: a checkout of CVMI-Lab/SlotCon; "
+                                "versus-taming: of CompVis/taming-transformers.")
 
 
 def bench_data() -> list[tuple]:
@@ -156,9 +162,18 @@ def main(argv):
     print(f"\n{about}")
     print(report.markdown_table(header, rows, "l" * 5 + "r" * (len(header) - 5)))
     return
+  if argv[1:] == ["versus-taming"]:
+    from configs import bench_taming64
+    from sgc_jax import bench_versus_taming
+    config = bench_taming64.get_config() if _CONFIG.value is None else _CONFIG.value
+    about, header, rows = bench_versus_taming.versus(_OFFICIAL.value, config, _BATCH.value,
+                                                     _STEPS.value)
+    print(f"\n{about}")
+    print(report.markdown_table(header, rows, "l" * 2 + "r" * (len(header) - 2)))
+    return
   if argv[1:] != ["data"]:
     raise app.UsageError(
-        "usage: python -m sgc_jax.bench data|train|comms|versus-slotcon [flags]")
+        "usage: python -m sgc_jax.bench data|train|comms|versus-slotcon|versus-taming [flags]")
   rows = bench_data()
   print(f"\ninput pipeline on {jax.devices()[0].platform}, "
         f"{jax.device_count()} device(s)")

@@ -346,9 +346,10 @@ class Official:
 
 
 class Ours:
-  """Our jitted SlotCon step on synthetic batches (as `bench train`)."""
+  """Our jitted train step of `config`'s method on synthetic batches (as
+  `bench train`); `same_views`: every view a copy of the first."""
 
-  def __init__(self, config, batch_size: int):
+  def __init__(self, config, batch_size: int, same_views: bool = True):
     import jax
     from sgc_jax import synthetic
     from sgc_jax.core import sharding
@@ -361,7 +362,8 @@ class Ours:
     # agree, so the slot contrast has its usual rows; independent noise views
     # leave it almost none (and the official predictor's batch norm can then
     # see a single row, which it refuses).
-    host["image"][:, 1] = host["image"][:, 0]
+    if same_views:
+      host["image"][:, 1:] = host["image"][:, :1]
     self.images = host["image"]  # the official side is fed the same pixels
     self.batch = jax.tree.map(
         lambda x: jax.device_put(x, sharding.batch_sharding(trainer.mesh)), host)

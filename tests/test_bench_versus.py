@@ -87,3 +87,31 @@ def test_roi_align_stand_in_matches_ours():
                     torch.from_numpy(boxes)], 1)
   got = bench_versus.roi_align_torch(torch.from_numpy(x), rois, (5, 7), aligned=True)
   np.testing.assert_allclose(got.numpy().transpose(0, 2, 3, 1), expected, atol=1e-5)
+
+
+# ------------------------------------------------------------------ versus-taming
+
+
+def test_taming_fields_come_from_our_config():
+  from configs import bench_taming64
+  from sgc_jax import bench_versus_taming
+  config = bench_taming64.get_config("quantizer=vq")
+  fields = bench_versus_taming.taming_fields(config)
+  assert fields["ddconfig"] == dict(
+      ch=64, out_ch=3, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=[8],
+      dropout=0.0, in_channels=3, resolution=64, z_channels=64, double_z=False)
+  assert (fields["n_embed"], fields["embed_dim"]) == (1024, 64)
+  with pytest.raises(SystemExit, match=r"needs an SGC-VQGAN config, got method 'slotcon'"):
+    bench_versus_taming.taming_fields(slotcon_scenes.get_config())
+
+
+def test_versus_taming_without_or_with_a_wrong_checkout_is_one_line(tmp_path):
+  done = subprocess.run([sys.executable, "-m", "sgc_jax.bench", "versus-taming",
+                         f"--official={tmp_path}"], capture_output=True, text=True, timeout=120)
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines() == [
+      f"--official={tmp_path} is not a taming-transformers checkout: no "
+      "taming/modules/diffusionmodules/model.py, taming/modules/vqvae/quantize.py"]
+  from sgc_jax import bench_versus_taming
+  with pytest.raises(SystemExit, match=r"versus-taming needs --official=PATH"):
+    bench_versus_taming.check_official(None)
