@@ -5,6 +5,7 @@
         [--steps=5] [--batch_size=8]
     python -m sgc_jax.bench comms --config=configs/X.py --batch_size=64
         [--config.mesh.data=1 --config.mesh.fsdp=-1]
+    python -m sgc_jax.bench profile --config=configs/X.py [--batch_size=8] [--top=15]
     python -m sgc_jax.bench versus-slotcon --official=PATH [--batch_size=16]
         [--steps=5] [--config=configs/slotcon_scenes.py[:size=32]]
     python -m sgc_jax.bench versus-taming --official=PATH [--batch_size=8]
@@ -23,6 +24,9 @@ and the achieved GFLOP/s. Repeat --config to compare configs side by side.
 devices (simulate N with XLA_FLAGS=--xla_force_host_platform_device_count=N)
 and prints, from the optimised HLO, the collectives per step and the bytes each
 device sends, the per-device memory of the state, and the FLOPs per device.
+
+`profile`: the XLA ops of a config's train step that take the most time, and
+the time by kind of op (see sgc_jax/bench_profile.py).
 
 `versus-slotcon`: our SlotCon train step against the official PyTorch model
 (PATH: a checkout of CVMI-Lab/SlotCon; needs the `torch` extra) on this CPU, in
@@ -50,6 +54,7 @@ _BATCH = flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 _BATCHES = flags.DEFINE_integer("batches", 40, "Batches timed (after 5 of warm-up).")
 _STEPS = flags.DEFINE_integer("steps", 5, "train: steps timed (after 2 of warm-up).")
 _GAN = flags.DEFINE_bool("gan", False, "train: time the step with the GAN terms.")
+_TOP = flags.DEFINE_integer("top", 15, "profile: rows of each table.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "train: the config.")
 _OFFICIAL = flags.DEFINE_string("official", None,
                                 "versus-slotcon: a checkout of CVMI-Lab/SlotCon; "
@@ -162,6 +167,18 @@ def main(argv):
     print(f"\n{about}")
     print(report.markdown_table(header, rows, "l" * 5 + "r" * (len(header) - 5)))
     return
+  if argv[1:] == ["profile"]:
+    if _CONFIG.value is None:
+      raise app.UsageError("profile needs --config")
+    from sgc_jax import bench_profile
+    rows, by_kind, total = bench_profile.profile(_CONFIG.value, _BATCH.value, _STEPS.value,
+                                                 _TOP.value)
+    print(f"\nXLA op time of one train step: {total:.0f} ms (summed over threads), "
+          f"{config_lib.method_name(_CONFIG.value)}, batch {_BATCH.value}, "
+          f"{_STEPS.value} steps traced")
+    print(report.markdown_table(["ms/step", "%", "op", "shape", "from"], rows, "rrlll"))
+    print(report.markdown_table(["ms/step", "%", "kind"], by_kind, "rrl"))
+    return
   if argv[1:] == ["versus-taming"]:
     from configs import bench_taming64
     from sgc_jax import bench_versus_taming
@@ -173,7 +190,8 @@ def main(argv):
     return
   if argv[1:] != ["data"]:
     raise app.UsageError(
-        "usage: python -m sgc_jax.bench data|train|comms|versus-slotcon|versus-taming [flags]")
+        "usage: python -m sgc_jax.bench data|train|comms|profile|versus-slotcon|versus-taming "
+        "[flags]")
   rows = bench_data()
   print(f"\ninput pipeline on {jax.devices()[0].platform}, "
         f"{jax.device_count()} device(s)")

@@ -65,22 +65,22 @@ OFFICIAL_FILES = ("models/slotcon.py", "models/resnet.py", "utils/lars.py",
                   "utils/lr_scheduler.py")
 
 
-class VersusError(SystemExit):
-  """A one-line reason the comparison cannot run (exits with status 1)."""
+class BenchError(SystemExit):
+  """A one-line reason a benchmark cannot run (exits with status 1)."""
 
 
 # ------------------------------------------------------------------ setup
 
 
 def check_official(path: str | None) -> str:
-  """The checkout's absolute path, or VersusError saying in one line what is wrong."""
+  """The checkout's absolute path, or BenchError saying in one line what is wrong."""
   if not path:
-    raise VersusError("versus-slotcon needs --official=PATH, a checkout of "
+    raise BenchError("versus-slotcon needs --official=PATH, a checkout of "
                       "https://github.com/CVMI-Lab/SlotCon")
   path = os.path.abspath(os.path.expanduser(path))
   missing = [f for f in OFFICIAL_FILES if not os.path.isfile(os.path.join(path, f))]
   if missing:
-    raise VersusError(f"--official={path} is not a SlotCon checkout: no {', '.join(missing)}")
+    raise BenchError(f"--official={path} is not a SlotCon checkout: no {', '.join(missing)}")
   return path
 
 
@@ -89,7 +89,7 @@ def like_for_like(config):
   no dilation, the slot contrast over every slot, float32."""
   config = config.copy_and_resolve_references()
   if config.get("method") != "slotcon":
-    raise VersusError(f"versus-slotcon needs a SlotCon config, got method "
+    raise BenchError(f"versus-slotcon needs a SlotCon config, got method "
                       f"{config.get('method')!r}")
   with config.unlocked():
     config.model.dilation = (False, False, False)
@@ -106,7 +106,7 @@ def official_args(config, batch_size: int) -> argparse.Namespace:
   K = total_steps and the warm-up over optimizer.warmup_steps, as ours."""
   m, opt = config.model, config.optimizer
   if opt.name != "lars":
-    raise VersusError(f"versus-slotcon steps LARS as the official recipe; the config has "
+    raise BenchError(f"versus-slotcon steps LARS as the official recipe; the config has "
                       f"optimizer.name={opt.name!r}")
   start = opt.get("warmup_start_fraction", 0.01)
   return argparse.Namespace(
@@ -406,7 +406,7 @@ def versus(official_path: str | None, config, batch_size: int, steps: int,
   try:
     import torch
   except ImportError:
-    raise VersusError("versus-slotcon needs PyTorch: pip install -e '.[torch]'") from None
+    raise BenchError("versus-slotcon needs PyTorch: pip install -e '.[torch]'") from None
   import jax
   config = like_for_like(config)
   threads = available_cores()
@@ -424,7 +424,7 @@ def versus(official_path: str | None, config, batch_size: int, steps: int,
     if "more than 1 value per channel" not in str(e):
       raise
     side = -(-config.data.image_size // 32)  # the stride of an undilated ResNet
-    raise VersusError(
+    raise BenchError(
         f"the official step failed: its slot predictor's BatchNorm1d got a single slot "
         f"pair ({str(e).splitlines()[0]}); at {config.data.image_size} px its encoder "
         f"map is {side} x {side}, where one valid pair per batch is likely: use a "

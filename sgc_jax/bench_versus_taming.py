@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 
-from sgc_jax.bench_versus import (ROUNDS, WARMUP_STEPS, Ours, VersusError, _load, _timed,
+from sgc_jax.bench_versus import (ROUNDS, WARMUP_STEPS, Ours, BenchError, _load, _timed,
                                   available_cores, cpu_description, read_cpuinfo)
 
 OFFICIAL_FILES = ("taming/modules/diffusionmodules/model.py",
@@ -32,12 +32,12 @@ OFFICIAL_FILES = ("taming/modules/diffusionmodules/model.py",
 
 def check_official(path: str | None) -> str:
   if not path:
-    raise VersusError("versus-taming needs --official=PATH, a checkout of "
+    raise BenchError("versus-taming needs --official=PATH, a checkout of "
                       "https://github.com/CompVis/taming-transformers")
   path = os.path.abspath(os.path.expanduser(path))
   missing = [f for f in OFFICIAL_FILES if not os.path.isfile(os.path.join(path, f))]
   if missing:
-    raise VersusError(f"--official={path} is not a taming-transformers checkout: no "
+    raise BenchError(f"--official={path} is not a taming-transformers checkout: no "
                       f"{', '.join(missing)}")
   return path
 
@@ -45,7 +45,7 @@ def check_official(path: str | None) -> str:
 def taming_fields(config) -> dict:
   """taming's ddconfig and quantizer fields for our VQGAN config."""
   if config.get("method", "sgc_vqgan") != "sgc_vqgan":
-    raise VersusError(f"versus-taming needs an SGC-VQGAN config, got method "
+    raise BenchError(f"versus-taming needs an SGC-VQGAN config, got method "
                       f"{config.get('method')!r}")
   m, size = config.model, config.data.image_size
   z_dim = m.codebook.dim_sem + m.codebook.dim_det
@@ -106,11 +106,11 @@ def versus(official_path: str | None, config, batch_size: int, steps: int,
   try:
     import torch
   except ImportError:
-    raise VersusError("versus-taming needs PyTorch: pip install -e '.[torch]'") from None
+    raise BenchError("versus-taming needs PyTorch: pip install -e '.[torch]'") from None
   import jax
   config = config.copy_and_resolve_references()
   if config.data.num_views != 1:
-    raise VersusError(f"versus-taming times one view per image (taming's step); the config "
+    raise BenchError(f"versus-taming times one view per image (taming's step); the config "
                       f"has data.num_views={config.data.num_views}")
   threads = available_cores()
   ours = Ours(config, batch_size, same_views=False)
