@@ -50,8 +50,8 @@ def get_config(arg=None):
       warmup_start_fraction=0.01, final_lr_fraction=1e-6 / lr, grad_clip=0.0))
   del config.loss, config.disc, config.ema_decay
   del config.evals.reconstruction
-  config.evals.codebook.every = 100  # and segmentation (a shared `every`)
+  config.evals.codebook.every = 500  # and segmentation (a shared `every`)
   del config.evals.segmentation.label_threshold
   config.evals.segmentation.label_threshold = 0.5
-  config.evals.pictures.every = 100
+  config.evals.pictures.every = 500
   return config

@@ -4,12 +4,12 @@
 # same seed), and SGC-VQGAN's sgc codebook (its run of launch/compare.sh, where
 # that workdir exists), each through --mode=eval's protocol; the table goes into
 # README.md between the `quality-table-slotcon` markers.
-# Environment: STEPS (300), WORKDIR (workdir/slotcon_table), SGC_WORKDIR
+# Environment: STEPS (2000), WORKDIR (workdir/slotcon_table), SGC_WORKDIR
 # (workdir/compare/sgc), DATA_DIR (data), VENV. Extra arguments go to every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/venv.sh
-STEPS=${STEPS:-300}
+STEPS=${STEPS:-2000}
 DATA_DIR=${DATA_DIR:-data}
 WORKDIR=${WORKDIR:-workdir/slotcon_table}
 SGC_WORKDIR=${SGC_WORKDIR:-workdir/compare/sgc}
