@@ -76,3 +76,13 @@ def test_a_large_convolution_sums_its_kernel_gradient_over_batch_chunks():
   # 16 MiB operands: the kernel gradient is two convolutions giving [3,3,128,128]
   # (over 4 examples each); the [4,64,64,128] ones are their unused outputs.
   assert sum(c.endswith("f32[3,3,128,128]") for c in convolutions) == 2
+
+
+def test_a_large_convolution_exports_with_a_symbolic_batch():
+  batch, = jax.export.symbolic_shape("b")
+  w = jnp.zeros((3, 3, 128, 128))
+  dn = lax.conv_dimension_numbers((1, 64, 64, 128), w.shape, ("NHWC", "HWIO", "NHWC"))
+  exported = jax.export.export(jax.jit(lambda x: conv.conv_general_dilated(
+      x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)))(
+          jax.ShapeDtypeStruct((batch, 64, 64, 128), jnp.float32))
+  assert exported.out_avals[0].shape[1:] == (64, 64, 128)

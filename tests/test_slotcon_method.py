@@ -136,7 +136,12 @@ def test_trains_resumes_evaluates_and_exports_through_the_core(data_dir, scenes6
   want = jax.jit(functions["segment"][0])(method.eval_variables(state), images)
   np.testing.assert_array_equal(segments, np.asarray(want))
   features = loaded.call("features", images)
-  assert features.shape == (3, 4, 4, 32)
+  assert features.shape == (3, 4, 4, 512)  # the teacher backbone's (ResNet-18: 512)
+  want = jax.jit(functions["features"][0])(method.eval_variables(state), images)
+  np.testing.assert_allclose(features, np.asarray(want), rtol=1e-5, atol=1e-5)
+  # The dense-feature protocol ran in --mode=eval on those backbone features.
+  for key in ("feature_hungarian_miou", "feature_probe_miou"):
+    assert 0 < results[key] <= 1, key
 
 
 @pytest.mark.slow  # three compilations of the step: 1 to 3 minutes on 2 cores

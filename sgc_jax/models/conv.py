@@ -114,7 +114,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                  <= IM2COL_MAX_PIXELS)
   if im2col_case:
     return _im2col(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
-  if plain_case and max(math.prod(lhs.shape) * lhs.dtype.itemsize, _output_bytes(lhs, rhs, window_strides, padding,
+  # A symbolic batch (an exported function) is inference: no kernel gradient.
+  if plain_case and isinstance(lhs.shape[0], int) and max(
+      math.prod(lhs.shape) * lhs.dtype.itemsize, _output_bytes(lhs, rhs, window_strides, padding,
                                                   rhs_dilation)) > KERNEL_GRADIENT_CHUNK_BYTES:
     return _chunked_kernel_gradient(lhs, rhs, tuple(window_strides),
                                     tuple(tuple(p) for p in padding),
