@@ -183,6 +183,13 @@ def test_exported_bundles_list_digests_and_any_change_is_caught(bundle, tmp_path
     inference.load(str(directory))
 
 
+# slow: in a clean-clone CI rehearsal (checkout at another path, so the
+# serialized bytes, which hold source paths, differ and the seeds hit other
+# bytes) one corruption of a bundle WITHOUT digests made XLA's lowering of the
+# loaded function run for over 25 minutes. Bundles this project writes carry
+# digests and fail at load; a digest-less (first-release) bundle is the case
+# left open: see the issue notes.
+@pytest.mark.slow
 def test_corrupted_encode_function_is_a_clean_error_or_runs(bundle, tmp_path):
   """20 random 3-byte corruptions: a BundleError naming the file at load or
   first call, never another exception. Without digests one may still parse
