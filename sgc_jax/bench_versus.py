@@ -72,16 +72,22 @@ class BenchError(SystemExit):
 # ------------------------------------------------------------------ setup
 
 
-def check_official(path: str | None) -> str:
-  """The checkout's absolute path, or BenchError saying in one line what is wrong."""
+def check_checkout(path: str | None, files, subcommand: str, repository: str) -> str:
+  """The absolute path of a checkout of github.com/`repository` holding `files`,
+  or BenchError saying in one line what is wrong."""
   if not path:
-    raise BenchError("versus-slotcon needs --official=PATH, a checkout of "
-                      "https://github.com/CVMI-Lab/SlotCon")
+    raise BenchError(f"{subcommand} needs --official=PATH, a checkout of "
+                     f"https://github.com/{repository}")
   path = os.path.abspath(os.path.expanduser(path))
-  missing = [f for f in OFFICIAL_FILES if not os.path.isfile(os.path.join(path, f))]
+  missing = [f for f in files if not os.path.isfile(os.path.join(path, f))]
   if missing:
-    raise BenchError(f"--official={path} is not a SlotCon checkout: no {', '.join(missing)}")
+    raise BenchError(f"--official={path} is not a {repository.split('/')[1]} checkout: no "
+                     f"{', '.join(missing)}")
   return path
+
+
+def check_official(path: str | None) -> str:
+  return check_checkout(path, OFFICIAL_FILES, "versus-slotcon", "CVMI-Lab/SlotCon")
 
 
 def like_for_like(config):

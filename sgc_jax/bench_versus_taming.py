@@ -21,25 +21,16 @@ alternating blocks as `versus-slotcon` times them.
 from __future__ import annotations
 
 import math
-import os
 
-from sgc_jax.bench_versus import (ROUNDS, WARMUP_STEPS, Ours, BenchError, _load, _timed,
-                                  available_cores, cpu_description, read_cpuinfo)
+from sgc_jax.bench_versus import (ROUNDS, WARMUP_STEPS, BenchError, Ours, _load, _timed,
+                                  available_cores, check_checkout, cpu_description, read_cpuinfo)
 
 OFFICIAL_FILES = ("taming/modules/diffusionmodules/model.py",
                   "taming/modules/vqvae/quantize.py")
 
 
 def check_official(path: str | None) -> str:
-  if not path:
-    raise BenchError("versus-taming needs --official=PATH, a checkout of "
-                      "https://github.com/CompVis/taming-transformers")
-  path = os.path.abspath(os.path.expanduser(path))
-  missing = [f for f in OFFICIAL_FILES if not os.path.isfile(os.path.join(path, f))]
-  if missing:
-    raise BenchError(f"--official={path} is not a taming-transformers checkout: no "
-                      f"{', '.join(missing)}")
-  return path
+  return check_checkout(path, OFFICIAL_FILES, "versus-taming", "CompVis/taming-transformers")
 
 
 def taming_fields(config) -> dict:
