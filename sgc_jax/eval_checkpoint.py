@@ -10,6 +10,7 @@ import os
 import jax
 
 from sgc_jax import evaluators, report, train, viz
+from sgc_jax.core import loop
 from sgc_jax.data import sources
 
 # Rows of the markdown table: key, label, format.
@@ -51,7 +52,7 @@ def markdown(results: dict) -> str:
 
 def evaluate(config, dataset, method, state, step: int, write_image) -> dict:
   """Every evaluator of the config, in their --mode=eval form."""
-  variables = method.eval_variables(state)
+  variables = loop.prediction_variables(method, state, dataset, config)
   return evaluators.run(evaluators.create(config), evaluators.Context(
       method, variables, method.units(variables), dataset, config, step, final=True,
       write_image=write_image))

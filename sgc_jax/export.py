@@ -22,6 +22,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from sgc_jax import train, tree_io
+from sgc_jax.core import loop
 from sgc_jax.inference import FORMAT, VERSION
 
 PLATFORMS = ("cpu", "cuda")
@@ -59,9 +60,10 @@ def write_bundle(directory: str, method, variables, extra: dict,
 
 def export_checkpoint(config, workdir: str, directory: str | None = None) -> str:
   """WORKDIR's latest checkpoint -> a bundle in `directory` (WORKDIR/bundle)."""
-  _, method, state, step = train.restore_latest(config, workdir)
+  dataset, method, state, step = train.restore_latest(config, workdir)
   # FSDP-sharded parameters span processes: every process takes part in gathering them.
-  variables = multihost_utils.process_allgather(method.eval_variables(state), tiled=True)
+  variables = multihost_utils.process_allgather(
+      loop.prediction_variables(method, state, dataset, config), tiled=True)
   directory = directory or os.path.join(workdir, "bundle")
   if jax.process_index() == 0:
     write_bundle(directory, method, variables, {"step": step, "data": config.data.name})

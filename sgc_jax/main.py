@@ -1,7 +1,7 @@
 """The one entry point of sgc_jax.
 
     python -m sgc_jax.main --config=configs/NAME.py[:args] --workdir=DIR \
-        --mode=data|preview|train|eval|export [--config.a.b=value ...]
+        --mode=data|preview|train|eval|export|pseudo_labels [--config.a.b=value ...]
 
 Modes:
   data     build (or check) the data set of the config and print its summary
@@ -9,6 +9,8 @@ Modes:
   train    train (resuming from WORKDIR's checkpoints)
   eval     every metric of WORKDIR's latest checkpoint -> WORKDIR/eval/
   export   WORKDIR's latest checkpoint -> an inference bundle in WORKDIR/bundle
+  pseudo_labels  a segmenting method's (ACSeg's) maps of both splits -> a
+           user-folder data set in WORKDIR/pseudo_labels (see sgc_jax.pseudo_labels)
 `config.method` names the method (default sgc_vqgan). The config is validated
 (the core's fields, the method's, the evaluators') before anything is built or
 compiled; a bad field is a one-line error that names it. Library logs stay at WARNING; `--verbosity=0`
@@ -25,7 +27,7 @@ from ml_collections import config_flags
 
 from sgc_jax import config_lib, logs
 
-MODES = ("data", "preview", "train", "eval", "export")
+MODES = ("data", "preview", "train", "eval", "export", "pseudo_labels")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, with :args.",
                                           lock_config=True)
@@ -145,6 +147,10 @@ def run_mode(mode: str, config, workdir: str) -> None:
   elif mode == "export":
     from sgc_jax import export
     print(f"wrote the inference bundle {export.export_checkpoint(config, workdir)}")
+  elif mode == "pseudo_labels":
+    from sgc_jax import pseudo_labels
+    directory = pseudo_labels.write_pseudo_labels(config, workdir)
+    print(f"wrote the pseudo-labelled data set {directory}")
 
 
 def _config_error_message(error: Exception, argv: list[str]) -> str:

@@ -113,6 +113,17 @@ def _check_same_state_config(saved: dict, method: Method, step: int):
         "--config.init_from)")
 
 
+def prediction_variables(method: Method, state, dataset, config):
+  """The variables predict, the evaluators and export take: the method's
+  `eval_variables`, completed by its `fit` over training images if it has one."""
+  variables = method.eval_variables(state)
+  count = method.fit_images()
+  if not count:
+    return variables
+  source = pipeline.head(dataset.split(config.data.train_split), count)
+  return method.fit(variables, pipeline.evaluation_pipeline(source, config, method.mesh))
+
+
 def restore_latest(method_class: type[Method], config, workdir: str):
   """(dataset, method, state, step) of WORKDIR's newest checkpoint that
   restores, for evaluation and export (the data position is not restored)."""
@@ -192,7 +203,7 @@ def _train(method_class: type[Method], config: ml_collections.ConfigDict, workdi
       writer.progress(1, {label: metrics[key] for label, key in method.progress.items()})
       due = [e for e in evaluation if e.due(step, config.total_steps)]
       if due:
-        variables = method.eval_variables(state)
+        variables = prediction_variables(method, state, dataset, config)
         results = evaluators.run(due, evaluators.Context(
             method, variables, method.units(variables), dataset, config, step, final=False,
             write_image=lambda name, image: writer.image(step, name, image, workdir)))

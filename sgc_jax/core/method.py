@@ -10,8 +10,13 @@ A method (one module in `sgc_jax/methods/`) subclasses `Method` and provides:
     train_step(state, batch, phase)     -> (state, metrics); metrics "loss/NAME" are checked
     initial_state(state)                weights from a file (`init_from`), else unchanged
     eval_variables(state)               the variables that predict and export take
+    fit_images() / fit(variables, b)    what prediction needs beyond the trained
+                                        state, fitted over training images
+                                        (ACSeg's concept classifier); default none
     predict(variables, images) -> dict  what evaluators read (see `sgc_jax.evaluators`)
     units(variables) -> Units | None    discrete units (codes, prototypes) for evaluators
+    segment(variables, images)          [B, H, W] segments, and their names
+    segment_names()                     (--mode=pseudo_labels); default none
     export_functions()                  {name: (fn(variables, x), abstract x)} for the bundle
     bundle_fields()                     what model.json says about the model
     functions_from_bundle(description)  the bundle's functions rebuilt from the model
@@ -120,9 +125,30 @@ class Method(abc.ABC):
   def predict(self, variables, images) -> dict[str, jax.Array]:
     """What evaluators read."""
 
+  def fit_images(self) -> int:
+    """How many training images `fit` reads (0: the method fits nothing)."""
+    return 0
+
+  def fit(self, variables, batches):
+    """`eval_variables` completed with statistics over the first `fit_images()`
+    training images: `batches` is an evaluation pipeline over them (centred
+    views, `mask` False on padding). The core calls it before every
+    evaluation, export and pseudo-labelling."""
+    del batches
+    return variables
+
   def units(self, variables) -> Units | None:
     del variables
     return None
+
+  def segment(self, variables, images) -> jax.Array:
+    """Each pixel's segment [B, H, W] (int32 in [0, len(segment_names()))),
+    what --mode=pseudo_labels writes; None: the method does not segment."""
+    del variables, images
+    return None
+
+  def segment_names(self) -> list[str]:
+    return []
 
   @abc.abstractmethod
   def export_functions(self) -> dict[str, tuple[Callable, jax.ShapeDtypeStruct]]:

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import jax
 import numpy as np
-from jax.experimental import mesh_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sgc_jax.config_lib import ConfigError
@@ -123,3 +123,12 @@ def bytes_per_device(abstract_tree, shardings) -> int:
   """Bytes of a tree one device holds under `shardings`."""
   return sum(int(np.prod(s.shard_shape(leaf.shape))) * leaf.dtype.itemsize
              for leaf, s in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)))
+
+
+def gather_examples(mask, arrays):
+  """Batch-sharded per-example arrays -> NumPy arrays of the real examples of
+  the global batch (`mask` False on padding), on every process."""
+  keep, arrays = multihost_utils.process_allgather((mask, arrays), tiled=True)
+  keep = np.asarray(keep)
+  return jax.tree.map(lambda x: np.asarray(x)[keep], arrays)
+

@@ -293,6 +293,16 @@ class RecordRange:
     return self._name
 
 
+def evaluation_pipeline(source, config, mesh: jax.sharding.Mesh) -> InputPipeline:
+  """One ordered pass over `source` in centred views of the config's size and
+  normalisation, in the config's global batches (the last ones padded)."""
+  spec = PipelineSpec(split=repr(source), global_batch_size=config.data.batch_size,
+                      image_size=config.data.image_size, train=False,
+                      num_shards=config.data.num_shards,
+                      normalization=config.data.get("normalization", "symmetric"))
+  return InputPipeline(source, spec, mesh)
+
+
 def shard_view(source, shard: int, num_shards: int) -> RecordRange:
   """Shard `shard` of `num_shards` contiguous, near-equal ranges of a source:
   they differ in length by at most one record and together hold every record

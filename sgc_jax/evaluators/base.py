@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from jax.experimental import multihost_utils
 
+from sgc_jax.core import sharding
 from sgc_jax.core.method import Method, Units
 from sgc_jax.data import pipeline
 
@@ -81,14 +81,10 @@ def split_pass(method: Method, variables, source, config,
                evaluators: list[tuple[Evaluator, Any, Any]]) -> dict[str, dict]:
   """Sums of every (evaluator, host state, static) over every record of
   `source`, with one predict per batch: {evaluator name: totals (NumPy)}."""
-  spec = pipeline.PipelineSpec(split=repr(source), global_batch_size=config.data.batch_size,
-                               image_size=config.data.image_size, train=False,
-                               num_shards=config.data.num_shards,
-                               normalization=config.data.get("normalization", "symmetric"))
   jitted = _pass_fn(method, tuple((e, static) for e, _, static in evaluators))
   constants = {e.name: e.constants(state) for e, state, _ in evaluators}
   totals = None
-  batches = pipeline.InputPipeline(source, spec, method.mesh)
+  batches = pipeline.evaluation_pipeline(source, config, method.mesh)
   for batch in tqdm.tqdm(batches, total=batches.num_batches, unit="batch", leave=False,
                          desc=f"evaluate {len(source)} images",
                          disable=jax.process_index() != 0, mininterval=2.0):
@@ -96,10 +92,8 @@ def split_pass(method: Method, variables, source, config,
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     for evaluator, state, _ in evaluators:
       if examples.get(evaluator.name) is not None:  # batch-sharded: all processes get all
-        keep, arrays = multihost_utils.process_allgather(
-            (batch["mask"], examples[evaluator.name]), tiled=True)
-        keep = np.asarray(keep)
-        evaluator.add_examples(state, jax.tree.map(lambda x: np.asarray(x)[keep], arrays))
+        evaluator.add_examples(state, sharding.gather_examples(batch["mask"],
+                                                               examples[evaluator.name]))
   return jax.tree.map(np.asarray, jax.device_get(totals))
 
 

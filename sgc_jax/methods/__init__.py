@@ -5,7 +5,8 @@ from __future__ import annotations
 from sgc_jax.config_lib import ConfigError, method_name, resolve  # noqa: F401 (re-exported)
 
 # name -> "module:class"; a method outside sgc_jax registers with `register`.
-_REGISTRY = {"sgc_vqgan": "sgc_jax.methods.sgc_vqgan:SGCVQGANMethod",
+_REGISTRY = {"acseg": "sgc_jax.methods.acseg:ACSegMethod",
+             "sgc_vqgan": "sgc_jax.methods.sgc_vqgan:SGCVQGANMethod",
              "slotcon": "sgc_jax.methods.slotcon:SlotConMethod"}
 
 

@@ -1,0 +1,60 @@
+"""ACSeg on the embedded `sgc_scenes` data set, a CPU recipe (minutes), over a
+backbone the library trained without labels: by default SlotCon's teacher
+encoder, exported as a bundle (see launch/label_free.sh for the whole chain):
+
+    python -m sgc_jax.main --config=configs/acseg_scenes.py --workdir=workdir/acseg \
+        --mode=train --config.data.data_dir=data \
+        --config.model.backbone.weights=workdir/slotcon/bundle
+
+`backbone.kind=dino` takes an official DINO ViT instead (weights: its .pth;
+normalization imagenet as SlotCon's). The labels of sgc_scenes are not used to
+train; the evaluators read them.
+
+Args: size (64 | 128), steps.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from configs import sgc_scenes
+from sgc_jax import config_lib
+
+
+def backbone_config(kind="bundle", arch="vit_small", patch_size=8, dtype="float32"):
+  return ml_collections.ConfigDict(dict(
+      kind=kind,  # dino | bundle
+      weights=config_dict.placeholder(str),  # dino: .pth / .npz (None: random); bundle: dir
+      arch=arch, patch_size=patch_size,  # dino: vit_small | vit_base, 8 | 16
+      feature="tokens",  # dino: tokens (last block's output) | keys (its attention keys)
+      dtype=dtype))  # dino: its compute dtype (float32 | bfloat16)
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, size=64, steps=1000)
+  config = sgc_scenes.get_config(f"size={arg.size}")
+  config.method = "acseg"
+  config.data.num_views = 1
+  config.data.normalization = "imagenet"  # SlotCon's and DINO's inputs
+  config.data.batch_size = 16
+  config.data.crop.update(dict(min_area=0.5, max_area=1.0, flip=True))
+  config.total_steps = arg.steps
+  config.log_every = 10
+  config.model = ml_collections.ConfigDict(dict(
+      backbone=backbone_config(),
+      # DESIGN.md: P = 5 prototypes, L = 3 blocks, tau = 0.1.
+      num_prototypes=5, num_blocks=3, num_heads=8, mlp_ratio=4.0, temperature=0.1,
+      # The concept classifier: k-means of the concepts of this many training
+      # images into num_clusters (None: the data set's number of classes).
+      num_clusters=config_dict.placeholder(int), classifier_images=2000,
+      dtype="float32"))
+  # DESIGN.md names no optimizer: Adam with a short warm-up and a cosine decay.
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name="adam", learning_rate=1e-4, warmup_steps=max(1, arg.steps // 20),
+      final_lr_fraction=0.01, grad_clip=0.0))
+  del config.loss, config.disc, config.ema_decay, config.init_from
+  del config.evals.reconstruction
+  config.evals.codebook.every = 500  # and segmentation (a shared `every`)
+  del config.evals.segmentation.label_threshold
+  config.evals.segmentation.label_threshold = 0.5
+  config.evals.pictures.every = 500
+  return config

@@ -1,0 +1,277 @@
+"""Official DINO ViT weights (facebookresearch/dino) -> `sgc_jax.models.vit`
+variables.
+
+    python -m sgc_jax.convert.dino dino_deitsmall16_pretrain.pth dino_vits16.npz
+
+reads the architecture from the tensors' shapes, writes {"params", "fields"}
+(the variables and the architecture, so that `load` needs nothing else) and
+prints the architecture. Two layouts are read:
+  * the released backbones (dino_deitsmall16_pretrain.pth, ...,
+    dino_vitbase8_pretrain.pth; what torch.hub's dino_vits16 ... load): the
+    bare state dict of the teacher's backbone;
+  * DINO's training checkpoints (checkpoint.pth, *_full_checkpoint.pth):
+    {"student", "teacher", "optimizer", "epoch", "args", "dino_loss", ...}.
+    The teacher is taken, as DINO's `load_pretrained_weights` does for its
+    evaluations (`--checkpoint_key teacher`); its keys carry the
+    MultiCropWrapper's `backbone.` (and DDP's `module.` where it was wrapped),
+    and its projection head `head.*` is ignored.
+
+The architecture: embed_dim from cls_token [1, 1, D], depth from the blocks,
+patch_size from patch_embed.proj.weight [D, 3, p, p], image_size = g·p from
+pos_embed [1, 1 + g², D], mlp_ratio from mlp.fc1, qkv_bias from whether the
+qkv bias is there. No shape holds the head count: it is `num_heads` where
+given, else that of the DINO architecture with that width and depth (vit_small
+6, vit_base 12). `arch` names the DINO architecture the fields are, or is None.
+
+Key mapping (our path joined with ".", `blocks_i` read `blocks.i`):
+  cls_token, pos_embed                cls_token, pos_embed (as they are)
+  patch_embed.proj.weight, bias       patch_embed/proj/kernel (OIHW -> HWIO), bias
+  blocks.i.norm1.weight, bias         blocks_i/norm1/scale, bias (norm2, norm alike)
+  blocks.i.attn.qkv.weight, bias      blocks_i/attn/qkv/kernel ([out, in] -> [in, out]),
+                                      bias (attn.proj, mlp.fc1, mlp.fc2 alike)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from sgc_jax import tree_io
+from sgc_jax.convert import torch_file
+from sgc_jax.models import vit
+
+# The VisionTransformer fields a checkpoint determines, with their types.
+MODEL_FIELDS = {"patch_size": int, "embed_dim": int, "depth": int, "num_heads": int,
+                "mlp_ratio": float, "qkv_bias": bool, "image_size": int}
+_DDP, _WRAPPER = "module.", "backbone."
+_LEAVES = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+_FLOATS = ("float16", "bfloat16", "float32", "float64")
+
+
+def _prefix(state_dict) -> str:
+  """The backbone's key prefix: DDP's `module.`, then the MultiCropWrapper's
+  `backbone.`, each where the keys have it."""
+  prefix = _DDP if any(k.startswith(_DDP) for k in state_dict) else ""
+  if any(k.startswith(prefix + _WRAPPER) for k in state_dict):
+    prefix += _WRAPPER
+  return prefix
+
+
+def architecture(fields: dict) -> str | None:
+  """The DINO architecture (`vit.ARCHITECTURES`) the fields are, if any."""
+  return next((name for name, arch in vit.ARCHITECTURES.items()
+               if all(fields[k] == v for k, v in arch.items())), None)
+
+
+def infer_fields(state_dict: dict[str, np.ndarray], source: str = "state dict",
+                 num_heads: int | None = None) -> dict:
+  """{"arch", **MODEL_FIELDS} of the checkpoint's ViT (see the module docstring)."""
+  prefix = _prefix(state_dict)
+
+  def shape(name, ndim):
+    key = prefix + name
+    if key not in state_dict:
+      first = ", ".join(repr(k[:80]) for k in list(state_dict)[:3])
+      raise torch_file.WeightFileError(
+          f"{source}: not a DINO ViT state dict: no {key!r} (keys begin {first}, ...)")
+    if state_dict[key].ndim != ndim or not all(state_dict[key].shape):
+      raise torch_file.WeightFileError(
+          f"{source}: tensor {key!r} has shape {tuple(state_dict[key].shape)}")
+    return state_dict[key].shape
+
+  dim = int(shape("cls_token", 3)[-1])
+  patch_size = int(shape("patch_embed.proj.weight", 4)[-1])
+  positions = shape("pos_embed", 3)[1] - 1
+  grid = math.isqrt(positions)
+  if grid * grid != positions:
+    raise torch_file.WeightFileError(
+        f"{source}: tensor {prefix + 'pos_embed'!r} has shape "
+        f"{tuple(state_dict[prefix + 'pos_embed'].shape)}: {positions} patch positions, not "
+        "a square grid")
+  hidden = int(shape("blocks.0.mlp.fc1.weight", 2)[0])
+  depth = 0
+  while any(k.startswith(f"{prefix}blocks.{depth}.") for k in state_dict):
+    depth += 1
+  fields = {"patch_size": patch_size, "embed_dim": dim, "depth": depth,
+            "mlp_ratio": hidden / dim, "qkv_bias": f"{prefix}blocks.0.attn.qkv.bias" in state_dict,
+            "image_size": grid * patch_size}
+  if num_heads is None:
+    sized = [arch for arch in vit.ARCHITECTURES.values()
+             if (arch["embed_dim"], arch["depth"]) == (dim, depth)]
+    if not sized:
+      known = "; ".join(f"{name} {arch['embed_dim']} and {arch['depth']}"
+                        for name, arch in vit.ARCHITECTURES.items())
+      raise torch_file.WeightFileError(
+          f"{source}: a ViT {dim} wide and {depth} deep, no DINO architecture ({known}), and "
+          "no tensor holds the head count: give num_heads")
+    num_heads = sized[0]["num_heads"]
+  if num_heads < 1 or dim % num_heads:
+    raise torch_file.WeightFileError(
+        f"{source}: embed_dim {dim} is not a multiple of num_heads {num_heads}")
+  fields["num_heads"] = num_heads
+  return {"arch": architecture(fields), **{name: fields[name] for name in MODEL_FIELDS}}
+
+
+def model(fields: dict) -> vit.VisionTransformer:
+  """The VisionTransformer of `fields` (MODEL_FIELDS; others are ignored)."""
+  return vit.VisionTransformer(**{name: fields[name] for name in MODEL_FIELDS})
+
+
+def abstract_params(fields: dict) -> dict:
+  """Shapes of the converted params for `fields`, as `model(fields).init` makes them."""
+  size = fields["image_size"]
+  return jax.eval_shape(model(fields).init, jax.random.key(0),
+                        jax.ShapeDtypeStruct((1, size, size, 3), np.float32))["params"]
+
+
+def torch_name(path: tuple[str, ...]) -> str:
+  """A parameter's path -> its DINO key (without prefixes)."""
+  *modules, leaf = path
+  if not modules:
+    return leaf
+  return ".".join([re.sub(r"^blocks_", "blocks.", m) for m in modules] + [_LEAVES[leaf]])
+
+
+def _torch_shape(path, shape) -> tuple[int, ...]:
+  if path[-1] == "kernel" and len(shape) == 4:
+    kh, kw, cin, cout = shape
+    return (cout, cin, kh, kw)
+  if path[-1] == "kernel":
+    return tuple(reversed(shape))
+  return tuple(shape)
+
+
+def _from_torch(path, value) -> np.ndarray:
+  if path[-1] == "kernel":
+    return torch_file.conv_kernel(value) if value.ndim == 4 else np.ascontiguousarray(value.T)
+  return value
+
+
+def _require(state_dict, name, shape, source) -> np.ndarray:
+  """state_dict[name] as float32, checked to exist, to be floating point and to have `shape`."""
+  if name in state_dict and state_dict[name].dtype.name not in _FLOATS:
+    raise torch_file.WeightFileError(
+        f"{source}: tensor {name!r} is {state_dict[name].dtype.name}, not floating point")
+  return torch_file.require(state_dict, name, shape, source)
+
+
+def convert(state_dict: dict[str, np.ndarray], fields: dict, source: str = "state dict") -> dict:
+  """{"params"} of `model(fields)` from a DINO state dict (either layout).
+
+  Every tensor must be there, floating point, with the official shape, and
+  nothing else but the projection head; errors are `WeightFileError`, one line
+  naming the first offending key.
+  """
+  prefix = _prefix(state_dict)
+  flat, used = {}, set()
+  for path, leaf in traverse_util.flatten_dict(abstract_params(fields)).items():
+    name = prefix + torch_name(path)
+    used.add(name)
+    try:
+      value = _require(state_dict, name, _torch_shape(path, leaf.shape), source)
+    except torch_file.WeightFileError as error:
+      raise torch_file.WeightFileError(f"{error}{_hint(state_dict, fields)}") from None
+    flat[path] = _from_torch(path, value)
+  head = prefix.removesuffix(_WRAPPER) + "head."
+  unexpected = [k for k in state_dict if k not in used and not k.startswith(head)]
+  if unexpected:
+    raise torch_file.WeightFileError(
+        f"{source}: unexpected tensor {unexpected[0]!r}, not in a {fields['depth']}-block "
+        f"DINO ViT ({len(unexpected)} such){_hint(state_dict, fields)}")
+  return {"params": traverse_util.unflatten_dict(flat)}
+
+
+def _hint(state_dict, fields) -> str:
+  """Names the checkpoint's own fields where they differ from `fields`."""
+  try:
+    found = infer_fields(state_dict, num_heads=fields["num_heads"])
+  except torch_file.WeightFileError:
+    return ""
+  differ = [f"{name}={found[name]}" for name in MODEL_FIELDS if found[name] != fields[name]]
+  return f"; the checkpoint's ViT has {', '.join(differ)}" if differ else ""
+
+
+def _stored_fields(tree: dict, source: str) -> dict:
+  """The fields an .npz of this module holds, checked."""
+  stored = tree.get("fields")
+  fields = {}
+  for name, kind in MODEL_FIELDS.items():
+    value = stored.get(name) if isinstance(stored, dict) else None
+    if value is None or np.shape(value) != () or value.dtype.kind not in "biuf":
+      raise torch_file.WeightFileError(
+          f"{source}: no number 'fields/{name}': not an .npz of sgc_jax.convert.dino")
+    fields[name] = kind(value.item())
+    if kind is not bool and not fields[name] > 0:
+      raise torch_file.WeightFileError(f"{source}: 'fields/{name}' is {fields[name]}")
+  if fields["embed_dim"] % fields["num_heads"] or fields["image_size"] % fields["patch_size"]:
+    raise torch_file.WeightFileError(
+        f"{source}: fields {fields}: embed_dim must be a multiple of num_heads, and "
+        "image_size one of patch_size")
+  return {"arch": architecture(fields), **fields}
+
+
+def check_tree(params: dict, fields: dict, source: str) -> dict:
+  """`params` (e.g. read back from an .npz), checked to have the converted
+  params' keys, shapes and a floating-point dtype; as float32."""
+  want = traverse_util.flatten_dict(abstract_params(fields), sep="/")
+  got = traverse_util.flatten_dict(params, sep="/")
+  for key, leaf in want.items():
+    if key not in got:
+      raise torch_file.WeightFileError(f"{source}: missing 'params/{key}'")
+    if tuple(np.shape(got[key])) != tuple(leaf.shape):
+      raise torch_file.WeightFileError(f"{source}: 'params/{key}' has shape "
+                                       f"{tuple(np.shape(got[key]))}, expected {leaf.shape}")
+    if np.asarray(got[key]).dtype.name not in _FLOATS:
+      raise torch_file.WeightFileError(
+          f"{source}: 'params/{key}' is {np.asarray(got[key]).dtype.name}, not floating point")
+  for key in got:
+    if key not in want:
+      raise torch_file.WeightFileError(f"{source}: unexpected 'params/{key}'")
+  return traverse_util.unflatten_dict(
+      {key: np.asarray(value, np.float32) for key, value in got.items()}, sep="/")
+
+
+def load(path: str, num_heads: int | None = None) -> tuple[dict, dict]:
+  """(fields, {"params"}) from an official file (see the module docstring) or
+  from the .npz this module writes. `num_heads` is needed for a `.pth` whose
+  width and depth are no DINO architecture's; an .npz holds it."""
+  if path.endswith(".npz"):
+    tree = tree_io.unflatten(torch_file.load_state_dict(path))
+    fields = _stored_fields(tree, path)
+    if num_heads not in (None, fields["num_heads"]):
+      raise torch_file.WeightFileError(
+          f"{path}: a ViT with {fields['num_heads']} heads, not {num_heads}")
+    unexpected = sorted(set(tree) - {"params", "fields"})
+    if unexpected:
+      raise torch_file.WeightFileError(f"{path}: unexpected {unexpected[0]!r}")
+    return fields, {"params": check_tree(tree.get("params", {}), fields, path)}
+  state_dict = torch_file.load_state_dict(path, key="teacher")
+  fields = infer_fields(state_dict, path, num_heads)
+  return fields, convert(state_dict, fields, path)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("checkpoint", help="a DINO backbone .pth or training checkpoint.pth")
+  parser.add_argument("out", help="the .npz to write")
+  parser.add_argument("--num_heads", type=int, default=None,
+                      help="the head count, for a ViT of no DINO architecture")
+  args = parser.parse_args(argv)
+  try:
+    fields, variables = load(args.checkpoint, args.num_heads)
+    out = torch_file.write_npz(
+        {**variables, "fields": {name: fields[name] for name in MODEL_FIELDS}}, args.out)
+  except (torch_file.WeightFileError, OSError) as error:
+    sys.exit(f"error: {error}")
+  details = ", ".join(f"{name}={fields[name]}" for name in MODEL_FIELDS)
+  print(f"wrote {out}: {fields['arch'] or 'a ViT of no DINO architecture'} ({details})")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,154 @@
+"""Frozen backbones that methods build on (ACSeg's features), chosen by config:
+
+    backbone.kind = "dino"    a DINO ViT (models/vit.py): `arch` (vit_small |
+                              vit_base), `patch_size` (8 | 16), `feature`
+                              (tokens | keys), `dtype` (of its compute:
+                              float32 | bfloat16); `weights` an official DINO
+                              .pth or the .npz its converter writes (None: a
+                              randomly initialised ViT, the untrained baseline)
+    backbone.kind = "bundle"  a backbone the library trained: `weights` is an
+                              inference bundle (--mode=export) holding a
+                              `features` function (SlotCon's teacher encoder,
+                              SGC-VQGAN's encoder); it is rebuilt from the model
+                              code and its variables, never from serialized code
+
+A backbone gives `init` (variables of the right shapes), `load` (the weights),
+`features(variables, images)` -> [B, h, w, D], the input normalisation it was
+trained with, and `description()`: the facts that rebuild it (`from_description`)
+without its weight file, for the bundles of the methods built on it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from sgc_jax.config_lib import ConfigError
+
+KINDS = ("dino", "bundle")
+DINO_FEATURES = ("tokens", "keys")
+
+
+class Backbone:
+  """A frozen feature extractor; see the module docstring."""
+
+  def __init__(self, kind: str, weights: str | None, normalization: str,
+               features: Callable, abstract_variables, description: dict,
+               load: Callable[[], Any]):
+    self.kind, self.weights, self.normalization = kind, weights, normalization
+    self._features, self._abstract, self._description = features, abstract_variables, description
+    self._load = load
+
+  def init(self):
+    """Variables of the backbone's shapes (zeros: `load` puts the weights)."""
+    return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), self._abstract)
+
+  def load(self):
+    """The weights (host arrays); a random ViT's own initialisation without a file."""
+    return self._load()
+
+  def features(self, variables, images) -> jax.Array:
+    """Images [B, H, W, 3] (normalised as `normalization`) -> float32 [B, h, w, D],
+    with no gradient to the backbone."""
+    out = self._features(jax.lax.stop_gradient(variables), images)
+    return jax.lax.stop_gradient(out).astype(jnp.float32)
+
+  def description(self) -> dict:
+    return self._description
+
+
+def validate(config_backbone, field: str = "model.backbone") -> None:
+  kind = config_backbone.kind
+  if kind not in KINDS:
+    raise ConfigError(f"config.{field}.kind={kind!r}: must be one of {', '.join(KINDS)}")
+  if kind == "dino":
+    from sgc_jax.models import vit
+    if config_backbone.arch not in vit.ARCHITECTURES:
+      raise ConfigError(f"config.{field}.arch={config_backbone.arch!r}: must be one of "
+                        f"{', '.join(vit.ARCHITECTURES)}")
+    if config_backbone.patch_size not in (8, 16):
+      raise ConfigError(f"config.{field}.patch_size={config_backbone.patch_size!r}: "
+                        "DINO's ViTs have patches of 8 or 16")
+    if config_backbone.dtype not in ("float32", "bfloat16"):
+      raise ConfigError(f"config.{field}.dtype={config_backbone.dtype!r}: must be float32 or "
+                        "bfloat16")
+    if config_backbone.feature not in DINO_FEATURES:
+      raise ConfigError(f"config.{field}.feature={config_backbone.feature!r}: must be one of "
+                        f"{', '.join(DINO_FEATURES)}")
+  elif not config_backbone.weights:
+    raise ConfigError(f"config.{field}.weights: kind 'bundle' needs a bundle directory "
+                      "(python -m sgc_jax.main --mode=export of the backbone's run)")
+
+
+def build(config_backbone, image_size: int, field: str = "model.backbone") -> Backbone:
+  """The backbone of a config (reads a bundle's model.json and variables)."""
+  validate(config_backbone, field)
+  if config_backbone.kind == "dino":
+    return _dino(dict(arch=config_backbone.arch, patch_size=config_backbone.patch_size,
+                      feature=config_backbone.feature, dtype=config_backbone.dtype),
+                 config_backbone.weights, image_size)
+  return _bundle(config_backbone.weights, field)
+
+
+def from_description(description: dict, image_size: int) -> Backbone:
+  """A backbone from `Backbone.description()` (no file is read)."""
+  if description["kind"] == "dino":
+    return _dino(description["dino"], None, image_size)
+  return _library(description["bundle"], None, lambda: None)
+
+
+def _dino(fields: dict, weights: str | None, image_size: int) -> Backbone:
+  from sgc_jax.models import vit
+  loaded = None
+  if weights is not None:
+    from sgc_jax.convert import dino, torch_file
+    try:
+      found, loaded = dino.load(weights)
+    except torch_file.WeightFileError as error:
+      raise ConfigError(f"config.model.backbone.weights: {error}") from None
+    differ = [f"{k} {found[k]!r} (config: {fields[k]!r})" for k in ("arch", "patch_size")
+              if found[k] != fields[k]]
+    if differ:
+      raise ConfigError(f"config.model.backbone.weights={weights}: a DINO ViT with "
+                        + ", ".join(differ))
+    # The grid of its position embedding: what the checkpoint was trained at.
+    fields = {**fields, "image_size": found["image_size"]}
+  net = vit.dino_vit(fields["arch"], fields["patch_size"],
+                     image_size=fields.get("image_size", 224), dtype=jnp.dtype(fields["dtype"]))
+  images = jnp.zeros((1, image_size, image_size, 3))
+  abstract = jax.eval_shape(net.init, jax.random.PRNGKey(0), images)
+
+  def features(variables, x):
+    return net.apply(variables, x)[fields["feature"]]
+
+  def load():
+    if loaded is not None:
+      return loaded
+    return jax.device_get(jax.jit(net.init)(jax.random.PRNGKey(0), images))
+
+  return Backbone("dino", weights, "imagenet", features, abstract,
+                  {"kind": "dino", "dino": fields}, load)
+
+
+def _bundle(directory: str, field: str) -> Backbone:
+  from sgc_jax import inference
+  try:
+    bundle = inference.load(directory, use_model_code=True)
+  except inference.BundleError as error:
+    raise ConfigError(f"config.{field}.weights: {error}") from None
+  if "features" not in bundle.description["functions"]:
+    raise ConfigError(f"config.{field}.weights={directory}: the {bundle.method} bundle has no "
+                      "features function (it holds "
+                      f"{', '.join(bundle.description['functions'])})")
+  return _library({k: v for k, v in bundle.description.items() if k != "sha256"}, directory,
+                  lambda: bundle.variables)
+
+
+def _library(description: dict, directory: str | None, load) -> Backbone:
+  from sgc_jax import methods
+  functions, abstract = methods.get(description["method"]).functions_from_bundle(description)
+  return Backbone("bundle", directory, description.get("normalization", "symmetric"),
+                  functions["features"], abstract, {"kind": "bundle", "bundle": description},
+                  load)
