@@ -95,6 +95,7 @@ def get_config(arg=None):
       label_threshold=config.model.codebook.get_ref("label_threshold"),
       probe_images=2000,  # training images whose tokens train the linear probe
       probe_steps=500, probe_in_training=False,
-      feature_tokens=100_000)  # of a method's dense features: what k-means and probe fit
+      feature_tokens=100_000,  # of a method's dense features: what k-means and probe fit
+      kmeans_restarts=10)  # their k-means: the best of this many seedings (by inertia)
   config.evals.pictures = dict(type="pictures", every=60, num_examples=8)
   return config

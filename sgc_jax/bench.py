@@ -10,6 +10,7 @@
         [--steps=5] [--config=configs/slotcon_scenes.py[:size=32]]
     python -m sgc_jax.bench versus-taming --official=PATH [--batch_size=8]
         [--steps=5] [--config=configs/bench_taming64.py[:quantizer=sgc]]
+    python -m sgc_jax.bench modularity [--batch_size=8] [--tokens=3136] [--dim=384]
 
 `data`: images/s of the training input pipeline (decode, two augmented views,
 batching, placement on the mesh) at 64 and 128 px, on the `smoke` configs of
@@ -27,6 +28,11 @@ device sends, the per-device memory of the state, and the FLOPs per device.
 
 `profile`: the XLA ops of a config's train step that take the most time, and
 the time by kind of op (see sgc_jax/bench_profile.py).
+
+`modularity`: ACSeg's modularity loss and its gradient (models/acseg.py) at N
+tokens per image (3136: ViT-S/8 at 448 px): XLA's temporary memory of the
+compiled program against one image's N x N affinity and the whole batch's,
+and the time per call.
 
 `versus-slotcon`: our SlotCon train step against the official PyTorch model
 (PATH: a checkout of CVMI-Lab/SlotCon; needs the `torch` extra) on this CPU, in
@@ -55,6 +61,8 @@ _BATCHES = flags.DEFINE_integer("batches", 40, "Batches timed (after 5 of warm-u
 _STEPS = flags.DEFINE_integer("steps", 5, "train: steps timed (after 2 of warm-up).")
 _GAN = flags.DEFINE_bool("gan", False, "train: time the step with the GAN terms.")
 _TOP = flags.DEFINE_integer("top", 15, "profile: rows of each table.")
+_TOKENS = flags.DEFINE_integer("tokens", 3136, "modularity: tokens per image (N).")
+_DIM = flags.DEFINE_integer("dim", 384, "modularity: feature dimension.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "train: the config.")
 _OFFICIAL = flags.DEFINE_string("official", None,
                                 "versus-slotcon: a checkout of CVMI-Lab/SlotCon; "
@@ -118,6 +126,29 @@ def bench_train(config, batch_size: int, steps: int, with_gan: bool, num_classes
   return row, trainer.summary()
 
 
+def bench_modularity(batch_size: int, tokens: int, dim: int, concepts: int = 5) -> dict:
+  """Memory and time of ACSeg's modularity loss and gradient (see the docstring)."""
+  import jax.numpy as jnp
+  import numpy as np
+  from sgc_jax.models import acseg
+  fn = jax.jit(jax.value_and_grad(
+      lambda logits, features: acseg.modularity_loss(features, jax.nn.softmax(logits, -1))))
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(batch_size, tokens, concepts)), jnp.float32)
+  features = jnp.asarray(rng.normal(size=(batch_size, tokens, dim)), jnp.float32)
+  compiled = fn.lower(logits, features).compile()
+  jax.block_until_ready(compiled(logits, features))
+  start = time.perf_counter()
+  for _ in range(3):
+    jax.block_until_ready(compiled(logits, features))
+  one_image = tokens * tokens * 4
+  return {"batch": batch_size, "N": tokens, "D": dim,
+          "temp MiB": compiled.memory_analysis().temp_size_in_bytes / 2**20,
+          "one image's N x N MiB": one_image / 2**20,
+          "batch's N x N MiB": batch_size * one_image / 2**20,
+          "ms/call": 1000 * (time.perf_counter() - start) / 3}
+
+
 def bench_comms(config, batch_size: int) -> dict:
   from sgc_jax import hlo
   trainer, compiled = synthetic.compiled_train_step(config, batch_size)
@@ -159,6 +190,12 @@ def main(argv):
           + (", with GAN" if _GAN.value else ""))
     print(report.markdown_table(list(row), [list(row.values())], "r" * len(row)))
     return
+  if argv[1:] == ["modularity"]:
+    row = bench_modularity(_BATCH.value, _TOKENS.value, _DIM.value)
+    print(f"\nACSeg's modularity loss + gradient on {jax.devices()[0].platform}, "
+          "float32, 5 concepts")
+    print(report.markdown_table(list(row), [list(row.values())], "r" * len(row)))
+    return
   if argv[1:] == ["versus-slotcon"]:
     from sgc_jax import bench_versus
     config = bench_versus.default_config() if _CONFIG.value is None else _CONFIG.value
@@ -190,8 +227,8 @@ def main(argv):
     return
   if argv[1:] != ["data"]:
     raise app.UsageError(
-        "usage: python -m sgc_jax.bench data|train|comms|profile|versus-slotcon|versus-taming "
-        "[flags]")
+        "usage: python -m sgc_jax.bench data|train|comms|profile|modularity|versus-slotcon|"
+        "versus-taming [flags]")
   rows = bench_data()
   print(f"\ninput pipeline on {jax.devices()[0].platform}, "
         f"{jax.device_count()} device(s)")

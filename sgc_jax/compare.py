@@ -1,6 +1,7 @@
 """The quality table: eval.json of several runs side by side, into the README.
 
     python -m sgc_jax.compare workdir/compare/{vq,ema,sgc} --readme README.md [--table gan]
+        [--names vq,ema,sgc]
 
 replaces the text between the README's `<!-- quality-table -->` markers (with
 `--table NAME`, between `<!-- quality-table-NAME -->` markers).
@@ -23,15 +24,22 @@ def table(runs: dict[str, dict]) -> str:
                          for key, label, spec in TABLE])
 
 
-def read_runs(workdirs: list[str]) -> dict[str, dict]:
+def read_runs(workdirs: list[str], names: list[str] | None = None) -> dict[str, dict]:
+  """{column name: eval.json} of each workdir; a column is named by `names`,
+  else by the run's quantizer, else by the workdir's base name."""
+  if names is not None and len(names) != len(workdirs):
+    raise SystemExit(f"error: {len(names)} names for {len(workdirs)} workdirs")
   runs = {}
-  for workdir in workdirs:
+  for index, workdir in enumerate(workdirs):
     path = os.path.join(workdir, "eval", "eval.json")
     if not os.path.isfile(path):
       raise SystemExit(f"error: {path} missing: run --mode=eval on {workdir} first")
     with open(path) as f:
       results = json.load(f)
-    runs[results.get("quantizer", os.path.basename(workdir))] = results
+    name = names[index] if names else results.get("quantizer", os.path.basename(workdir))
+    if name in runs:
+      raise SystemExit(f"error: two columns named {name!r}: give --names")
+    runs[name] = results
   return runs
 
 
@@ -50,8 +58,9 @@ def main(argv=None):
   parser.add_argument("workdirs", nargs="+")
   parser.add_argument("--readme", help="write the table into this file's markers")
   parser.add_argument("--table", help="which table's markers (default: the first)")
+  parser.add_argument("--names", help="column names, comma-separated, one per workdir")
   args = parser.parse_args(argv)
-  runs = read_runs(args.workdirs)
+  runs = read_runs(args.workdirs, args.names.split(",") if args.names else None)
   steps = sorted({r["step"] for r in runs.values()})
   images = sorted({int(r["images"]) for r in runs.values() if "images" in r})
   body = (f"Step {'/'.join(map(str, steps))}, {'/'.join(map(str, images))} validation "

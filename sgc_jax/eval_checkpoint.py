@@ -23,6 +23,8 @@ TABLE = (("psnr", "PSNR (dB)", ".2f"), ("ssim", "SSIM", ".3f"), ("l1", "L1", ".4
          ("code_purity", "token purity (code's majority class)", ".3f"),
          ("zero_shot_miou", "zero-shot mIoU (nearest code's class)", ".3f"),
          ("posterior_miou", "zero-shot mIoU (argmax p(c|z))", ".3f"),
+         ("class_matched_miou", "mIoU, units' classes matched to the labels", ".3f"),
+         ("class_matched_token_purity", "token purity, classes matched to the labels", ".3f"),
          ("hungarian_miou", "Hungarian mIoU", ".3f"),
          ("hungarian_pixel_accuracy", "Hungarian pixel accuracy", ".3f"),
          ("majority_miou", "many-to-one mIoU (unit's majority class)", ".3f"),

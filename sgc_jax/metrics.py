@@ -200,15 +200,28 @@ def _squared_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 
 def kmeans(points: np.ndarray, num_clusters: int, weights: np.ndarray | None = None,
-           iterations: int = 50, seed: int = 0) -> np.ndarray:
-  """Weighted k-means (k-means++ seeding, Lloyd steps) -> cluster of each point."""
-  return _lloyd(points, num_clusters, weights, iterations, seed)[0]
+           iterations: int = 50, seed: int = 0, restarts: int = 1) -> np.ndarray:
+  """Weighted k-means (k-means++ seeding, Lloyd steps) -> cluster of each point.
+  With `restarts`, the run of lowest weighted inertia of that many seedings."""
+  return _best_lloyd(points, num_clusters, weights, iterations, seed, restarts)[0]
 
 
 def kmeans_centres(points: np.ndarray, num_clusters: int, weights: np.ndarray | None = None,
-                   iterations: int = 50, seed: int = 0) -> np.ndarray:
+                   iterations: int = 50, seed: int = 0, restarts: int = 1) -> np.ndarray:
   """The [num_clusters, D] centres of `kmeans`."""
-  return _lloyd(points, num_clusters, weights, iterations, seed)[1]
+  return _best_lloyd(points, num_clusters, weights, iterations, seed, restarts)[1]
+
+
+def _best_lloyd(points, num_clusters, weights, iterations, seed, restarts):
+  runs = [_lloyd(points, num_clusters, weights, iterations, seed + restart)
+          for restart in range(max(1, restarts))]
+  if len(runs) == 1:
+    return runs[0]
+  points = np.asarray(points, np.float64)
+  weights = np.ones(len(points)) if weights is None else np.asarray(weights, np.float64)
+  inertia = [np.sum(weights * ((points - centres[assignment]) ** 2).sum(1))
+             for assignment, centres in runs]
+  return runs[int(np.argmin(inertia))]
 
 
 def _lloyd(points, num_clusters, weights, iterations, seed):

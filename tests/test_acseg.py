@@ -50,6 +50,11 @@ def test_modularity_matches_numpy_soft_and_hard():
   loss = float(parts.modularity_loss(jnp.asarray(features), soft))
   want = -np.mean([numpy_modularity(f, np.asarray(s, np.float64)) for f, s in zip(features, soft)])
   assert loss == pytest.approx(want, rel=1e-5, abs=1e-6)
+  # Centred: the same on the features minus each image's mean.
+  loss = float(parts.modularity_loss(jnp.asarray(features), soft, centre=True))
+  centred = features - features.mean(1, keepdims=True)
+  want = -np.mean([numpy_modularity(f, np.asarray(s, np.float64)) for f, s in zip(centred, soft)])
+  assert loss == pytest.approx(want, rel=1e-5, abs=1e-6)
   # The hard limit is Newman's modularity of the affinity graph.
   hard = rng.integers(0, 4, size=(3, 12))
   loss = float(parts.modularity_loss(jnp.asarray(features), jax.nn.one_hot(hard, 4)))

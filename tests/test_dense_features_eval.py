@@ -87,3 +87,21 @@ def test_the_sample_keeps_about_feature_tokens():
     fit.add_examples(None, (features, labels))
   kept = sum(len(f) for f in fit._features)
   assert kept == pytest.approx(200, abs=45)  # binomial(1024, 200/1024): sd ~ 13
+
+
+def test_classes_of_another_label_set_are_matched_one_to_one():
+  """Units whose classes are the true ones permuted (a model trained on
+  pseudo-labels: cluster ids): matched, mIoU and purity are 1; a unit whose
+  class is unmatched gets no credit."""
+  true_class = np.array([0, 0, 1, 1, 2, 2])
+  pixels = np.eye(3)[true_class] * 10.0
+  tokens = np.eye(3)[true_class] * 2.0
+  permuted = np.array([2, 0, 1])[true_class]
+  assert metrics.mean_iou(metrics.confusion_from_assignment(pixels, permuted, 3)) == 0.0
+  miou, purity = segmentation.class_matched(pixels, tokens, permuted)
+  assert miou == pytest.approx(1.0) and purity == pytest.approx(1.0)
+  # Four pseudo-classes for three classes: the smallest one stays unmatched.
+  four = np.array([3, 3, 0, 0, 1, 2])
+  miou, purity = segmentation.class_matched(pixels, tokens, four)
+  assert purity == pytest.approx(5 / 6)
+  assert miou == pytest.approx((1 + 1 + 0.5) / 3)

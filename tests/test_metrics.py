@@ -117,3 +117,18 @@ def test_kmeans_finds_separated_blobs():
   confusion = np.zeros((3, 3))
   np.add.at(confusion, (clusters, truth), 1)
   assert metrics.mean_iou(metrics.matched_confusion(confusion)) == 1.0
+
+
+def test_kmeans_restarts_keep_the_seeding_of_lowest_inertia():
+  rng = np.random.default_rng(0)
+  points = rng.normal(size=(300, 4))
+  weights = rng.uniform(0.5, 2.0, 300)
+
+  def inertia(centres):
+    d2 = ((points[:, None] - centres[None]) ** 2).sum(-1)
+    return float(np.sum(weights * d2.min(1)))
+
+  singles = [inertia(metrics.kmeans_centres(points, 6, weights, seed=s)) for s in range(5)]
+  best = inertia(metrics.kmeans_centres(points, 6, weights, seed=0, restarts=5))
+  assert best == pytest.approx(min(singles))
+  assert max(singles) > min(singles)  # the seedings do differ here

@@ -19,6 +19,7 @@ matching is the baseline ACSeg must beat.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
@@ -99,6 +100,15 @@ class ACSegMethod(Method):
     self.num_clusters = m.num_clusters or len(self.class_names)
     self.tx = optim.create(config.optimizer, config.optimizer.learning_rate, config.total_steps)
 
+  # The model fields the state's tree depends on; the others (temperature,
+  # the classifier's, the backbone file's path) may change on resume.
+  _STATE_KEYS = ("backbone.kind", "backbone.arch", "backbone.patch_size", "num_prototypes",
+                 "num_blocks", "num_heads", "mlp_ratio")
+
+  def _state_config(self, field: str, value) -> dict:
+    return {k: v for k, v in super()._state_config(field, value).items()
+            if k in self._STATE_KEYS}
+
   @classmethod
   def build(cls, config, mesh, dataset) -> "ACSegMethod":
     """Labels are not used to train; where the data has them, evaluators read them."""
@@ -109,10 +119,12 @@ class ACSegMethod(Method):
     m = config.model
     config_lib.check_positive(config, "model.num_prototypes", "model.num_blocks",
                               "model.num_heads", "model.mlp_ratio", "model.temperature",
-                              "model.classifier_images", "optimizer.learning_rate")
+                              "model.classifier_images", "model.classifier_restarts",
+                              "optimizer.learning_rate")
     if m.num_clusters is not None and m.num_clusters < 1:
       raise config_lib.ConfigError(f"config.model.num_clusters={m.num_clusters}: must be >= 1 "
                                    "(or None: the data set's number of classes)")
+    config_lib.check_choice(config, "model.affinity", ("cosine", "centred"))
     if config.data.num_views != 1:
       raise config_lib.ConfigError(f"config.data.num_views={config.data.num_views}: ACSeg "
                                    "trains on one view of each image")
@@ -165,7 +177,7 @@ class ACSegMethod(Method):
     def loss_fn(params):
       concepts = self.net.generator.apply({"params": params}, pixels)
       assignment = jax.nn.softmax(parts.concept_logits(pixels, concepts, m.temperature), -1)
-      return parts.modularity_loss(pixels, assignment), assignment
+      return parts.modularity_loss(pixels, assignment, m.affinity == "centred"), assignment
 
     (loss, assignment), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
@@ -188,24 +200,27 @@ class ACSegMethod(Method):
     """The concept classifier: k-means (cosine) of the concepts of the batches'
     images, each concept weighted by the share of its image's pixels it wins."""
     concepts, weights = [], []
-    step = jax.jit(self._concepts_and_shares)
     for batch in tqdm.tqdm(batches, total=batches.num_batches, unit="batch", leave=False,
                            desc="fit the concept classifier", mininterval=2.0,
                            disable=jax.process_index() != 0):
-      found = sharding.gather_examples(batch["mask"], step(variables, batch["image"][:, 0]))
+      found = sharding.gather_examples(batch["mask"],
+                                       self._concepts_and_shares(variables, batch["image"][:, 0]))
       concepts.append(found[0].reshape(-1, found[0].shape[-1]))
       weights.append(found[1].reshape(-1))
     concepts, weights = np.concatenate(concepts), np.concatenate(weights)
     won = weights > 0
     centres = metrics.kmeans_centres(concepts[won], self.num_clusters, weights=weights[won],
-                                     seed=self.config.seed)
+                                     seed=self.config.seed,
+                                     restarts=self.config.model.classifier_restarts)
     centres = centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
     if len(centres) < self.num_clusters:  # fewer winning concepts than clusters
       centres = np.concatenate([centres, np.zeros(
           (self.num_clusters - len(centres), centres.shape[1]))])
     return {**variables, "classifier": {"centres": jnp.asarray(centres, jnp.float32)}}
 
+  @functools.partial(jax.jit, static_argnums=0)
   def _concepts_and_shares(self, variables, images):
+    """Each image's concepts (unit vectors) and the share of its pixels each wins."""
     _, concepts, logits = self.net.concepts(variables, images)
     winner = jax.nn.one_hot(jnp.argmax(logits, -1), concepts.shape[1])
     return parts.l2_normalize(concepts), jnp.mean(winner, axis=(1, 2))

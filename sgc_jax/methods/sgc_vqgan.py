@@ -339,7 +339,11 @@ def _functions(model: SGCVQGAN, mc: ModelConfig):
   def decode(variables, indices):
     return model.apply(variables, indices, method=SGCVQGAN.decode)
 
-  return {
-      "encode": (encode, jax.ShapeDtypeStruct((batch, mc.resolution, mc.resolution, 3),
-                                              jnp.float32)),
-      "decode": (decode, jax.ShapeDtypeStruct((batch, mc.grid, mc.grid), jnp.int32))}
+  def features(variables, images):
+    """The encoder's tokens z [N, g, g, D], before quantization (a backbone)."""
+    return model.apply(variables, images, method=SGCVQGAN.tokens)
+
+  images = jax.ShapeDtypeStruct((batch, mc.resolution, mc.resolution, 3), jnp.float32)
+  return {"encode": (encode, images),
+          "decode": (decode, jax.ShapeDtypeStruct((batch, mc.grid, mc.grid), jnp.int32)),
+          "features": (features, images)}

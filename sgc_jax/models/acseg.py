@@ -71,15 +71,21 @@ def concept_logits(features, concepts, temperature: float):
                     l2_normalize(concepts)) / temperature
 
 
-def affinity(features):
-  """A_ij = max(0, cos(x_i, x_j)) of one image's features [N, D]."""
-  unit = l2_normalize(features.astype(jnp.float32))
+def affinity(features, centre: bool = False):
+  """A_ij = max(0, cos(x_i, x_j)) of one image's features [N, D]; with
+  `centre`, of the features minus the image's mean feature. (Features after a
+  ReLU are all positive, so their cosines are high and alike and the graph is
+  nearly complete; centred, the cosines are spread around 0.)"""
+  features = features.astype(jnp.float32)
+  if centre:
+    features = features - jnp.mean(features, 0, keepdims=True)
+  unit = l2_normalize(features)
   return jnp.maximum(unit @ unit.T, 0.0)
 
 
-def _image_modularity(features, assignment):
+def _image_modularity(features, assignment, centre: bool):
   """Soft Newman modularity Q of one image: features [N, D], assignment [N, P]."""
-  a = affinity(jax.lax.stop_gradient(features))
+  a = affinity(jax.lax.stop_gradient(features), centre)
   degrees = a.sum(1)
   two_m = jnp.maximum(degrees.sum(), 1e-12)
   within = jnp.sum(assignment * (a @ assignment))
@@ -87,9 +93,9 @@ def _image_modularity(features, assignment):
   return (within - expected) / two_m
 
 
-def modularity_loss(features, assignment):
+def modularity_loss(features, assignment, centre: bool = False):
   """−Q averaged over images: features [B, N, D] (frozen), assignment [B, N, P]
-  (rows sum to 1). One image's N x N affinity at a time, in the forward pass
-  and (recomputed) in the backward pass."""
-  per_image = jax.checkpoint(lambda pair: _image_modularity(*pair))
+  (rows sum to 1); `centre`: see `affinity`. One image's N x N affinity at a
+  time, in the forward pass and (recomputed) in the backward pass."""
+  per_image = jax.checkpoint(lambda pair: _image_modularity(*pair, centre))
   return -jnp.mean(jax.lax.map(per_image, (features, assignment.astype(jnp.float32))))
