@@ -59,7 +59,6 @@ sgc sgc --workdir="$WORKDIR/sgc_pseudo" --mode=eval "${@:1}"
 stage 6 "ema and label-guided sgc, $STEPS steps (launch/compare.sh's runs)"
 for quantizer in ema sgc; do
   for mode in train eval; do
-    [ "$mode" = eval ] && [ -f "$COMPARE_DIR/$quantizer/eval/eval.json" ] && continue
     sgc $quantizer --workdir="$COMPARE_DIR/$quantizer" --mode=$mode "${@:1}"
   done
 done

@@ -102,3 +102,24 @@ def test_tokenize_and_detokenize_cli(bundle, tmp_path):
   result = cli("detokenize_main", str(tokens), "--bundle", bundle, "--out", str(out))
   assert result.returncode != 0
   assert f"error: {tokens / 'd.npz'}: token grid (4, 4), the bundle decodes (8, 8)" in result.stderr
+
+
+def test_the_bundle_features_are_the_encoders_tokens_and_make_an_acseg_backbone(
+    bundle, data_dir, scenes64):
+  """SGC-VQGAN's bundle holds `features` (the tokens z the method predicts), so
+  ACSeg can take it as a frozen backbone (kind=bundle, symmetric inputs)."""
+  import jax
+  from sgc_jax.models import backbones
+  from test_acseg import tiny_acseg_config
+  config = tiny_config(data_dir)
+  method = train.build_method(config, scenes64)
+  variables = method.eval_variables(method.create_train_state(0))
+  images = np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  want = np.asarray(jax.jit(method.predict)(variables, images)["features"])
+  np.testing.assert_allclose(inference.load(bundle).call("features", images), want,
+                             rtol=1e-5, atol=1e-5)
+  acseg_config = tiny_acseg_config(data_dir, bundle)
+  backbone = backbones.build(acseg_config.model.backbone, 32)
+  assert backbone.normalization == "symmetric"
+  np.testing.assert_allclose(np.asarray(backbone.features(backbone.load(), images)), want,
+                             rtol=1e-5, atol=1e-5)

@@ -274,6 +274,15 @@ def test_eval_mode_evaluates_the_toy(toy_run):
     assert os.path.exists(os.path.join(workdir, "eval", f"{name}.png")), name
 
 
+def test_pseudo_labels_of_a_method_that_does_not_segment_are_a_config_error(toy_run):
+  from sgc_jax import pseudo_labels
+  config, workdir, _, _ = toy_run
+  with pytest.raises(config_lib.ConfigError, match="config.method=.toy.: the method does not "
+                     "segment images, so it makes no pseudo-labels"):
+    pseudo_labels.write_pseudo_labels(config, workdir)
+  assert not os.path.exists(os.path.join(workdir, "pseudo_labels"))
+
+
 def test_the_toy_exports_a_bundle_that_runs_like_the_method(toy_run, scenes64):
   config, workdir, _, _ = toy_run
   bundle = export.export_checkpoint(config, workdir, os.path.join(workdir, "toy_bundle"))
