@@ -24,7 +24,7 @@ WORKDIR=${WORKDIR:-workdir/label_free}
 COMPARE_DIR=${COMPARE_DIR:-workdir/compare}
 SLOTCON_WORKDIR=${SLOTCON_WORKDIR:-$WORKDIR/slotcon}
 stage() { echo "== [$1/6] $2"; }
-main() { "$PY" -m sgc_jax.main --config.data.data_dir="$DATA_DIR" "$@"; }
+main() { "$PY" -m sgc_jax.main "$@" --config.data.data_dir="$DATA_DIR"; }
 
 stage 1 "SlotCon, $SLOTCON_STEPS steps (no labels) -> $SLOTCON_WORKDIR/bundle"
 main --config="configs/slotcon_scenes.py:steps=$SLOTCON_STEPS" --workdir="$SLOTCON_WORKDIR" \
