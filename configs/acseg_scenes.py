@@ -16,7 +16,7 @@ Args: size (64 | 128), steps.
 import ml_collections
 from ml_collections import config_dict
 
-from configs import sgc_scenes
+from configs import sgc_scenes, slotcon_scenes
 from sgc_jax import config_lib
 
 
@@ -59,10 +59,5 @@ def get_config(arg=None):
   config.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-4, warmup_steps=max(1, arg.steps // 20),
       final_lr_fraction=0.01, grad_clip=0.0))
-  del config.loss, config.disc, config.ema_decay, config.init_from
-  del config.evals.reconstruction
-  config.evals.codebook.every = 500  # and segmentation (a shared `every`)
-  del config.evals.segmentation.label_threshold
-  config.evals.segmentation.label_threshold = 0.5
-  config.evals.pictures.every = 500
-  return config
+  del config.init_from
+  return slotcon_scenes.without_reconstruction(config)

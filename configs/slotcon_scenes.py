@@ -48,6 +48,13 @@ def get_config(arg=None):
       name="lars", learning_rate=lr, weight_decay=1e-5, momentum=0.9,
       trust_coefficient=1e-3, warmup_steps=max(1, arg.steps // 20),
       warmup_start_fraction=0.01, final_lr_fraction=1e-6 / lr, grad_clip=0.0))
+  return without_reconstruction(config)
+
+
+def without_reconstruction(config):
+  """sgc_scenes' config for a method that neither reconstructs nor trains on
+  labels: no VQGAN losses or discriminator, no reconstruction metrics, the
+  semantic evaluators every 500 steps on labels of token majority > 0.5."""
   del config.loss, config.disc, config.ema_decay
   del config.evals.reconstruction
   config.evals.codebook.every = 500  # and segmentation (a shared `every`)

@@ -19,7 +19,7 @@ from sgc_jax.core import loop, sharding
 from sgc_jax.methods import acseg, slotcon
 from sgc_jax.models import acseg as parts
 
-from test_slotcon_method import tiny_slotcon_config
+from test_slotcon_method import shrink, tiny_slotcon_config
 
 
 def numpy_modularity(features, assignment):
@@ -137,16 +137,9 @@ def slotcon_bundle(data_dir, scenes64, tmp_path_factory):
 
 
 def tiny_acseg_config(data_dir, bundle, **overrides):
-  config = acseg_scenes.get_config("size=32,steps=4")
-  config.data.update(dict(name="sgc_scenes/smoke64", data_dir=data_dir, batch_size=8,
-                          worker_count=0))
+  config = shrink(acseg_scenes.get_config("size=32,steps=4"), data_dir)
   config.model.backbone.weights = bundle
   config.model.update(dict(num_blocks=2, classifier_images=16))
-  config.log_every = 1
-  config.checkpoint.update(dict(every=2, keep=3))
-  config.evals.codebook.every = 4
-  config.evals.segmentation.update(dict(probe_images=16, probe_steps=20))
-  config.evals.pictures.update(dict(every=4, num_examples=2))
   config.update(overrides)
   return config
 

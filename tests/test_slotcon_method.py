@@ -53,16 +53,22 @@ def test_the_aligned_overlaps_of_two_views_see_the_same_image_points():
       np.testing.assert_allclose(view[1:-1, 1:-1], expected[1:-1, 1:-1], atol=1e-5)
 
 
-def tiny_slotcon_config(data_dir, **overrides):
-  config = slotcon_scenes.get_config("size=32,steps=4")
+def shrink(config, data_dir):
+  """A recipe of sgc_scenes cut to a test: smoke64, batch 8, a log line
+  every step, checkpoints at 2 and 4, evaluators at 4 on 16 probe images."""
   config.data.update(dict(name="sgc_scenes/smoke64", data_dir=data_dir, batch_size=8,
                           worker_count=0))
-  config.model.update(dict(dim_hidden=64, dim_out=32, num_prototypes=8))
   config.log_every = 1
   config.checkpoint.update(dict(every=2, keep=3))
   config.evals.codebook.every = 4
   config.evals.segmentation.update(dict(probe_images=16, probe_steps=20))
   config.evals.pictures.update(dict(every=4, num_examples=2))
+  return config
+
+
+def tiny_slotcon_config(data_dir, **overrides):
+  config = shrink(slotcon_scenes.get_config("size=32,steps=4"), data_dir)
+  config.model.update(dict(dim_hidden=64, dim_out=32, num_prototypes=8))
   config.update(overrides)
   return config
 

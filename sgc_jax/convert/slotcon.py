@@ -61,15 +61,7 @@ def infer_fields(state_dict: dict[str, np.ndarray], source: str = "state dict") 
   prefix = _prefix(state_dict)
 
   def shape(name, ndim):
-    key = prefix + name
-    if key not in state_dict:
-      first = ", ".join(repr(k[:80]) for k in list(state_dict)[:3])
-      raise torch_file.WeightFileError(
-          f"{source}: not a SlotCon model state dict: no {key!r} (keys begin {first}, ...)")
-    if state_dict[key].ndim != ndim or not all(state_dict[key].shape):
-      raise torch_file.WeightFileError(
-          f"{source}: tensor {key!r} has shape {tuple(state_dict[key].shape)}")
-    return state_dict[key].shape
+    return torch_file.shape_of(state_dict, prefix + name, ndim, source, "SlotCon model")
 
   num_prototypes, dim_out = shape("grouping_k.slot_embed.weight", 2)
   dim_hidden = shape("projector_k.mlp.0.weight", 4)[0]

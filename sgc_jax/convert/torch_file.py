@@ -422,6 +422,21 @@ def write_npz(tree: dict, path: str) -> str:
   return path
 
 
+def shape_of(state_dict: dict[str, np.ndarray], name: str, ndim: int, source: str,
+             model: str) -> tuple[int, ...]:
+  """The shape of state_dict[name], a non-empty tensor of `ndim` dimensions: what
+  importers infer a model's fields from. Absent, the file is not a `model` state
+  dict, and the message shows the keys it begins with."""
+  if name not in state_dict:
+    first = ", ".join(repr(k[:80]) for k in list(state_dict)[:3])
+    raise WeightFileError(f"{source}: not a {model} state dict: no {name!r} "
+                          f"(keys begin {first}, ...)")
+  shape = tuple(state_dict[name].shape)
+  if len(shape) != ndim or not all(shape):
+    raise WeightFileError(f"{source}: tensor {name!r} has shape {shape}")
+  return shape
+
+
 def require(state_dict: dict[str, np.ndarray], name: str, shape: tuple[int, ...],
             source: str) -> np.ndarray:
   """state_dict[name], checked to exist and to have `shape`."""
