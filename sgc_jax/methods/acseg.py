@@ -91,11 +91,11 @@ class ACSegMethod(Method):
   state_fields = ("model",)
   progress = {"loss": "loss/total", "used": "concepts_used"}
 
-  def __init__(self, config, mesh, class_names=(), backbone=None):
+  def __init__(self, config, mesh, class_names=()):
     super().__init__(config, mesh)
     self.class_names = tuple(class_names)
     m = config.model
-    self.backbone = backbone or backbones.build(m.backbone, config.data.image_size)
+    self.backbone = backbones.build(m.backbone, config.data.image_size)
     self.net = ACSegNet(self.backbone, _generator(m), m.temperature)
     self.num_clusters = m.num_clusters or len(self.class_names)
     self.tx = optim.create(config.optimizer, config.optimizer.learning_rate, config.total_steps)
