@@ -19,7 +19,7 @@ from sgc_jax.core import loop, sharding
 from sgc_jax.methods import acseg, slotcon
 from sgc_jax.models import acseg as parts
 
-from test_slotcon_method import shrink, tiny_slotcon_config
+from test_slotcon_method import shrink, tiny_slotcon_config, train_batches
 
 
 def numpy_modularity(features, assignment):
@@ -145,14 +145,9 @@ def tiny_acseg_config(data_dir, bundle, **overrides):
 
 
 def _run(config, mesh, dataset, steps):
-  from sgc_jax.data import pipeline, views
   method = acseg.ACSegMethod(config, mesh, dataset.class_names)
   state = method.initial_state(method.create_train_state(config.seed))
-  spec = pipeline.PipelineSpec(split="train", global_batch_size=config.data.batch_size,
-                               image_size=config.data.image_size, train=True,
-                               crop=views.CropSpec(**config.data.crop), seed=0, num_shards=1,
-                               normalization="imagenet")
-  batches = pipeline.InputPipeline(dataset.split("train"), spec, mesh)
+  batches = train_batches(config, mesh, dataset)
   step, history = None, []
   for _ in range(steps):
     batch = next(batches)

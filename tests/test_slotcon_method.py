@@ -73,15 +73,21 @@ def tiny_slotcon_config(data_dir, **overrides):
   return config
 
 
-def _run(config, mesh, dataset, steps):
+def train_batches(config, mesh, dataset):
+  """The config's training batches on `mesh` (one data shard, seed 0)."""
   from sgc_jax.data import pipeline, views
+  spec = pipeline.PipelineSpec(split="train", global_batch_size=config.data.batch_size,
+                               image_size=config.data.image_size, train=True,
+                               num_views=config.data.num_views,
+                               crop=views.CropSpec(**config.data.crop), seed=0, num_shards=1,
+                               normalization=config.data.normalization)
+  return pipeline.InputPipeline(dataset.split("train"), spec, mesh)
+
+
+def _run(config, mesh, dataset, steps):
   method = slotcon.SlotConMethod(config, mesh, dataset.class_names)
   state = method.create_train_state(config.seed)
-  spec = pipeline.PipelineSpec(split="train", global_batch_size=config.data.batch_size,
-                               image_size=config.data.image_size, train=True, num_views=2,
-                               crop=views.CropSpec(**config.data.crop), seed=0, num_shards=1,
-                               normalization="imagenet")
-  batches = pipeline.InputPipeline(dataset.split("train"), spec, mesh)
+  batches = train_batches(config, mesh, dataset)
   step, history = None, []
   for _ in range(steps):
     batch = next(batches)

@@ -130,21 +130,6 @@ def torch_name(path: tuple[str, ...]) -> str:
   return ".".join([re.sub(r"^blocks_", "blocks.", m) for m in modules] + [_LEAVES[leaf]])
 
 
-def _torch_shape(path, shape) -> tuple[int, ...]:
-  if path[-1] == "kernel" and len(shape) == 4:
-    kh, kw, cin, cout = shape
-    return (cout, cin, kh, kw)
-  if path[-1] == "kernel":
-    return tuple(reversed(shape))
-  return tuple(shape)
-
-
-def _from_torch(path, value) -> np.ndarray:
-  if path[-1] == "kernel":
-    return torch_file.conv_kernel(value) if value.ndim == 4 else np.ascontiguousarray(value.T)
-  return value
-
-
 def _require(state_dict, name, shape, source) -> np.ndarray:
   """state_dict[name] as float32, checked to exist, to be floating point and to have `shape`."""
   if name in state_dict and state_dict[name].dtype.name not in _FLOATS:
@@ -166,10 +151,10 @@ def convert(state_dict: dict[str, np.ndarray], fields: dict, source: str = "stat
     name = prefix + torch_name(path)
     used.add(name)
     try:
-      value = _require(state_dict, name, _torch_shape(path, leaf.shape), source)
+      value = _require(state_dict, name, torch_file.torch_shape(path, leaf.shape), source)
     except torch_file.WeightFileError as error:
       raise torch_file.WeightFileError(f"{error}{_hint(state_dict, fields)}") from None
-    flat[path] = _from_torch(path, value)
+    flat[path] = torch_file.from_torch(path, value)
   head = prefix.removesuffix(_WRAPPER) + "head."
   unexpected = [k for k in state_dict if k not in used and not k.startswith(head)]
   if unexpected:

@@ -132,21 +132,6 @@ def _head_name(collection, path) -> str:
   return f"mlp.{position}.{_HEAD_LEAVES[collection, leaf]}"
 
 
-def _torch_shape(path, shape) -> tuple[int, ...]:
-  if path[-1] == "kernel" and len(shape) == 4:
-    kh, kw, cin, cout = shape
-    return (cout, cin, kh, kw)
-  if path[-1] == "kernel" and len(shape) == 2:
-    return tuple(reversed(shape))
-  return tuple(shape)
-
-
-def _from_torch(path, value) -> np.ndarray:
-  if path[-1] == "kernel":
-    return torch_file.conv_kernel(value) if value.ndim == 4 else np.ascontiguousarray(value.T)
-  return value
-
-
 def convert(state_dict: dict[str, np.ndarray], config_model,
             source: str = "state dict") -> dict:
   """The converted tree (see the module docstring) for `config_model`.
@@ -161,10 +146,10 @@ def convert(state_dict: dict[str, np.ndarray], config_model,
     name = prefix + torch_name(path)
     used.add(name)
     try:
-      value = torch_file.require(state_dict, name, _torch_shape(path, leaf.shape), source)
+      value = torch_file.require(state_dict, name, torch_file.torch_shape(path, leaf.shape), source)
     except torch_file.WeightFileError as error:
       raise torch_file.WeightFileError(f"{error}{_hint(state_dict, config_model)}") from None
-    flat[path] = _from_torch(path, value)
+    flat[path] = torch_file.from_torch(path, value)
   unexpected = [k for k in state_dict
                 if k not in used and not k.endswith(".num_batches_tracked")]
   if unexpected:

@@ -452,3 +452,21 @@ def require(state_dict: dict[str, np.ndarray], name: str, shape: tuple[int, ...]
 def conv_kernel(weight: np.ndarray) -> np.ndarray:
   """PyTorch OIHW convolution weight -> Flax HWIO kernel."""
   return np.ascontiguousarray(np.transpose(weight, (2, 3, 1, 0)))
+
+
+def torch_shape(path: tuple[str, ...], shape) -> tuple[int, ...]:
+  """The PyTorch shape of a Flax leaf at `path`: a convolution kernel HWIO ->
+  OIHW, a linear kernel [in, out] -> [out, in], anything else as it is."""
+  if path[-1] == "kernel" and len(shape) == 4:
+    kh, kw, cin, cout = shape
+    return (cout, cin, kh, kw)
+  if path[-1] == "kernel" and len(shape) == 2:
+    return tuple(reversed(shape))
+  return tuple(shape)
+
+
+def from_torch(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+  """A PyTorch tensor -> the Flax leaf at `path` (the inverse of `torch_shape`)."""
+  if path[-1] == "kernel":
+    return conv_kernel(value) if value.ndim == 4 else np.ascontiguousarray(value.T)
+  return value
