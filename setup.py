@@ -20,6 +20,9 @@ INSTALL_REQUIRES = [
     "scipy>=1.13,<2",
     "tqdm>=4.66,<5",
     "tensorboardX>=2.6,<3",  # TensorBoard event files without TensorFlow
+    # CLIP's tokenizer: regex for its \p{L}/\p{N} split pattern, ftfy for its text cleaning.
+    "regex>=2024.4,<2027",
+    "ftfy>=6.1,<7",
     # jax.export's serialization (the inference bundle) needs it; jax does not
     # declare it.
     "flatbuffers>=24.3.25,<26",

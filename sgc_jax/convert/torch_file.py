@@ -1,5 +1,6 @@
-"""Reads PyTorch state dicts (`torch.save` zip files, Lightning `.ckpt`) without
-torch, and `.npz` files of the same flat `name -> array` layout.
+"""Reads PyTorch state dicts (`torch.save` zip files, Lightning `.ckpt`) and the
+parameters of TorchScript archives (`torch.jit.save`) without torch, and `.npz`
+files of the same flat `name -> array` layout.
 
 Weight files are untrusted input. A file that cannot be read ends in a
 `WeightFileError` whose message begins with the file's path; nothing in a file
@@ -374,12 +375,65 @@ class _TorchFile:
     return np.lib.stride_tricks.as_strided(array[offset:], size, strides).copy()
 
 
+# ------------------------------------------------------------------ TorchScript archives
+
+# TorchScript modules nest a few levels (CLIP: model.visual.transformer.resblocks.0.attn.out_proj).
+_MAX_MODULE_DEPTH = 64
+
+
+def _is_script_module(value) -> bool:
+  """Whether `value` is a module object of a TorchScript archive (`torch.jit.save`):
+  its data.pkl pickles each module as an instance of a class `__torch__.*`,
+  made by NEWOBJ and given its attributes by BUILD."""
+  return (isinstance(value, _Placeholder) and
+          type(value).global_name.startswith("__torch__."))
+
+
+def _script_module_tensors(root: _Placeholder, file: _TorchFile) -> dict[str, _Tensor]:
+  """The tensors of a TorchScript module tree under the names `state_dict()`
+  gives them (attribute names joined by "."): its parameters and buffers.
+
+  A module's attributes are the dict its BUILD gave it; attributes that are
+  neither tensors nor modules (`training`, hook flags, numbers) are skipped.
+  A module reached again (the pickle's memo can share one, or make a loop) is
+  walked once, under its first name, as `state_dict()` does with shared
+  submodules; that also bounds the walk by the number of objects. Nesting
+  deeper than _MAX_MODULE_DEPTH is an error.
+  """
+  tensors: dict[str, _Tensor] = {}
+  seen: set[int] = set()
+
+  def walk(module, prefix, depth):
+    what = f"module {_brief(prefix.rstrip('.') or type(module).global_name)}"
+    if id(module) in seen:
+      return
+    if depth > _MAX_MODULE_DEPTH:
+      raise file.error(f"data.pkl: modules nested more than {_MAX_MODULE_DEPTH} deep")
+    seen.add(id(module))
+    attributes = vars(module).get("state")
+    if type(attributes) is not dict:
+      raise file.error(f"data.pkl: {what} has {_brief(attributes)} as its attributes, "
+                       "not a dict")
+    for name, value in attributes.items():
+      if type(name) is not str:
+        raise file.error(f"data.pkl: {what} has an attribute named {_brief(name)}")
+      if isinstance(value, _Tensor):
+        tensors[prefix + name] = value
+      elif _is_script_module(value):
+        walk(value, f"{prefix}{name}.", depth + 1)
+
+  walk(root, "", 0)
+  return tensors
+
+
 # ------------------------------------------------------------------ public
 
 
 def load_state_dict(path: str, key: str | None = "state_dict") -> dict[str, np.ndarray]:
   """A flat `name -> array` dict from a torch file (its `key` entry when there
-  is one, as in Lightning checkpoints) or an `.npz`."""
+  is one, as in Lightning checkpoints), a TorchScript archive (the module
+  tree's parameters and buffers, named as its `state_dict()` names them) or an
+  `.npz`."""
   if not os.path.exists(path):
     raise WeightFileError(f"{path}: no such weight file")
   if path.endswith(".npz"):
@@ -390,6 +444,8 @@ def load_state_dict(path: str, key: str | None = "state_dict") -> dict[str, np.n
       raise WeightFileError(f"{path}: unreadable .npz ({_describe(error)})") from None
   with _TorchFile(path) as file:
     loaded = file.load()
+    if _is_script_module(loaded):
+      loaded = _script_module_tensors(loaded, file)
     if key and isinstance(loaded, dict) and key in loaded:
       loaded = loaded[key]
     if not isinstance(loaded, dict):

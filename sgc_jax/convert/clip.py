@@ -1,0 +1,309 @@
+"""OpenAI CLIP ViT weights -> `sgc_jax.models.clip` variables.
+
+    python -m sgc_jax.convert.clip ViT-B-16.pt clip_vitb16.npz
+
+reads the architecture from the tensors' shapes, writes {"params", "fields"}
+(the variables and the architecture, so that `load` needs nothing else) and
+prints the architecture. Three layouts are read, all under CLIP's state-dict
+names (`visual.conv1.weight`, ..., `transformer.resblocks.0.attn.in_proj_weight`,
+..., `logit_scale`):
+  * OpenAI's released files (ViT-B-32.pt, ViT-B-16.pt, ViT-L-14.pt, ...):
+    TorchScript archives, whose data.pkl pickles the module tree; its
+    parameters are collected under the names `state_dict()` gives them, by
+    `torch_file` (nothing in the file is executed);
+  * plain state dicts, `torch.save(model.state_dict())`: CLIP's fine-tuned
+    checkpoints, open_clip's `open_clip_pytorch_model.bin` for OpenAI's
+    models;
+  * the .npz this module writes.
+Tensors may be float16 (OpenAI's files are), bfloat16, float32 or float64;
+the params are float32. The released files also hold the integers
+`input_resolution`, `context_length` and `vocab_size`, which CLIP's
+`build_model` drops; here they must agree with the shapes.
+
+The architecture, as CLIP's `build_model` infers it: vision_width and
+patch_size from visual.conv1.weight [width, 3, p, p], vision_layers from the
+count of visual.transformer.resblocks, image_size = g·p from
+visual.positional_embedding [1 + g², width], embed_dim from visual.proj
+[width, embed_dim], context_length and text_width from positional_embedding
+[context, width], vocab_size from token_embedding.weight, text_layers from
+the count of transformer.resblocks. No shape holds a head count: CLIP's are
+width // 64 (its `build_model`), which `vision_heads` / `text_heads`
+override for other models. `arch` names the released architecture the fields
+are ("ViT-B/16", ...), or is None.
+
+Key mapping (`sgc_jax.models.clip`'s docstring lists the params): the
+"visual" subtree is `visual.*`, the "text" subtree the text tower's keys
+(`token_embedding.weight`, `positional_embedding`, `transformer.*`,
+`ln_final.*`, `text_projection`), `resblocks_i` is `transformer.resblocks.i`,
+`attn/in_proj/kernel` and `bias` are `attn.in_proj_weight` and
+`attn.in_proj_bias`; Linear kernels are transposed, conv1's OIHW -> HWIO.
+
+`load(path)` returns (fields, variables): fields = {"arch", and the
+`CLIPConfig` fields}, `config(fields)` the CLIPConfig; variables =
+{"params": {"visual", "text", "logit_scale"}}, what `clip.CLIP(config)`
+applies; `{"params": variables["params"]["visual"]}` alone is what
+`clip.vision_tower(config)` applies, likewise "text" for `clip.text_tower`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import re
+import sys
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from sgc_jax import tree_io
+from sgc_jax.convert import torch_file
+from sgc_jax.models import clip
+
+MODEL_FIELDS = tuple(field.name for field in dataclasses.fields(clip.CLIPConfig))
+# Integers OpenAI's archives hold beside the weights, and the field each must equal.
+_SIZES = {"input_resolution": "image_size", "context_length": "context_length",
+          "vocab_size": "vocab_size"}
+_LEAVES = {"kernel": "weight", "scale": "weight", "bias": "bias", "embedding": "weight"}
+_FLOATS = ("float16", "bfloat16", "float32", "float64")
+_MODEL = "CLIP ViT"
+
+
+def architecture(fields: dict) -> str | None:
+  """The released architecture (`clip.ARCHITECTURES`) the fields are, if any."""
+  return next((name for name, config in clip.ARCHITECTURES.items()
+               if all(fields[k] == v for k, v in dataclasses.asdict(config).items())), None)
+
+
+def config(fields: dict) -> clip.CLIPConfig:
+  """The CLIPConfig of `fields` ("arch" and other keys are ignored)."""
+  return clip.CLIPConfig(**{name: fields[name] for name in MODEL_FIELDS})
+
+
+def _count_blocks(state_dict, prefix: str) -> int:
+  """The number of blocks `prefix`0., `prefix`1., ... in a row."""
+  count = 0
+  while any(k.startswith(f"{prefix}{count}.") for k in state_dict):
+    count += 1
+  return count
+
+
+def _heads(width: int, heads: int | None, tower: str, source: str) -> int:
+  if heads is None:
+    if width % clip.HEAD_WIDTH:
+      raise torch_file.WeightFileError(
+          f"{source}: the {tower} tower is {width} wide, not a multiple of CLIP's "
+          f"{clip.HEAD_WIDTH}-wide heads: give {tower}_heads")
+    heads = width // clip.HEAD_WIDTH
+  if heads < 1 or width % heads:
+    raise torch_file.WeightFileError(
+        f"{source}: the {tower} tower's width {width} is not a multiple of {heads} heads")
+  return heads
+
+
+def infer_fields(state_dict: dict[str, np.ndarray], source: str = "state dict",
+                 vision_heads: int | None = None, text_heads: int | None = None) -> dict:
+  """{"arch", **CLIPConfig fields} of the checkpoint's CLIP (see the module docstring)."""
+
+  def shape(name, ndim):
+    return torch_file.shape_of(state_dict, name, ndim, source, _MODEL)
+
+  vision_width, channels, patch_size, patch_width = shape("visual.conv1.weight", 4)
+  if (channels, patch_width) != (3, patch_size):
+    raise torch_file.WeightFileError(
+        f"{source}: tensor 'visual.conv1.weight' has shape "
+        f"{(vision_width, channels, patch_size, patch_width)}: not square patches of RGB")
+  positions = shape("visual.positional_embedding", 2)[0] - 1
+  grid = math.isqrt(positions)
+  if grid * grid != positions:
+    raise torch_file.WeightFileError(
+        f"{source}: tensor 'visual.positional_embedding' has shape "
+        f"{tuple(state_dict['visual.positional_embedding'].shape)}: {positions} patch "
+        "positions, not a square grid")
+  context_length, text_width = shape("positional_embedding", 2)
+  fields = {
+      "vision_width": vision_width,
+      "vision_layers": _count_blocks(state_dict, "visual.transformer.resblocks."),
+      "vision_heads": _heads(vision_width, vision_heads, "vision", source),
+      "patch_size": patch_size, "image_size": grid * patch_size,
+      "embed_dim": shape("visual.proj", 2)[1],
+      "context_length": context_length,
+      "vocab_size": shape("token_embedding.weight", 2)[0],
+      "text_width": text_width,
+      "text_heads": _heads(text_width, text_heads, "text", source),
+      "text_layers": _count_blocks(state_dict, "transformer.resblocks."),
+  }
+  for tower in ("vision", "text"):
+    if not fields[f"{tower}_layers"]:
+      prefix = "visual.transformer" if tower == "vision" else "transformer"
+      raise torch_file.WeightFileError(f"{source}: no tensor '{prefix}.resblocks.0.*': not "
+                                       f"a {_MODEL} state dict")
+  fields = {name: int(value) for name, value in fields.items()}
+  return {"arch": architecture(fields), **fields}
+
+
+def abstract_params(fields: dict) -> dict:
+  """Shapes of the converted params for `fields`, as `clip.CLIP(...).init` makes them."""
+  cfg = config(fields)
+  size = cfg.image_size
+  return jax.eval_shape(clip.CLIP(cfg).init, jax.random.key(0),
+                        jax.ShapeDtypeStruct((1, size, size, 3), np.float32),
+                        jax.ShapeDtypeStruct((1, cfg.context_length), np.int32))["params"]
+
+
+def torch_name(path: tuple[str, ...]) -> str:
+  """A parameter's path -> its CLIP state-dict key."""
+  if path == ("logit_scale",):
+    return "logit_scale"
+  tower, *modules, leaf = path
+  prefix = "visual." if tower == "visual" else ""
+  modules = [re.sub(r"^resblocks_", "transformer.resblocks.", m) for m in modules]
+  if modules[-2:] == ["attn", "in_proj"]:
+    return prefix + ".".join(modules[:-1] + [f"in_proj_{_LEAVES[leaf]}"])
+  if not modules:
+    return prefix + leaf
+  return prefix + ".".join(modules + [_LEAVES[leaf]])
+
+
+def _require(state_dict, name, shape, source) -> np.ndarray:
+  """state_dict[name] as float32, checked to exist, to be floating point and to have `shape`."""
+  if name in state_dict and state_dict[name].dtype.name not in _FLOATS:
+    raise torch_file.WeightFileError(
+        f"{source}: tensor {name!r} is {state_dict[name].dtype.name}, not floating point")
+  return torch_file.require(state_dict, name, shape, source)
+
+
+def _check_sizes(state_dict, fields, source):
+  """The archives' integer sizes, where present, are scalars equal to the shapes'."""
+  for name, field in _SIZES.items():
+    if name not in state_dict:
+      continue
+    value = state_dict[name]
+    if value.shape != () or value.dtype.kind not in "iu" or int(value) != fields[field]:
+      shown = int(value) if value.shape == () and value.dtype.kind in "iu" else (
+          f"a {value.dtype.name} tensor of shape {value.shape}")
+      raise torch_file.WeightFileError(
+          f"{source}: tensor {name!r} is {shown}, but the weights' {field} is {fields[field]}")
+
+
+def convert(state_dict: dict[str, np.ndarray], fields: dict, source: str = "state dict") -> dict:
+  """{"params"} of `clip.CLIP(config(fields))` from a CLIP state dict.
+
+  Every tensor must be there, floating point, with the official shape, and
+  nothing else but the archives' integer sizes (checked against the fields);
+  errors are `WeightFileError`, one line naming the first offending key.
+  """
+  flat, used = {}, set(_SIZES)
+  for path, leaf in traverse_util.flatten_dict(abstract_params(fields)).items():
+    name = torch_name(path)
+    used.add(name)
+    try:
+      value = _require(state_dict, name, torch_file.torch_shape(path, leaf.shape), source)
+    except torch_file.WeightFileError as error:
+      raise torch_file.WeightFileError(f"{error}{_hint(state_dict, fields)}") from None
+    flat[path] = torch_file.from_torch(path, value)
+  unexpected = [k for k in state_dict if k not in used]
+  if unexpected:
+    raise torch_file.WeightFileError(
+        f"{source}: unexpected tensor {unexpected[0]!r}, not in a CLIP ViT of "
+        f"{fields['vision_layers']} image and {fields['text_layers']} text blocks "
+        f"({len(unexpected)} such){_hint(state_dict, fields)}")
+  _check_sizes(state_dict, fields, source)
+  return {"params": traverse_util.unflatten_dict(flat)}
+
+
+def _hint(state_dict, fields) -> str:
+  """Names the checkpoint's own fields where they differ from `fields`."""
+  try:
+    found = infer_fields(state_dict, vision_heads=fields["vision_heads"],
+                         text_heads=fields["text_heads"])
+  except torch_file.WeightFileError:
+    return ""
+  differ = [f"{name}={found[name]}" for name in MODEL_FIELDS if found[name] != fields[name]]
+  return f"; the checkpoint's CLIP has {', '.join(differ)}" if differ else ""
+
+
+def _stored_fields(tree: dict, source: str) -> dict:
+  """The fields an .npz of this module holds, checked."""
+  stored = tree.get("fields")
+  fields = {}
+  for name in MODEL_FIELDS:
+    value = stored.get(name) if isinstance(stored, dict) else None
+    if value is None or np.shape(value) != () or value.dtype.kind not in "iu":
+      raise torch_file.WeightFileError(
+          f"{source}: no integer 'fields/{name}': not an .npz of sgc_jax.convert.clip")
+    fields[name] = int(value)
+  try:
+    config(fields)
+  except ValueError as error:
+    raise torch_file.WeightFileError(f"{source}: {error}") from None
+  return {"arch": architecture(fields), **fields}
+
+
+def check_tree(params: dict, fields: dict, source: str) -> dict:
+  """`params` (e.g. read back from an .npz), checked to have the converted
+  params' keys, shapes and a floating-point dtype; as float32."""
+  want = traverse_util.flatten_dict(abstract_params(fields), sep="/")
+  got = traverse_util.flatten_dict(params, sep="/")
+  for key, leaf in want.items():
+    if key not in got:
+      raise torch_file.WeightFileError(f"{source}: missing 'params/{key}'")
+    if tuple(np.shape(got[key])) != tuple(leaf.shape):
+      raise torch_file.WeightFileError(f"{source}: 'params/{key}' has shape "
+                                       f"{tuple(np.shape(got[key]))}, expected {leaf.shape}")
+    if np.asarray(got[key]).dtype.name not in _FLOATS:
+      raise torch_file.WeightFileError(
+          f"{source}: 'params/{key}' is {np.asarray(got[key]).dtype.name}, not floating point")
+  for key in got:
+    if key not in want:
+      raise torch_file.WeightFileError(f"{source}: unexpected 'params/{key}'")
+  return traverse_util.unflatten_dict(
+      {key: np.asarray(value, np.float32) for key, value in got.items()}, sep="/")
+
+
+def load(path: str, vision_heads: int | None = None,
+         text_heads: int | None = None) -> tuple[dict, dict]:
+  """(fields, {"params": {"visual", "text", "logit_scale"}}) from an OpenAI
+  TorchScript archive, a state dict or this module's .npz (see the module
+  docstring). The head counts default to width // 64, CLIP's; an .npz holds
+  its own, which given ones must match."""
+  if path.endswith(".npz"):
+    tree = tree_io.unflatten(torch_file.load_state_dict(path))
+    fields = _stored_fields(tree, path)
+    for tower, heads in (("vision", vision_heads), ("text", text_heads)):
+      if heads not in (None, fields[f"{tower}_heads"]):
+        raise torch_file.WeightFileError(
+            f"{path}: a {tower} tower with {fields[f'{tower}_heads']} heads, not {heads}")
+    unexpected = sorted(set(tree) - {"params", "fields"})
+    if unexpected:
+      raise torch_file.WeightFileError(f"{path}: unexpected {unexpected[0]!r}")
+    return fields, {"params": check_tree(tree.get("params", {}), fields, path)}
+  state_dict = torch_file.load_state_dict(path)
+  fields = infer_fields(state_dict, path, vision_heads, text_heads)
+  return fields, convert(state_dict, fields, path)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("checkpoint", help="OpenAI's ViT-*.pt, or a CLIP state dict")
+  parser.add_argument("out", help="the .npz to write")
+  parser.add_argument("--vision_heads", type=int, default=None,
+                      help="the image tower's head count, if not its width // 64")
+  parser.add_argument("--text_heads", type=int, default=None,
+                      help="the text tower's head count, if not its width // 64")
+  args = parser.parse_args(argv)
+  try:
+    fields, variables = load(args.checkpoint, args.vision_heads, args.text_heads)
+    out = torch_file.write_npz(
+        {**variables, "fields": {name: np.int64(fields[name]) for name in MODEL_FIELDS}},
+        args.out)
+  except (torch_file.WeightFileError, OSError) as error:
+    sys.exit(f"error: {error}")
+  details = ", ".join(f"{name}={fields[name]}" for name in MODEL_FIELDS)
+  print(f"wrote {out}: {fields['arch'] or 'a CLIP ViT of no released architecture'} "
+        f"({details})")
+
+
+if __name__ == "__main__":
+  main()
