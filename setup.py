@@ -56,5 +56,6 @@ setuptools.setup(
         "sgc-prepare-folder=sgc_jax.data.folder:run",
         "sgc-tokenize=sgc_jax.tokenizer_cli:tokenize_main",
         "sgc-detokenize=sgc_jax.tokenizer_cli:detokenize_main",
+        "sgc-segment=sgc_jax.tokenizer_cli:segment_main",
     ]},
 )

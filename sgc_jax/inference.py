@@ -144,7 +144,10 @@ class Tokenizer:
       raise BundleError(f"{path}: bundle version {description.get('version')}, "
                         f"this sgc_jax reads version {VERSION}")
     description = {**_FIRST_RELEASE, **description}
-    tokenizer = {"encode", "decode"} & set(description.get("functions") or [])
+    # A one-grid tokenizer (SGC-VQGAN); a pyramid one (PAT) describes its
+    # `grids` and `level_codes` instead.
+    tokenizer = ({"encode", "decode"} & set(description.get("functions") or [])
+                 and "grids" not in description)
     for name, (valid, what) in _FIELDS.items():
       if name not in description:
         if name in _TOKENIZER_FIELDS and not tokenizer:
@@ -194,8 +197,10 @@ class Tokenizer:
     path = self._file(f"{name}.jax_export")
     size, grid = self.image_size, self.grid
     images, indices = f"float32[b,{size},{size},3]", f"int32[b,{grid},{grid}]"
-    signature = {"encode": f"{images} -> {indices}, {indices}",
-                 "decode": f"{indices} -> {images}"}.get(name)
+    signature = None
+    if "grids" not in self.description:
+      signature = {"encode": f"{images} -> {indices}, {indices}",
+                   "decode": f"{indices} -> {images}"}.get(name)
     with open(path, "rb") as f:
       data = bytearray(f.read())
 
@@ -219,13 +224,15 @@ class Tokenizer:
                         f"{list(exported.platforms)}, not for this {platform!r} backend")
     self._check_variables(variables, path)
     function = jax.jit(exported.call)
-    # Lowering parses the module: most damage shows here, at load.
-    example = jax.ShapeDtypeStruct((1, *argument.shape[1:]), argument.dtype)
+    # Lowering parses the module: most damage shows here, at load. Symbolic
+    # sizes (the batch, PAT's number of classes) are 1 in the example.
+    example = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+        tuple(d if isinstance(d, int) else 1 for d in a.shape), a.dtype), argument)
     _damaged_unless(path, lambda: function.lower(self.variables, example))
     programs = {}  # Compiled per input shape: the rest of the damage shows there.
 
     def call(variables, x):
-      key = (x.shape, x.dtype)
+      key = tuple((a.shape, a.dtype) for a in jax.tree.leaves(x))
       if key not in programs:
         programs[key] = _damaged_unless(path, lambda: function.lower(variables, x).compile())
       return programs[key](variables, x)

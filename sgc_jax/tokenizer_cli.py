@@ -2,6 +2,8 @@
 
     sgc-tokenize IMAGES_DIR --bundle B --out OUT    # OUT/NAME.npz (+ NAME_semantic.png)
     sgc-detokenize TOKENS_DIR --bundle B --out OUT  # OUT/NAME.png
+    sgc-segment IMAGES_DIR --bundle B --out OUT [--classes "sky,water,..."]
+                                                    # OUT/NAME.png, NAME_classes.png
 
 Images of any size are resized (shorter side to the bundle's size, bicubic)
 and centre-cropped. Each .npz holds `indices` [g, g] and, for a semantic
@@ -167,6 +169,58 @@ def detokenize(tokens_dir: str, bundle: str, out: str, batch_size: int = 16) -> 
   return len(paths)
 
 
+def class_embeddings(model, classes: str | None) -> tuple[list[str], np.ndarray]:
+  """(class names, their unit embeddings [C, E]) for `sgc-segment`: the
+  bundle's own classes without `classes`; else the comma-separated names,
+  embedded by the bundle's text tower where it holds one (CLIP), or, for a
+  closed vocabulary, looked up among the bundle's classes."""
+  own = np.asarray(model.variables["text"], np.float32)
+  if classes is None:
+    return list(model.class_names), own
+  names = [n.strip() for n in classes.split(",")]
+  if not all(names) or len(set(names)) != len(names):
+    raise InputError(f"--classes {classes!r}: comma-separated, non-empty, distinct names")
+  if "embed_text" in model.functions:
+    from sgc_jax.models import clip_text
+    return names, clip_text.embed_with_bundle(model, names)
+  unknown = [n for n in names if n not in model.class_names]
+  if unknown:
+    raise InputError(f"--classes: {', '.join(map(repr, unknown))} not among the classes of "
+                     f"this closed-vocabulary bundle ({', '.join(model.class_names)}); a "
+                     "bundle with a text tower (CLIP) takes any names")
+  return names, own[[model.class_names.index(n) for n in names]]
+
+
+def segment(images_dir: str, bundle: str, out: str, batch_size: int = 16,
+            classes: str | None = None) -> int:
+  paths = _inputs(images_dir, IMAGE_EXTENSIONS, batch_size)
+  for path in paths:
+    _open(path).close()
+  model = inference.load(bundle)
+  if "segment" not in model.functions:
+    raise InputError(f"{bundle}: a {model.method} bundle, with no segment function (it holds "
+                     f"{', '.join(model.functions)})")
+  names, text = class_embeddings(model, classes)
+  if len(names) > 255:
+    raise InputError(f"--classes: {len(names)} classes; the class PNGs hold at most 255")
+  size = model.image_size
+  model.call("segment", (np.zeros((min(batch_size, len(paths)), size, size, 3), np.float32),
+                         text))  # Compiled before any output, as in `tokenize`.
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "classes.txt"), "w") as f:
+    f.write("".join(f"{n}\n" for n in names))
+  with tqdm.tqdm(total=len(paths), unit="image", desc="segment") as bar:
+    for chunk in _batches(paths, batch_size):
+      maps = model.call("segment", (np.stack([read_image(p, size) for p in chunk]), text))
+      for path, classes_map in zip(chunk, maps):
+        name = _stem(path)
+        viz.save_png(classes_map.astype(np.uint8), os.path.join(out, f"{name}_classes.png"))
+        viz.save_png(viz.colour_classes(classes_map, len(names)),
+                     os.path.join(out, f"{name}.png"))
+      bar.update(len(chunk))
+  return len(paths)
+
+
 def _parser(description: str, source: str) -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument(source)
@@ -187,6 +241,15 @@ def _run(function, args) -> None:
 def tokenize_main(argv=None):
   args = _parser("Images -> tokens (.npz) and semantic maps (.png).", "images_dir").parse_args(argv)
   _run(tokenize, (args.images_dir, args.bundle, args.out, args.batch_size))
+
+
+def segment_main(argv=None):
+  parser = _parser("Images -> class maps (.png) of a PAT bundle, for any class names.",
+                   "images_dir")
+  parser.add_argument("--classes", help="comma-separated class names (default: the "
+                      "bundle's own classes)")
+  args = parser.parse_args(argv)
+  _run(segment, (args.images_dir, args.bundle, args.out, args.batch_size, args.classes))
 
 
 def detokenize_main(argv=None):

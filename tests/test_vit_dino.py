@@ -129,7 +129,8 @@ def _linear(x, sd, name):
 
 def numpy_dino(sd, images, num_heads):
   """DINO's VisionTransformer (eval) in float64 on NHWC images: the final-normed
-  tokens as a grid, the class token, and the last block's keys as a grid."""
+  tokens as a grid, the class token, the last block's keys as a grid, and
+  every block's output tokens as grids."""
   sd = {k: v.astype(np.float64) for k, v in sd.items()}
   x = images.transpose(0, 3, 1, 2).astype(np.float64)
   batch, _, height, width = x.shape
@@ -143,6 +144,7 @@ def numpy_dino(sd, images, num_heads):
   x = x + _interpolate_pos_encoding(sd["pos_embed"], h * w, height, width, patch)
   tokens, head_dim = x.shape[1], dim // num_heads
   depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+  blocks = []
   for i in range(depth):
     block = f"blocks.{i}"
     qkv = _linear(_layer_norm(x, sd, f"{block}.norm1"), sd, f"{block}.attn.qkv")
@@ -154,10 +156,11 @@ def numpy_dino(sd, images, num_heads):
     x = x + _linear(out, sd, f"{block}.attn.proj")
     y = _linear(_layer_norm(x, sd, f"{block}.norm2"), sd, f"{block}.mlp.fc1")
     x = x + _linear(0.5 * y * (1 + erf(y / np.sqrt(2))), sd, f"{block}.mlp.fc2")
+    blocks.append(x[:, 1:].reshape(batch, h, w, dim))
   keys = k.transpose(0, 2, 1, 3).reshape(batch, tokens, dim)
   x = _layer_norm(x, sd, "norm")
   return {"tokens": x[:, 1:].reshape(batch, h, w, dim), "class_token": x[:, 0],
-          "keys": keys[:, 1:].reshape(batch, h, w, dim)}
+          "keys": keys[:, 1:].reshape(batch, h, w, dim), "blocks": blocks}
 
 
 def _close(got, want, rtol=1e-4):
@@ -177,11 +180,14 @@ def _close(got, want, rtol=1e-4):
 ])
 def test_converted_model_matches_numpy_dino(sd, variables, height, width):
   images = np.random.default_rng(1).normal(size=(2, height, width, 3)).astype(np.float32)
-  got = jax.jit(dino.model(FIELDS).apply)(variables, images)
+  depth = FIELDS["depth"]
+  got = jax.jit(dino.model(FIELDS).clone(blocks=(depth, 1)).apply)(variables, images)
   want = numpy_dino(sd, images, HEADS)
-  assert set(got) == {"tokens", "class_token", "keys"}
-  for key in got:
+  assert set(got) == {"tokens", "class_token", "keys", "blocks"}
+  for key in ("tokens", "class_token", "keys"):
     _close(got[key], want[key])
+  _close(got["blocks"][0], want["blocks"][depth - 1])
+  _close(got["blocks"][1], want["blocks"][0])
 
 
 def test_bfloat16_compute_keeps_float32_params(variables):
@@ -213,8 +219,9 @@ def test_released_architectures(name, count):
                        jax.ShapeDtypeStruct((2, 480, 320, 3), jnp.float32))
   grid = (480 // patch, 320 // patch)
   width = vit.ARCHITECTURES[arch]["embed_dim"]
-  assert {k: v.shape for k, v in out.items()} == {
+  assert {k: v.shape for k, v in out.items() if k != "blocks"} == {
       "tokens": (2, *grid, width), "class_token": (2, width), "keys": (2, *grid, width)}
+  assert out["blocks"] == ()
 
 
 def test_bad_inputs_and_names_are_value_errors(variables):

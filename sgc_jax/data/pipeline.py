@@ -54,6 +54,15 @@ def to_symmetric(images: np.ndarray, normalization: str) -> np.ndarray:
   return (images * std + mean) * 2.0 - 1.0
 
 
+def from_symmetric(images, normalization: str):
+  """[-1, 1] images (NumPy or jax) -> the input of a backbone trained on
+  `normalization` (PAT reconstructs in [-1, 1] and feeds its backbone this)."""
+  if NORMALIZATIONS[normalization] is None:
+    return images
+  mean, std = (np.asarray(v, np.float32) for v in NORMALIZATIONS[normalization])
+  return ((images + 1.0) * 0.5 - mean) / std
+
+
 # Photometric augmentations of training views by name (`data.photometric`).
 PHOTOMETRIC = {"slotcon": photometric_lib.SLOTCON_VIEWS}
 

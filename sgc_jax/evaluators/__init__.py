@@ -5,7 +5,7 @@
 Every evaluator due at a step (every N steps, and at the last one; all of them
 in `--mode=eval`) is fed by one pass over the evaluation split, in which the
 method's predict function runs once per batch. Types: reconstruction,
-codebook, segmentation, pictures; another registers with `register`.
+codebook, segmentation, pictures, pyramid (PAT's levels), open_vocab; another registers with `register`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ _REGISTRY = {
     "codebook": "sgc_jax.evaluators.codebook:Codebook",
     "segmentation": "sgc_jax.evaluators.segmentation:Segmentation",
     "pictures": "sgc_jax.evaluators.pictures:Pictures",
+    "pyramid": "sgc_jax.evaluators.pyramid:Pyramid",
+    "open_vocab": "sgc_jax.evaluators.open_vocab:OpenVocab",
 }
 
 

@@ -6,6 +6,7 @@ from sgc_jax.config_lib import ConfigError, method_name, resolve  # noqa: F401 (
 
 # name -> "module:class"; a method outside sgc_jax registers with `register`.
 _REGISTRY = {"acseg": "sgc_jax.methods.acseg:ACSegMethod",
+             "pat": "sgc_jax.methods.pat:PATMethod",
              "sgc_vqgan": "sgc_jax.methods.sgc_vqgan:SGCVQGANMethod",
              "slotcon": "sgc_jax.methods.slotcon:SlotConMethod"}
 

@@ -13,7 +13,10 @@
                               code and its variables, never from serialized code
 
 A backbone gives `init` (variables of the right shapes), `load` (the weights),
-`features(variables, images)` -> [B, h, w, D], the input normalisation it was
+`features(variables, images)` -> [B, h, w, D], `pyramid(variables, images)`
+(the outputs of the ViT blocks that `blocks` counts, 1-based; `(features,)`
+where `blocks` is empty or the backbone has no blocks), `dense` where it has
+dense features in a text-embedding space (CLIP), the input normalisation it was
 trained with, and `description()`: the facts that rebuild it (`from_description`)
 without its weight file, for the bundles of the methods built on it.
 """
@@ -36,10 +39,11 @@ class Backbone:
 
   def __init__(self, kind: str, weights: str | None, normalization: str,
                features: Callable, abstract_variables, description: dict,
-               load: Callable[[], Any]):
+               load: Callable[[], Any], pyramid: Callable | None = None,
+               dense: Callable | None = None):
     self.kind, self.weights, self.normalization = kind, weights, normalization
     self._features, self._abstract, self._description = features, abstract_variables, description
-    self._load = load
+    self._load, self._pyramid, self._dense = load, pyramid, dense
 
   def init(self):
     """Variables of the backbone's shapes (zeros: `load` puts the weights)."""
@@ -53,6 +57,22 @@ class Backbone:
     """Images [B, H, W, 3] (normalised as `normalization`) -> float32 [B, h, w, D],
     with no gradient to the backbone."""
     out = self._features(jax.lax.stop_gradient(variables), images)
+    return jax.lax.stop_gradient(out).astype(jnp.float32)
+
+  def pyramid(self, variables, images) -> tuple[jax.Array, ...]:
+    """Float32 maps [B, h, w, D_i] (see the module docstring), no gradient."""
+    if self._pyramid is None:
+      return (self.features(variables, images),)
+    maps = self._pyramid(jax.lax.stop_gradient(variables), images)
+    return tuple(jax.lax.stop_gradient(m).astype(jnp.float32) for m in maps)
+
+  @property
+  def has_dense(self) -> bool:
+    return self._dense is not None
+
+  def dense(self, variables, images) -> jax.Array:
+    """Float32 [B, h, w, E] in the text-embedding space, no gradient."""
+    out = self._dense(jax.lax.stop_gradient(variables), images)
     return jax.lax.stop_gradient(out).astype(jnp.float32)
 
   def description(self) -> dict:
@@ -74,6 +94,10 @@ def validate(config_backbone, field: str = "model.backbone") -> None:
     if config_backbone.dtype not in ("float32", "bfloat16"):
       raise ConfigError(f"config.{field}.dtype={config_backbone.dtype!r}: must be float32 or "
                         "bfloat16")
+    blocks = tuple(config_backbone.get("blocks", ()))
+    depth = vit.ARCHITECTURES[config_backbone.arch]["depth"]
+    if any(not (isinstance(b, int) and 1 <= b <= depth) for b in blocks):
+      raise ConfigError(f"config.{field}.blocks={blocks}: block counts in 1..{depth}")
     if config_backbone.feature not in DINO_FEATURES:
       raise ConfigError(f"config.{field}.feature={config_backbone.feature!r}: must be one of "
                         f"{', '.join(DINO_FEATURES)}")
@@ -87,7 +111,8 @@ def build(config_backbone, image_size: int, field: str = "model.backbone") -> Ba
   validate(config_backbone, field)
   if config_backbone.kind == "dino":
     return _dino(dict(arch=config_backbone.arch, patch_size=config_backbone.patch_size,
-                      feature=config_backbone.feature, dtype=config_backbone.dtype),
+                      feature=config_backbone.feature, dtype=config_backbone.dtype,
+                      blocks=tuple(config_backbone.get("blocks", ()))),
                  config_backbone.weights, image_size)
   return _bundle(config_backbone.weights, field)
 
@@ -115,13 +140,18 @@ def _dino(fields: dict, weights: str | None, image_size: int) -> Backbone:
                         + ", ".join(differ))
     # The grid of its position embedding: what the checkpoint was trained at.
     fields = {**fields, "image_size": found["image_size"]}
+  blocks = tuple(fields.get("blocks", ()))
   net = vit.dino_vit(fields["arch"], fields["patch_size"],
-                     image_size=fields.get("image_size", 224), dtype=jnp.dtype(fields["dtype"]))
+                     image_size=fields.get("image_size", 224), dtype=jnp.dtype(fields["dtype"]),
+                     blocks=blocks)
   images = jnp.zeros((1, image_size, image_size, 3))
   abstract = jax.eval_shape(net.init, jax.random.PRNGKey(0), images)
 
   def features(variables, x):
     return net.apply(variables, x)[fields["feature"]]
+
+  def pyramid(variables, x):
+    return net.apply(variables, x)["blocks"]
 
   def load():
     if loaded is not None:
@@ -129,7 +159,7 @@ def _dino(fields: dict, weights: str | None, image_size: int) -> Backbone:
     return jax.device_get(jax.jit(net.init)(jax.random.PRNGKey(0), images))
 
   return Backbone("dino", weights, "imagenet", features, abstract,
-                  {"kind": "dino", "dino": fields}, load)
+                  {"kind": "dino", "dino": fields}, load, pyramid if blocks else None)
 
 
 def _bundle(directory: str, field: str) -> Backbone:

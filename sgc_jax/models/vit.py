@@ -8,7 +8,10 @@ affinities on; so the model returns those, not DINO's class-token output only:
     {"tokens":      [B, h, w, D]  final-normed patch tokens (class token removed),
      "class_token": [B, D]        final-normed class token (DINO's `forward`),
      "keys":        [B, h, w, D]  the last block's keys, k of the qkv projection
-                                  of its norm1 input, heads concatenated}
+                                  of its norm1 input, heads concatenated,
+     "blocks":      tuple of [B, h, w, D]: the patch tokens after each block that
+                                  `blocks` counts (1-based; un-normed), a
+                                  pyramid's source (PAT)}
 
 with (h, w) = (H, W) / patch_size. What is the reference's, at inference
 (dropout and drop-path are identities there, and DINO's ViTs have
@@ -214,6 +217,7 @@ class VisionTransformer(nn.Module):
   layer_norm_eps: float = 1e-6
   image_size: int = 224
   dtype: Any = jnp.float32
+  blocks: tuple[int, ...] = ()
 
   @nn.compact
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
@@ -238,13 +242,18 @@ class VisionTransformer(nn.Module):
                          x.reshape(batch, -1, dim)], axis=1)
     x = x + pos_embed.astype(self.dtype)
 
+    if any(not 1 <= b <= self.depth for b in self.blocks):
+      raise ValueError(f"VisionTransformer: blocks {self.blocks} must be in 1..{self.depth}")
+    outputs = {}
     for i in range(self.depth):
       x, keys = Block(self.num_heads, self.mlp_ratio, self.qkv_bias, self.layer_norm_eps,
                       self.dtype, name=f"blocks_{i}")(x)
+      outputs[i + 1] = x
     x = nn.LayerNorm(epsilon=self.layer_norm_eps, use_fast_variance=False, dtype=self.dtype,
                      name="norm")(x)
     return {"tokens": x[:, 1:].reshape(batch, *grid, dim), "class_token": x[:, 0],
-            "keys": keys[:, 1:].reshape(batch, *grid, dim)}
+            "keys": keys[:, 1:].reshape(batch, *grid, dim),
+            "blocks": tuple(outputs[b][:, 1:].reshape(batch, *grid, dim) for b in self.blocks)}
 
 
 def dino_vit(name: str, patch_size: int | None = None, **fields) -> VisionTransformer:

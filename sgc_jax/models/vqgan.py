@@ -65,10 +65,10 @@ def _norm(dtype, name=None):
   return nn.GroupNorm(num_groups=32, epsilon=1e-6, dtype=dtype, name=name)
 
 
-def _conv(features, kernel, dtype, name=None, stride=1, padding=None):
+def _conv(features, kernel, dtype, name=None, stride=1, padding=None, use_bias=True):
   pad = kernel // 2 if padding is None else padding
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=pad, dtype=dtype, name=name,
+                 padding=pad, dtype=dtype, name=name, use_bias=use_bias,
                  conv_general_dilated=conv.conv_general_dilated)
 
 

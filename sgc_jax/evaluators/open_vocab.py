@@ -1,0 +1,66 @@
+"""Open-vocabulary segmentation over the evaluation split: for each class map
+the method predicts (`class_maps`: PAT's fused prediction, its semantic branch
+alone, the baseline alone), mIoU over all classes, over the classes seen in
+training and over those held out (the method's `unseen_class_ids`), and pixel
+accuracy. Pixels labelled 255 are not counted; a class absent from both the
+labels and the predictions does not enter its mean."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgc_jax import metrics
+from sgc_jax.config_lib import ConfigError
+from sgc_jax.evaluators.base import Evaluator
+
+
+def confusion(predicted, labels, weight, num_classes: int):
+  """[predicted, true] pixel counts [C, C] of [B, H, W] maps, examples weighted."""
+  valid = (labels < num_classes).astype(jnp.float32) * weight[:, None, None]
+  index = predicted.reshape(-1) * num_classes + jnp.where(labels < num_classes, labels,
+                                                         0).reshape(-1)
+  return jnp.zeros(num_classes * num_classes, jnp.float32).at[index].add(
+      valid.reshape(-1)).reshape(num_classes, num_classes)
+
+
+def class_subset_miou(confusion_matrix: np.ndarray, classes) -> float | None:
+  """Mean IoU over `classes` (those with any pixel in labels or predictions)."""
+  if not len(classes):
+    return None
+  iou = metrics.iou_from_confusion(confusion_matrix)[list(classes)]
+  return float(np.nanmean(iou)) if np.isfinite(iou).any() else None
+
+
+class OpenVocab(Evaluator):
+
+  def static(self, context):
+    if not context.method.num_classes:
+      raise ConfigError(f"config.evals.{self.name}: the data set has no segmentation labels")
+    size = context.config.data.image_size
+    predictions = jax.eval_shape(context.method.predict, context.variables,
+                                 jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+    if "class_maps" not in predictions:
+      raise ConfigError(f"config.evals.{self.name}: method {context.method.name!r} predicts "
+                        "no class maps")
+    return context.method.num_classes, tuple(sorted(predictions["class_maps"]))
+
+  def batch_sums(self, predictions, batch, constants, static):
+    num_classes, names = static
+    labels = batch["segmentation"][:, 0].astype(jnp.int32)
+    weight = batch["mask"].astype(jnp.float32)
+    return {name: confusion(predictions["class_maps"][name], labels, weight, num_classes)
+            for name in names}
+
+  def finish(self, totals, state, context):
+    method = context.method
+    unseen = tuple(getattr(method, "unseen_class_ids", ()))
+    seen = tuple(i for i in range(method.num_classes) if i not in unseen)
+    results = {}
+    for name, matrix in totals.items():
+      results[f"{name}_miou"] = metrics.mean_iou(matrix)
+      results[f"{name}_miou_seen"] = class_subset_miou(matrix, seen)
+      results[f"{name}_miou_unseen"] = class_subset_miou(matrix, unseen)
+      results[f"{name}_pixel_accuracy"] = float(np.trace(matrix) / max(matrix.sum(), 1.0))
+    return results

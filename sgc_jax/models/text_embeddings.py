@@ -1,0 +1,94 @@
+"""Class-name embeddings for open-vocabulary segmentation (PAT's semantic
+branch), by `config.model.text.kind`:
+
+    learned   none here: the method learns one vector per class (a closed
+              vocabulary)
+    file      `text.file`: a .npz of class name -> vector [E] (any text encoder's,
+              computed elsewhere)
+    clip      CLIP's text tower, from the same weight file as the CLIP backbone
+              (`model.backbone.weights`), over the prompt `text.templates` with
+              the user's BPE vocabulary (`text.vocabulary`,
+              bpe_simple_vocab_16e6.txt.gz): each prompt's embedding
+              normalised, averaged over the templates, normalised again (the
+              prompt ensembling of CLIP's zero-shot classifiers)
+
+`build` returns unit vectors [C, E] in the order of the class names (None for
+`learned`); a file that does not hold every name, or holds vectors of another
+size than `text.dim`, is a ConfigError naming it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sgc_jax.config_lib import ConfigError
+
+KINDS = ("learned", "file", "clip")
+# Prompt templates for class names, a subset of those CLIP's authors wrote for
+# ImageNet zero-shot classification (the ones about a whole scene's content).
+TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "a bad photo of a {}.",
+             "a photo of a small {}.", "a photo of a large {}.", "a cropped photo of a {}.",
+             "a close-up photo of a {}.", "a bright photo of a {}.", "a dark photo of a {}.",
+             "a blurry photo of a {}.", "there is a {} in the scene.", "this is a {}.")
+
+
+def validate(text, backbone) -> None:
+  if text.kind == "file" and not text.file:
+    raise ConfigError("config.model.text.file: kind 'file' needs a .npz of class name -> vector")
+  if text.kind == "clip":
+    if backbone.kind != "clip" or not backbone.weights:
+      raise ConfigError("config.model.text.kind='clip': the text tower comes from the CLIP "
+                        "backbone's weights (model.backbone.kind='clip' with weights)")
+    if not text.vocabulary:
+      raise ConfigError("config.model.text.vocabulary: CLIP's tokenizer needs its BPE "
+                        "vocabulary file (bpe_simple_vocab_16e6.txt.gz, shipped for example "
+                        "inside the open_clip_torch wheel)")
+    if not text.templates or any(t.count("{}") != 1 for t in text.templates):
+      raise ConfigError(f"config.model.text.templates={tuple(text.templates)}: prompts with "
+                        "one {} each")
+
+
+def build(text, backbone, class_names) -> np.ndarray | None:
+  """Unit class embeddings [C, text.dim] (None: learned ones)."""
+  if text.kind == "learned":
+    return None
+  if text.kind == "file":
+    vectors = from_file(text.file, class_names)
+  else:
+    from sgc_jax.models import clip_text
+    vectors = clip_text.embed_class_names(backbone.weights, text.vocabulary,
+                                          tuple(text.templates), class_names)
+  if vectors.shape[1] != text.dim:
+    raise ConfigError(f"config.model.text.dim={text.dim}: the class embeddings of "
+                      f"{text.file if text.kind == 'file' else backbone.weights} have "
+                      f"{vectors.shape[1]} dimensions")
+  return normalize(vectors)
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+  return (vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True),
+                               1e-12)).astype(np.float32)
+
+
+def from_file(path: str, class_names) -> np.ndarray:
+  """[C, E] from a .npz of name -> vector; ConfigError naming the file."""
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      found = {name: np.asarray(data[name]) for name in data.files}
+  except (OSError, ValueError) as error:
+    raise ConfigError(f"config.model.text.file={path}: not a readable .npz ({error})") from None
+  missing = [n for n in class_names if n not in found]
+  if missing:
+    raise ConfigError(f"config.model.text.file={path}: no vector for "
+                      + ", ".join(map(repr, missing)))
+  rows = [found[n] for n in class_names]
+  shapes = {r.shape for r in rows}
+  if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+    raise ConfigError(f"config.model.text.file={path}: vectors of shapes {sorted(shapes)}; "
+                      "one [E] vector per class expected")
+  vectors = np.stack(rows)
+  if not np.issubdtype(vectors.dtype, np.floating) or not np.isfinite(vectors).all():
+    raise ConfigError(f"config.model.text.file={path}: vectors must be finite floats")
+  if (np.linalg.norm(vectors, axis=-1) == 0).any():
+    raise ConfigError(f"config.model.text.file={path}: a zero vector has no direction")
+  return vectors.astype(np.float32)

@@ -1,0 +1,318 @@
+"""PAT: the pyramid networks (bottom-up composition, top-down pictures), the
+losses against direct formulas, the open-vocabulary and pyramid evaluators,
+and the method through the core over a frozen backbone: the backbone never
+moves, 1 and 8 devices agree, held-out classes stay out of training, export
+and `sgc-segment`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import PIL.Image
+import pytest
+
+from configs import pat_scenes
+from sgc_jax import config_lib, export, inference, train
+from sgc_jax.config_lib import ConfigError
+from sgc_jax.core import loop, sharding
+from sgc_jax.evaluators import open_vocab, pyramid
+from sgc_jax.methods import pat
+from sgc_jax.models import codebook as codebook_lib
+from sgc_jax.models import pat as pat_model
+from sgc_jax.models import text_embeddings
+
+from test_slotcon_method import train_batches
+
+TEXT_DIM = 32
+
+
+def tiny_pat_config(data_dir, **model):
+  config = pat_scenes.get_config("size=32,steps=4")
+  config.data.update(dict(name="sgc_scenes/smoke64", data_dir=data_dir, batch_size=8,
+                          worker_count=0))
+  config.log_every = 1
+  config.checkpoint.update(dict(every=2, keep=3))
+  for name in ("reconstruction", "pyramid", "open_vocab", "pictures"):
+    config.evals[name]["every"] = 4
+  config.evals.pictures.num_examples = 2
+  config.model.backbone.update(dict(arch="vit_small", patch_size=8, blocks=(6, 12)))
+  config.model.update(dict(strides=(4, 8), dim=32, num_codes=(16, 16), decoder_ch=32,
+                           upsample_ch=(32, 32), fuse_ch=32))
+  config.model.text.dim = TEXT_DIM
+  config.model.update(model)
+  return config
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory, scenes64):
+  """Class embeddings from 'another text encoder': random vectors by name."""
+  rng = np.random.default_rng(3)
+  path = str(tmp_path_factory.mktemp("text") / "names.npz")
+  np.savez(path, **{n: rng.normal(size=TEXT_DIM) for n in scenes64.class_names})
+  return path
+
+
+# ------------------------------------------------------------------ networks
+
+
+def _net_config(strides=(4, 8, 16), size=32):
+  codebook = codebook_lib.CodebookConfig(mode="ema", num_codes=8, dim_sem=32, dim_det=0)
+  return pat_model.PATConfig(image_size=size, strides=strides, dim=32,
+                             codebooks=(codebook,) * len(strides), decoder_ch=32,
+                             upsample_ch=(32, 32), fuse_ch=32, text_dim=16)
+
+
+def test_area_downsample_is_the_block_mean():
+  x = np.random.default_rng(0).normal(size=(2, 8, 12, 3)).astype(np.float32)
+  want = x.reshape(2, 2, 4, 3, 4, 3).mean((2, 4))
+  np.testing.assert_allclose(np.asarray(pat_model.area_downsample(jnp.asarray(x), 4)), want,
+                             rtol=1e-6)
+
+
+def test_composition_is_bottom_up_and_pictures_top_down():
+  """c_l holds q_0..q_l (a coarser code never reaches a finer level's c), and
+  each level's picture reads its own and the coarser levels only."""
+  config = _net_config()
+  model = pat_model.PAT(config)
+  rng = np.random.default_rng(0)
+  maps = (jnp.asarray(rng.normal(size=(2, 4, 4, 24)), jnp.float32),)
+  variables = model.init(jax.random.PRNGKey(0), maps)
+  qs = [jnp.asarray(rng.normal(size=(2, 32 // s, 32 // s, 32)), jnp.float32)
+        for s in config.strides]
+  composed = model.apply(variables, qs, method=pat_model.PAT.composed)
+  np.testing.assert_array_equal(composed[0], qs[0])
+  changed = model.apply(variables, [qs[0], qs[1] + 1.0, qs[2]], method=pat_model.PAT.composed)
+  np.testing.assert_array_equal(changed[0], composed[0])
+  assert not np.allclose(changed[1], composed[1]) and not np.allclose(changed[2], composed[2])
+
+  def pictures(c):
+    return model.apply(variables, c, method=lambda m, c: m.decoder(c))[1]
+  base = pictures(composed)
+  moved = pictures([composed[0] + 1.0] + list(composed[1:]))
+  np.testing.assert_allclose(moved[1], base[1])
+  np.testing.assert_allclose(moved[2], base[2])
+  assert not np.allclose(moved[0], base[0])
+  for s, picture in zip(config.strides, base):
+    assert picture.shape == (2, 32 // s, 32 // s, 3)
+  out = model.apply(variables, maps, mutable=["codebook"])[0]
+  assert out["reconstruction"].shape == (2, 32, 32, 3)
+  np.testing.assert_allclose(np.linalg.norm(out["semantic"], axis=-1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("strides", (4, 12), "each twice the last"),
+    ("strides", (3, 6), "powers of two"),
+    ("num_codes", (16,), "1 codebooks for 2 levels"),
+    ("upsample_ch", (32,), "one width per x2 stage"),
+    ("dim", 48, "multiple of 32"),
+])
+def test_bad_network_fields_are_config_errors(data_dir, field, value, message):
+  config = tiny_pat_config(data_dir, **{field: value})
+  with pytest.raises(ConfigError, match=message):
+    pat.PATMethod.validate(config)
+
+
+def test_bad_method_fields_are_config_errors(data_dir, scenes64, text_file):
+  config = tiny_pat_config(data_dir, unseen_classes=("ball",))
+  with pytest.raises(ConfigError, match="closed vocabulary"):
+    pat.PATMethod.validate(config)
+  config = tiny_pat_config(data_dir)
+  config.data.normalization = "imagenet"
+  with pytest.raises(ConfigError, match="symmetric"):
+    pat.PATMethod.validate(config)
+  config = tiny_pat_config(data_dir, unseen_classes=("zebra",))
+  config.model.text.update(dict(kind="file", file=text_file))
+  with pytest.raises(ConfigError, match="'zebra' not among the data set's classes"):
+    pat.PATMethod.validate_data(config, scenes64)
+  config = tiny_pat_config(data_dir)
+  config.model.text.kind = "clip"
+  with pytest.raises(ConfigError, match="CLIP backbone"):
+    pat.PATMethod.validate(config)
+
+
+def test_text_files_are_checked(tmp_path):
+  names = ("sky", "ball")
+  path = str(tmp_path / "t.npz")
+  np.savez(path, sky=np.ones(4), ball=np.array([3.0, 4.0, 0.0, 0.0]))
+  np.testing.assert_allclose(text_embeddings.normalize(text_embeddings.from_file(path, names)),
+                             [[0.5] * 4, [0.6, 0.8, 0, 0]], rtol=1e-6)
+  for arrays, message in (({"sky": np.ones(4)}, "no vector for 'ball'"),
+                          ({"sky": np.ones(4), "ball": np.ones(3)}, "shapes"),
+                          ({"sky": np.ones(4), "ball": np.full(4, np.nan)}, "finite"),
+                          ({"sky": np.ones(4), "ball": np.zeros(4)}, "zero vector")):
+    np.savez(path, **arrays)
+    with pytest.raises(ConfigError, match=f"text.file={path}: .*{message}"):
+      text_embeddings.from_file(path, names)
+  with open(path, "wb") as f:
+    f.write(b"not a zip")
+  with pytest.raises(ConfigError, match="not a readable .npz"):
+    text_embeddings.from_file(path, names)
+
+
+def test_cross_entropy_ignores_unlabelled_pixels_and_padding():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(3, 4, 4, 5)).astype(np.float32)
+  labels = rng.integers(0, 5, size=(3, 4, 4))
+  labels[0, :2] = pat.IGNORE
+  weight = np.array([1.0, 1.0, 0.0], np.float32)  # the last example is padding
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  picked = np.take_along_axis(log_p, np.where(labels == pat.IGNORE, 0, labels)[..., None],
+                              -1)[..., 0]
+  valid = (labels != pat.IGNORE) & (weight[:, None, None] > 0)
+  want = -picked[valid].mean()
+  got = pat._cross_entropy(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weight))
+  assert float(got) == pytest.approx(want, rel=1e-5)
+
+
+# ------------------------------------------------------------------ evaluators
+
+
+def test_open_vocab_confusion_and_subset_means():
+  rng = np.random.default_rng(2)
+  predicted = rng.integers(0, 4, size=(3, 6, 6))
+  labels = rng.integers(0, 4, size=(3, 6, 6))
+  labels[1, 0] = 255
+  weight = np.array([1.0, 1.0, 0.0])
+  got = np.asarray(open_vocab.confusion(jnp.asarray(predicted), jnp.asarray(labels),
+                                        jnp.asarray(weight, jnp.float32), 4))
+  keep = (labels < 4) & (weight[:, None, None] > 0)
+  want = np.zeros((4, 4))
+  np.add.at(want, (predicted[keep], labels[keep]), 1)
+  np.testing.assert_array_equal(got, want)
+  # IoU = hits / (predicted + true - hits): class 0, 2 / (3 + 3 - 2) = 0.5;
+  # class 1, 3 / (4 + 4 - 3) = 0.6; class 2 absent from both.
+  matrix = np.array([[2, 1, 0], [1, 3, 0], [0, 0, 0]], np.float64)
+  assert open_vocab.class_subset_miou(matrix, (0,)) == pytest.approx(0.5)
+  assert open_vocab.class_subset_miou(matrix, (0, 1, 2)) == pytest.approx(0.55)
+  assert open_vocab.class_subset_miou(matrix, (2,)) is None
+  assert open_vocab.class_subset_miou(matrix, ()) is None
+
+
+def test_pyramid_evaluator_measures_each_level_against_its_grid():
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.uniform(-1, 1, size=(2, 1, 16, 16, 3)), jnp.float32)
+  target = pat_model.area_downsample(x[:, 0], 4)
+  indices = (jnp.asarray(rng.integers(0, 5, size=(2, 4, 4))),
+             jnp.asarray(rng.integers(0, 3, size=(2, 2, 2))))
+  pictures = (target, pat_model.area_downsample(x[:, 0], 8) + 0.5)
+  batch = {"image": x, "mask": jnp.array([True, True])}
+  sums = pyramid.Pyramid("p", {"every": 1}).batch_sums(
+      {"levels": {"indices": indices, "pictures": pictures}}, batch, None, (5, 3))
+  assert float(sums["l1_0"]) == 0 and float(sums["psnr_0"]) == 2 * 100  # psnr's cap
+  clipped = np.minimum(np.asarray(pictures[1]), 1.0)  # the evaluator clips to [-1, 1]
+  want = np.abs(clipped - np.asarray(pat_model.area_downsample(x[:, 0], 8))).mean((1, 2, 3))
+  np.testing.assert_allclose(float(sums["l1_1"]), want.sum(), rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(sums["usage_0"]),
+                                np.bincount(np.asarray(indices[0]).ravel(), minlength=5))
+
+
+# ------------------------------------------------------------------ the method
+
+
+def _run(config, mesh, dataset, steps):
+  method = pat.PATMethod.build(config, mesh, dataset)
+  state = method.initial_state(method.create_train_state(config.seed))
+  batches = train_batches(config, mesh, dataset)
+  step, history = None, []
+  for _ in range(steps):
+    batch = next(batches)
+    step = step or method.jit_train_step(False, batch)
+    state, metrics = step(state, batch)
+    history.append(jax.device_get(metrics))
+  return method, state, history
+
+
+def test_backbone_frozen_held_out_classes_and_one_and_eight_devices(data_dir, scenes64,
+                                                                    text_file):
+  config = tiny_pat_config(data_dir, unseen_classes=("ball", "star"))
+  config.model.text.update(dict(kind="file", file=text_file))
+  config.model.codebook.mode = "sgc"
+  one = sharding.create_mesh(devices=jax.devices()[:1])
+  method, state_1, history_1 = _run(config, one, scenes64, 2)
+  _, state_8, history_8 = _run(config, sharding.create_mesh(), scenes64, 2)
+  for m1, m8 in zip(history_1, history_8):
+    assert np.isfinite(m1["loss/total"]) and m1["loss/semantic"] > 0
+    assert float(m8["loss/total"]) == pytest.approx(float(m1["loss/total"]), rel=1e-4)
+  for a, b in zip(jax.tree.leaves((state_1.params, state_1.codebook)),
+                  jax.tree.leaves((state_8.params, state_8.codebook))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-5)
+  initial = method.initial_state(method.create_train_state(config.seed))
+  for got, want in zip(jax.tree.leaves(state_1.backbone), jax.tree.leaves(initial.backbone)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(initial.params),
+                                                 jax.tree.leaves(state_1.params))]
+  assert all(moved)
+  size = lambda tree: sum(np.size(x) for x in jax.tree.leaves(tree))  # noqa: E731
+  assert size(state_1.opt_state) < 2 * size(state_1.params) + 16
+  # Held-out classes: no training label, no code of theirs (sgc allocates the seen ones).
+  names = scenes64.class_names
+  for name in ("ball", "star"):
+    assert method.train_label[names.index(name)] == pat.IGNORE
+  seen = [i for i in range(len(names)) if names[i] not in ("ball", "star")]
+  np.testing.assert_array_equal(method.train_label[seen], np.arange(len(seen)))
+  code_class = np.asarray(state_1.codebook["codebook_0"]["code_class"])
+  assert set(code_class) == set(range(len(seen)))
+
+
+def test_trains_evaluates_exports_and_segments_through_the_core(data_dir, scenes64, text_file,
+                                                                tmp_path):
+  config = tiny_pat_config(data_dir, unseen_classes=("ball",))
+  config.model.text.update(dict(kind="file", file=text_file))
+  workdir = str(tmp_path / "run")
+  metrics = train.train_and_evaluate(config, workdir)
+  assert metrics["step"] == 4 and np.isfinite(metrics["loss/total"])
+  for key in ("pat_miou_seen", "pat_miou_unseen", "branch_miou", "psnr_0", "psnr_1",
+              "codebook_usage_1", "psnr", "ssim"):
+    assert 0 <= metrics[f"val/{key}"] <= (100 if "psnr" in key else 1), key
+  assert "val/baseline_miou" not in metrics  # a DINO backbone has no text space
+  assert os.listdir(os.path.join(workdir, "images"))
+  dataset, method, state, _ = loop.restore_latest(pat.PATMethod, config, workdir)
+  variables = loop.prediction_variables(method, state, dataset, config)
+  images = np.stack([scenes64.split("validation")[i]["image"] for i in range(3)])
+  images = images[:, :32, :32].astype(np.float32) / 127.5 - 1
+
+  bundle = export.export_checkpoint(config, workdir)
+  description = json.load(open(os.path.join(bundle, "model.json")))
+  assert description["method"] == "pat" and description["grids"] == [8, 4]
+  assert description["unseen_classes"] == ["ball"]
+  predictions = jax.jit(method.predict)(variables, images)
+  subset = np.asarray(variables["text"])[[1, 4]]
+  for use_model_code in (False, True):
+    loaded = inference.load(bundle, use_model_code=use_model_code)
+    indices = loaded.call("encode", images)
+    np.testing.assert_array_equal(indices[0], predictions["indices"])
+    np.testing.assert_allclose(loaded.call("decode", indices), predictions["reconstruction"],
+                               atol=1e-5)
+    np.testing.assert_array_equal(loaded.call("segment_known", images),
+                                  predictions["class_maps"]["pat"])
+    two = loaded.call("segment", (images, subset))
+    # Among two classes, a pixel takes the one of the two it scores higher.
+    logits = np.asarray(method.net.class_logits(variables, images, jnp.asarray(
+        np.asarray(variables["text"])))["pat"])
+    np.testing.assert_array_equal(two, np.argmax(logits[..., [1, 4]], -1))
+
+  folder = tmp_path / "images"
+  folder.mkdir()
+  for i, image in enumerate(images):
+    PIL.Image.fromarray(((image + 1) * 127.5).round().astype(np.uint8)).save(folder / f"{i}.png")
+  out = tmp_path / "out"
+  run = lambda *args: subprocess.run(  # noqa: E731
+      [sys.executable, "-c", "import sys; from sgc_jax import tokenizer_cli; "
+       "tokenizer_cli.segment_main(sys.argv[1:])", str(folder), "--bundle", bundle, "--out",
+       str(out), *args], capture_output=True, text=True)
+  bad = run("--classes", "sky,zebra")
+  assert bad.returncode == 1 and not out.exists(), bad.stderr
+  assert bad.stderr.strip().splitlines() == [
+      "error: --classes: 'zebra' not among the classes of this closed-vocabulary bundle ("
+      + ", ".join(scenes64.class_names) + "); a bundle with a text tower (CLIP) takes any names"]
+  good = run("--classes", "grass, water")
+  assert good.returncode == 0, good.stderr
+  assert (out / "classes.txt").read_text().split("\n")[:2] == ["grass", "water"]
+  got = np.stack([np.asarray(PIL.Image.open(out / f"{i}_classes.png")) for i in range(3)])
+  names = list(scenes64.class_names)
+  want = np.argmax(logits[..., [names.index("grass"), names.index("water")]], -1)
+  np.testing.assert_array_equal(got, want)
