@@ -69,5 +69,5 @@ def get_config(arg=None):
                                      inception_weights=config_dict.placeholder(str))
   config.evals.pyramid = dict(type="pyramid", every=every)
   config.evals.open_vocab = dict(type="open_vocab", every=every)
-  config.evals.pictures = dict(type="pictures", every=every, num_examples=8)
+  config.evals.pictures = dict(type="pictures", every=500, num_examples=8)
   return config

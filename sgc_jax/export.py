@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -44,7 +45,10 @@ def write_bundle(directory: str, method, variables, extra: dict,
   for name, data in serialized.items():
     with open(os.path.join(directory, f"{name}.jax_export"), "wb") as f:
       f.write(data)
-  files = ["variables.npz"] + [f"{name}.jax_export" for name in serialized]
+  for name, path in method.bundle_files().items():
+    shutil.copyfile(path, os.path.join(directory, name))
+  files = (["variables.npz"] + [f"{name}.jax_export" for name in serialized]
+           + list(method.bundle_files()))
   description = {
       "format": FORMAT, "version": VERSION, "method": method.name,
       "functions": list(serialized), "platforms": list(platforms),

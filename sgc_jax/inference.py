@@ -116,7 +116,7 @@ class Tokenizer:
     self.image_size, self.grid, self.num_codes, self.semantic = (
         self.description.get(name) for name in _TOKENIZER_FIELDS)
     self.class_names, self.method = self.description["class_names"], self.description["method"]
-    path = self._file("variables.npz")
+    path = self.file("variables.npz")
     try:
       self.variables = tree_io.load(path)
     except Exception as error:  # np.load raises whatever a damaged file trips over.
@@ -160,7 +160,8 @@ class Tokenizer:
       raise BundleError(f"{path}: sha256 is {digests!r}, expected {{file name: hex digest}}")
     return description
 
-  def _file(self, name: str) -> str:
+  def file(self, name: str) -> str:
+    """The path of a file the bundle holds (its digest checked where listed)."""
     path = os.path.join(self.directory, name)
     if not os.path.isfile(path):
       raise BundleError(f"{self.directory}: bundle without {name}")
@@ -194,7 +195,7 @@ class Tokenizer:
                           f"{source} takes {need.dtype}{list(need.shape)}")
 
   def _exported(self, name: str):
-    path = self._file(f"{name}.jax_export")
+    path = self.file(f"{name}.jax_export")
     size, grid = self.image_size, self.grid
     images, indices = f"float32[b,{size},{size},3]", f"int32[b,{grid},{grid}]"
     signature = None

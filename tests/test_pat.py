@@ -16,7 +16,7 @@ import PIL.Image
 import pytest
 
 from configs import pat_scenes
-from sgc_jax import config_lib, export, inference, train
+from sgc_jax import export, inference, train
 from sgc_jax.config_lib import ConfigError
 from sgc_jax.core import loop, sharding
 from sgc_jax.evaluators import open_vocab, pyramid
@@ -132,6 +132,19 @@ def test_bad_method_fields_are_config_errors(data_dir, scenes64, text_file):
   config.model.text.kind = "clip"
   with pytest.raises(ConfigError, match="CLIP backbone"):
     pat.PATMethod.validate(config)
+
+
+def test_coco_recipe_validates_once_given_its_files():
+  from configs import pat_coco
+  config = pat_coco.get_config()
+  with pytest.raises(ConfigError, match="backbone.kind='clip' with weights"):
+    pat.PATMethod.validate(config)
+  config.model.backbone.weights = "ViT-B-16.pt"
+  config.model.text.vocabulary = "bpe_simple_vocab_16e6.txt.gz"
+  pat.PATMethod.validate(config)
+  net = pat.pat_config(config, 120)
+  assert [net.grid(l) for l in range(4)] == [112, 56, 28, 14]
+  assert config.evals.pyramid.every == config.evals.open_vocab.every == 10_000
 
 
 def test_text_files_are_checked(tmp_path):
@@ -316,3 +329,96 @@ def test_trains_evaluates_exports_and_segments_through_the_core(data_dir, scenes
   names = list(scenes64.class_names)
   want = np.argmax(logits[..., [names.index("grass"), names.index("water")]], -1)
   np.testing.assert_array_equal(got, want)
+
+
+# ------------------------------------------------------------------ over CLIP
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+  """(weights .npz, vocabulary) of a tiny CLIP the test makes, whose text
+  tower reads the tiny BPE vocabulary of tests/test_clip.py."""
+  from sgc_jax.convert import clip as clip_convert
+  from sgc_jax.models import clip
+  from test_clip import TINY_MERGES, _vocab_file, clip_state_dict, write_state_dict
+  config = clip.CLIPConfig(vision_width=32, vision_layers=3, vision_heads=4, patch_size=8,
+                           image_size=32, embed_dim=TEXT_DIM, context_length=12, vocab_size=527,
+                           text_width=24, text_heads=2, text_layers=2)
+  folder = tmp_path_factory.mktemp("clip")
+  pth = write_state_dict(str(folder / "clip.pt"), clip_state_dict(config))
+  weights = str(folder / "clip.npz")
+  assert clip_convert.main([pth, weights, "--vision_heads", "4", "--text_heads", "2"]) in (0,
+                                                                                          None)
+  return weights, _vocab_file(folder / "bpe.txt.gz", TINY_MERGES)
+
+
+def test_over_clip_open_vocabulary_fusion_export_and_any_class_names(data_dir, scenes64,
+                                                                     tiny_clip, tmp_path):
+  from sgc_jax.convert import clip as clip_convert
+  from sgc_jax.models import clip, clip_tokenizer
+  weights, vocabulary = tiny_clip
+  config = tiny_pat_config(data_dir, unseen_classes=("ball", "crate"), fusion_weight=0.5)
+  config.model.backbone.update(dict(kind="clip", arch=None, weights=weights, blocks=(1, 3)))
+  config.model.text.update(dict(kind="clip", vocabulary=vocabulary,
+                                templates=("a photo of a {}.", "a {}")))
+  config.total_steps = 2
+  for name in ("reconstruction", "pyramid", "open_vocab", "pictures"):
+    config.evals[name]["every"] = 2
+  workdir = str(tmp_path / "run")
+  metrics = train.train_and_evaluate(config, workdir)
+  for key in ("baseline_miou", "baseline_miou_unseen", "pat_miou_unseen", "branch_miou_seen"):
+    assert 0 <= metrics[f"val/{key}"] <= 1, key
+  dataset, method, state, _ = loop.restore_latest(pat.PATMethod, config, workdir)
+  variables = loop.prediction_variables(method, state, dataset, config)
+
+  # The class embeddings: the text tower on each prompt, unit vectors
+  # averaged over the templates, normalised.
+  fields, loaded = clip_convert.load(weights)
+  tower = clip.text_tower(clip_convert.config(fields))
+  tokenizer = clip_tokenizer.Tokenizer(vocabulary)
+  for i, name in enumerate(scenes64.class_names):
+    prompts = [f"a photo of a {name}.", f"a {name}"]
+    vectors = np.asarray(tower.apply({"params": loaded["params"]["text"]},
+                                     tokenizer.tokenize(prompts, 12)), np.float64)
+    mean = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).mean(0)
+    np.testing.assert_allclose(np.asarray(variables["text"])[i], mean / np.linalg.norm(mean),
+                               rtol=1e-4, atol=1e-6)
+  # Fused = baseline + fusion_weight x branch; the baseline is the MaskCLIP
+  # features' cosine with the class embeddings / baseline_temperature.
+  images = np.stack([scenes64.split("validation")[i]["image"] for i in range(2)])
+  images = images[:, :32, :32].astype(np.float32) / 127.5 - 1
+  text = jnp.asarray(variables["text"])
+  logits = method.net.class_logits(variables, jnp.asarray(images), text)
+  np.testing.assert_allclose(logits["pat"], logits["baseline"] + 0.5 * logits["branch"],
+                             rtol=1e-5, atol=1e-5)
+  vision = clip.vision_tower(clip_convert.config(fields), dense="maskclip")
+  mean, std = np.asarray(clip.MEAN), np.asarray(clip.STD)
+  dense = np.asarray(vision.apply({"params": loaded["params"]["visual"]},
+                                  ((images + 1) / 2 - mean) / std)["dense"], np.float64)
+  dense /= np.linalg.norm(dense, axis=-1, keepdims=True)
+  coarse = dense @ np.asarray(text, np.float64).T / config.model.baseline_temperature
+  want = jax.image.resize(coarse, (2, 32, 32, coarse.shape[-1]), "bilinear")
+  np.testing.assert_allclose(logits["baseline"], want, rtol=1e-3, atol=1e-3)
+
+  bundle = export.export_checkpoint(config, workdir)
+  loaded_bundle = inference.load(bundle)
+  assert "embed_text" in loaded_bundle.functions
+  assert os.path.isfile(os.path.join(bundle, "vocabulary.txt.gz"))
+  from sgc_jax.models import clip_text
+  names = ["zebra", "sky"]
+  vectors = clip_text.embed_with_bundle(loaded_bundle, names)
+  want = clip_text.embed_class_names(weights, vocabulary, ("a photo of a {}.", "a {}"), names)
+  np.testing.assert_allclose(vectors, want / np.linalg.norm(want, axis=1, keepdims=True),
+                             rtol=1e-4, atol=1e-6)
+  folder = tmp_path / "images"
+  folder.mkdir()
+  for i, image in enumerate(images):
+    PIL.Image.fromarray(((image + 1) * 127.5).round().astype(np.uint8)).save(folder / f"{i}.png")
+  out = tmp_path / "out"
+  run = subprocess.run(
+      [sys.executable, "-c", "import sys; from sgc_jax import tokenizer_cli; "
+       "tokenizer_cli.segment_main(sys.argv[1:])", str(folder), "--bundle", bundle, "--out",
+       str(out), "--classes", "zebra,sky"], capture_output=True, text=True)
+  assert run.returncode == 0, run.stderr
+  got = np.stack([np.asarray(PIL.Image.open(out / f"{i}_classes.png")) for i in range(2)])
+  np.testing.assert_array_equal(got, loaded_bundle.call("segment", (images, vectors)))

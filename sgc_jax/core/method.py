@@ -18,6 +18,8 @@ A method (one module in `sgc_jax/methods/`) subclasses `Method` and provides:
     segment(variables, images)          [B, H, W] segments, and their names
     segment_names()                     (--mode=pseudo_labels); default none
     export_functions()                  {name: (fn(variables, x), abstract x)} for the bundle
+    bundle_files()                      {name in the bundle: path} of files it copies
+                                        there (PAT: CLIP's BPE vocabulary)
     bundle_fields()                     what model.json says about the model
     functions_from_bundle(description)  the bundle's functions rebuilt from the model
                                         code, and the variables' shapes they take
@@ -155,6 +157,9 @@ class Method(abc.ABC):
     """{name: (fn(variables, x), abstract x)} for the bundle."""
 
   def bundle_fields(self) -> dict[str, Any]:
+    return {}
+
+  def bundle_files(self) -> dict[str, str]:
     return {}
 
   @classmethod

@@ -5,7 +5,6 @@ method's `reconstruction` prediction."""
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from absl import logging
 

@@ -34,7 +34,6 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -42,7 +41,7 @@ from sgc_jax import config_lib, logs, losses
 from sgc_jax.core import gan, optim, sharding
 from sgc_jax.core.method import Method, Units
 from sgc_jax.data import pipeline
-from sgc_jax.models import backbones, text_embeddings
+from sgc_jax.models import backbones, clip_text, text_embeddings
 from sgc_jax.models import codebook as codebook_lib
 from sgc_jax.models import lpips as lpips_lib
 from sgc_jax.models.pat import PAT, PATConfig, area_downsample
@@ -170,6 +169,9 @@ class PATMethod(Method):
                       m.semantic_temperature, m.baseline_temperature, m.fusion_weight)
     self.model = PAT(self.net_config, token_groups=sharding.batch_shards(mesh))
     self.text = None if text is None else np.asarray(text, np.float32)
+    # CLIP's text tower goes into the bundle: `sgc-segment` embeds any names.
+    self.text_tower = (clip_text.text_tower(m.backbone.weights) if m.text.kind == "clip"
+                       else None)
     frequency = (np.ones(len(self.seen_class_ids)) if class_frequency is None
                  else np.asarray(class_frequency)[list(self.seen_class_ids)])
     self.class_frequency = frequency / max(frequency.sum(), 1e-12)
@@ -357,8 +359,11 @@ class PATMethod(Method):
   # ------------------------------------------------------------ evaluation
 
   def eval_variables(self, state: TrainState) -> dict:
-    return {"params": state.params, "codebook": state.codebook, "backbone": state.backbone,
-            "text": self._class_embeddings(state.params)}
+    variables = {"params": state.params, "codebook": state.codebook,
+                 "backbone": state.backbone, "text": self._class_embeddings(state.params)}
+    if self.text_tower is not None:
+      variables["text_tower"] = self.text_tower[1]
+    return variables
 
   def predict(self, variables, images) -> dict[str, jax.Array]:
     indices = self.net.encode(variables, images)
@@ -386,10 +391,21 @@ class PATMethod(Method):
   # ------------------------------------------------------------ export
 
   def export_functions(self):
-    return _functions(self.net)
+    functions = _functions(self.net)
+    if self.text_tower is not None:
+      functions.update(_text_functions(*self.text_tower[::2]))
+    return functions
+
+  def bundle_files(self) -> dict[str, str]:
+    if self.text_tower is None:
+      return {}
+    return {clip_text.VOCABULARY_FILE: self.config.model.text.vocabulary}
 
   def bundle_fields(self) -> dict:
     m = self.config.model
+    text = m.text.to_dict()
+    if self.text_tower is not None:
+      text["context_length"] = self.text_tower[2]
     return {"image_size": self.config.data.image_size,
             "grids": [self.net_config.grid(l) for l in range(self.net_config.num_levels)],
             "level_codes": list(self.level_codes()),
@@ -398,7 +414,7 @@ class PATMethod(Method):
                         backbone=self.backbone.description(),
                         semantic_temperature=m.semantic_temperature,
                         baseline_temperature=m.baseline_temperature,
-                        fusion_weight=m.fusion_weight, text=m.text.to_dict())}
+                        fusion_weight=m.fusion_weight, text=text)}
 
   @classmethod
   def functions_from_bundle(cls, description: dict):
@@ -420,7 +436,26 @@ class PATMethod(Method):
     abstract = {"params": params, "codebook": variables["codebook"],
                 "backbone": backbone_abstract,
                 "text": jax.ShapeDtypeStruct((num_classes, net_config.text_dim), jnp.float32)}
-    return {name: fn for name, (fn, _) in _functions(net).items()}, abstract
+    functions = _functions(net)
+    if fields["text"]["kind"] == "clip":
+      from sgc_jax.convert import clip as clip_convert
+      from sgc_jax.models import clip
+      tower = clip.text_tower(clip_convert.config(fields["backbone"]["clip"]))
+      context_length = fields["text"]["context_length"]
+      abstract["text_tower"] = jax.eval_shape(
+          tower.init, jax.random.PRNGKey(0), jnp.zeros((1, context_length), jnp.int32))["params"]
+      functions.update(_text_functions(tower, context_length))
+    return {name: fn for name, (fn, _) in functions.items()}, abstract
+
+
+def _text_functions(tower, context_length: int):
+  """`embed_text`: CLIP token ids [N, context_length] -> text embeddings [N, E]."""
+  count, = jax.export.symbolic_shape("n")
+
+  def embed_text(variables, ids):
+    return tower.apply({"params": variables["text_tower"]}, ids)
+
+  return {"embed_text": (embed_text, jax.ShapeDtypeStruct((count, context_length), jnp.int32))}
 
 
 def _cross_entropy(logits, labels, weight):

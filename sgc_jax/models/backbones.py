@@ -6,6 +6,12 @@
                               float32 | bfloat16); `weights` an official DINO
                               .pth or the .npz its converter writes (None: a
                               randomly initialised ViT, the untrained baseline)
+    backbone.kind = "clip"    a CLIP ViT's image tower (models/clip.py): `arch`
+                              (ViT-B/16 ...), `blocks` (the pyramid),
+                              `dense` (maskclip | tokens: its features in the
+                              text space, PAT's baseline), `dtype`; `weights`
+                              OpenAI's .pt, a state dict or the converter's
+                              .npz (None: a random tower of `arch`)
     backbone.kind = "bundle"  a backbone the library trained: `weights` is an
                               inference bundle (--mode=export) holding a
                               `features` function (SlotCon's teacher encoder,
@@ -23,6 +29,7 @@ without its weight file, for the bundles of the methods built on it.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -30,7 +37,7 @@ import jax.numpy as jnp
 
 from sgc_jax.config_lib import ConfigError
 
-KINDS = ("dino", "bundle")
+KINDS = ("dino", "clip", "bundle")
 DINO_FEATURES = ("tokens", "keys")
 
 
@@ -101,6 +108,20 @@ def validate(config_backbone, field: str = "model.backbone") -> None:
     if config_backbone.feature not in DINO_FEATURES:
       raise ConfigError(f"config.{field}.feature={config_backbone.feature!r}: must be one of "
                         f"{', '.join(DINO_FEATURES)}")
+  elif kind == "clip":
+    from sgc_jax.models import clip
+    if config_backbone.weights is None and config_backbone.arch not in clip.ARCHITECTURES:
+      raise ConfigError(f"config.{field}.arch={config_backbone.arch!r}: must be one of "
+                        f"{', '.join(clip.ARCHITECTURES)} (or weights given)")
+    if config_backbone.get("dense", "maskclip") not in clip.DENSE_MODES:
+      raise ConfigError(f"config.{field}.dense={config_backbone.dense!r}: must be one of "
+                        f"{', '.join(clip.DENSE_MODES)}")
+    if config_backbone.dtype not in ("float32", "bfloat16"):
+      raise ConfigError(f"config.{field}.dtype={config_backbone.dtype!r}: must be float32 or "
+                        "bfloat16")
+    blocks = tuple(config_backbone.get("blocks", ()))
+    if any(not (isinstance(b, int) and b >= 1) for b in blocks):
+      raise ConfigError(f"config.{field}.blocks={blocks}: block counts from 1")
   elif not config_backbone.weights:
     raise ConfigError(f"config.{field}.weights: kind 'bundle' needs a bundle directory "
                       "(python -m sgc_jax.main --mode=export of the backbone's run)")
@@ -114,6 +135,11 @@ def build(config_backbone, image_size: int, field: str = "model.backbone") -> Ba
                       feature=config_backbone.feature, dtype=config_backbone.dtype,
                       blocks=tuple(config_backbone.get("blocks", ()))),
                  config_backbone.weights, image_size)
+  if config_backbone.kind == "clip":
+    return _clip(dict(arch=config_backbone.arch, blocks=tuple(config_backbone.blocks),
+                      dense=config_backbone.get("dense", "maskclip"),
+                      dtype=config_backbone.dtype),
+                 config_backbone.weights, image_size, field)
   return _bundle(config_backbone.weights, field)
 
 
@@ -121,6 +147,8 @@ def from_description(description: dict, image_size: int) -> Backbone:
   """A backbone from `Backbone.description()` (no file is read)."""
   if description["kind"] == "dino":
     return _dino(description["dino"], None, image_size)
+  if description["kind"] == "clip":
+    return _clip(description["clip"], None, image_size)
   return _library(description["bundle"], None, lambda: None)
 
 
@@ -160,6 +188,52 @@ def _dino(fields: dict, weights: str | None, image_size: int) -> Backbone:
 
   return Backbone("dino", weights, "imagenet", features, abstract,
                   {"kind": "dino", "dino": fields}, load, pyramid if blocks else None)
+
+
+def _clip(fields: dict, weights: str | None, image_size: int,
+          field: str = "model.backbone") -> Backbone:
+  """`fields`: arch, blocks, dense, dtype, and (from a file, or in a
+  description) the CLIPConfig's sizes."""
+  from sgc_jax.convert import clip as clip_convert
+  from sgc_jax.models import clip
+  loaded = None
+  if weights is not None:
+    from sgc_jax.convert import torch_file
+    try:
+      found, variables = clip_convert.load(weights)
+    except torch_file.WeightFileError as error:
+      raise ConfigError(f"config.{field}.weights: {error}") from None
+    if fields["arch"] is not None and found["arch"] != fields["arch"]:
+      raise ConfigError(f"config.{field}.weights={weights}: a CLIP "
+                        f"{found['arch'] or 'of no released architecture'} (config: "
+                        f"{fields['arch']!r})")
+    fields = {**fields, **{k: found[k] for k in clip_convert.MODEL_FIELDS}}
+    loaded = {"params": variables["params"]["visual"]}
+  elif "vision_width" not in fields:
+    fields = {**fields, **dataclasses.asdict(clip.ARCHITECTURES[fields["arch"]])}
+  config = clip_convert.config(fields)
+  if any(b > config.vision_layers for b in fields["blocks"]):
+    raise ConfigError(f"config.{field}.blocks={tuple(fields['blocks'])}: the CLIP image tower "
+                      f"has {config.vision_layers} blocks")
+  tower = clip.vision_tower(config, blocks=tuple(fields["blocks"]), dense=fields["dense"],
+                            dtype=jnp.dtype(fields["dtype"]))
+  images = jnp.zeros((1, image_size, image_size, 3))
+  abstract = jax.eval_shape(tower.init, jax.random.PRNGKey(0), images)
+
+  def dense(variables, x):
+    return tower.apply(variables, x)["dense"]
+
+  def pyramid(variables, x):
+    return tower.apply(variables, x)["blocks"]
+
+  def load():
+    if loaded is not None:
+      return loaded
+    return jax.device_get(jax.jit(tower.init)(jax.random.PRNGKey(0), images))
+
+  return Backbone("clip", weights, "clip", dense, abstract,
+                  {"kind": "clip", "clip": {**fields, "blocks": list(fields["blocks"])}}, load,
+                  pyramid if fields["blocks"] else None, dense)
 
 
 def _bundle(directory: str, field: str) -> Backbone:
