@@ -226,14 +226,14 @@ def test_pyramid_evaluator_measures_each_level_against_its_grid():
 # ------------------------------------------------------------------ the method
 
 
-def _run(config, mesh, dataset, steps):
+def _run(config, mesh, dataset, steps, with_gan=False):
   method = pat.PATMethod.build(config, mesh, dataset)
   state = method.initial_state(method.create_train_state(config.seed))
   batches = train_batches(config, mesh, dataset)
   step, history = None, []
   for _ in range(steps):
     batch = next(batches)
-    step = step or method.jit_train_step(False, batch)
+    step = step or method.jit_train_step(with_gan, batch)
     state, metrics = step(state, batch)
     history.append(jax.device_get(metrics))
   return method, state, history
@@ -271,6 +271,20 @@ def test_backbone_frozen_held_out_classes_and_one_and_eight_devices(data_dir, sc
   assert set(code_class) == set(range(len(seen)))
 
 
+def test_gan_phase_moves_the_discriminator_under_the_adaptive_weight(data_dir, scenes64):
+  config = tiny_pat_config(data_dir)
+  config.loss.update(dict(disc_start=0, disc_weight=0.5))
+  method, state, history = _run(config, sharding.create_mesh(devices=jax.devices()[:1]),
+                                scenes64, 1, with_gan=True)
+  assert method.phase(0) is True
+  metrics = history[0]
+  assert metrics["loss/gan"] != 0 and np.isfinite(metrics["disc_loss"])
+  assert 0 < metrics["adaptive_weight"] <= config.loss.max_adaptive_weight
+  initial = method.create_train_state(config.seed)
+  assert not np.allclose(jax.tree.leaves(initial.disc_params)[0],
+                         jax.tree.leaves(state.disc_params)[0])
+
+
 def test_trains_evaluates_exports_and_segments_through_the_core(data_dir, scenes64, text_file,
                                                                 tmp_path):
   config = tiny_pat_config(data_dir, unseen_classes=("ball",))
@@ -282,7 +296,8 @@ def test_trains_evaluates_exports_and_segments_through_the_core(data_dir, scenes
               "codebook_usage_1", "psnr", "ssim"):
     assert 0 <= metrics[f"val/{key}"] <= (100 if "psnr" in key else 1), key
   assert "val/baseline_miou" not in metrics  # a DINO backbone has no text space
-  assert os.listdir(os.path.join(workdir, "images"))
+  written = os.listdir(os.path.join(workdir, "images"))
+  assert {name.split("_")[0] for name in written} == {"reconstructions", "levels"}, written
   dataset, method, state, _ = loop.restore_latest(pat.PATMethod, config, workdir)
   variables = loop.prediction_variables(method, state, dataset, config)
   images = np.stack([scenes64.split("validation")[i]["image"] for i in range(3)])

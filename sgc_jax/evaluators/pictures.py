@@ -3,7 +3,8 @@ rows of input | reconstruction (methods that reconstruct) | true classes | the
 method's semantic map; for methods that do not reconstruct, `unit_maps` too
 (each token coloured by its unit: SlotCon's slot maps). In `--mode=eval` also
 the units' usage histogram and a PCA of the unit vectors, coloured by class.
-Semantic maps: the method's `semantic` prediction, else the classes the
+A pyramid tokenizer (PAT) also gets rows of input | each level's own picture
+| the reconstruction. Semantic maps: the method's `semantic` prediction, else the classes the
 segmentation evaluator of the same step gave the units, else none."""
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class Pictures(Evaluator):
                  if "reconstruction" in predictions else None),
         np.stack([r["segmentation"][0] for r in records]), semantic, num_classes,
         method.class_names)}
+    if "levels" in predictions:  # a pyramid tokenizer: each level's own picture
+      pictures["levels"] = _level_rows(images, predictions["levels"]["pictures"],
+                                       predictions.get("reconstruction"), normalization)
     usage = context.shared.get("usage")
     if context.final and usage is not None and unit_class is not None:
       used = usage > 0
@@ -65,6 +69,24 @@ class Pictures(Evaluator):
     for name, image in pictures.items():
       context.write_image(name, image)
     return {}
+
+
+def _level_rows(images, level_pictures, reconstructions, normalization) -> np.ndarray:
+  """Rows of input | each level's picture (finest first, shown at the image's
+  size) | the whole pyramid's reconstruction."""
+  size = images.shape[1]
+  rows = []
+  for i, image in enumerate(images):
+    row = [viz.to_uint8(image)]
+    for pictures in level_pictures:
+      picture = np.asarray(pictures[i])
+      factor = size // picture.shape[0]
+      row.append(viz.to_uint8(np.repeat(np.repeat(picture, factor, 0), factor, 1)))
+    if reconstructions is not None:
+      row.append(viz.to_uint8(pipeline.to_symmetric(np.asarray(reconstructions[i]),
+                                                    normalization)))
+    rows.append(row)
+  return viz.grid(rows)
 
 
 @functools.cache
