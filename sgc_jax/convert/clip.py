@@ -66,7 +66,6 @@ MODEL_FIELDS = tuple(field.name for field in dataclasses.fields(clip.CLIPConfig)
 _SIZES = {"input_resolution": "image_size", "context_length": "context_length",
           "vocab_size": "vocab_size"}
 _LEAVES = {"kernel": "weight", "scale": "weight", "bias": "bias", "embedding": "weight"}
-_FLOATS = ("float16", "bfloat16", "float32", "float64")
 _MODEL = "CLIP ViT"
 
 
@@ -166,13 +165,6 @@ def torch_name(path: tuple[str, ...]) -> str:
   return prefix + ".".join(modules + [_LEAVES[leaf]])
 
 
-def _require(state_dict, name, shape, source) -> np.ndarray:
-  """state_dict[name] as float32, checked to exist, to be floating point and to have `shape`."""
-  if name in state_dict and state_dict[name].dtype.name not in _FLOATS:
-    raise torch_file.WeightFileError(
-        f"{source}: tensor {name!r} is {state_dict[name].dtype.name}, not floating point")
-  return torch_file.require(state_dict, name, shape, source)
-
 
 def _check_sizes(state_dict, fields, source):
   """The archives' integer sizes, where present, are scalars equal to the shapes'."""
@@ -199,7 +191,7 @@ def convert(state_dict: dict[str, np.ndarray], fields: dict, source: str = "stat
     name = torch_name(path)
     used.add(name)
     try:
-      value = _require(state_dict, name, torch_file.torch_shape(path, leaf.shape), source)
+      value = torch_file.require_float(state_dict, name, torch_file.torch_shape(path, leaf.shape), source)
     except torch_file.WeightFileError as error:
       raise torch_file.WeightFileError(f"{error}{_hint(state_dict, fields)}") from None
     flat[path] = torch_file.from_torch(path, value)
@@ -242,24 +234,9 @@ def _stored_fields(tree: dict, source: str) -> dict:
 
 
 def check_tree(params: dict, fields: dict, source: str) -> dict:
-  """`params` (e.g. read back from an .npz), checked to have the converted
-  params' keys, shapes and a floating-point dtype; as float32."""
-  want = traverse_util.flatten_dict(abstract_params(fields), sep="/")
-  got = traverse_util.flatten_dict(params, sep="/")
-  for key, leaf in want.items():
-    if key not in got:
-      raise torch_file.WeightFileError(f"{source}: missing 'params/{key}'")
-    if tuple(np.shape(got[key])) != tuple(leaf.shape):
-      raise torch_file.WeightFileError(f"{source}: 'params/{key}' has shape "
-                                       f"{tuple(np.shape(got[key]))}, expected {leaf.shape}")
-    if np.asarray(got[key]).dtype.name not in _FLOATS:
-      raise torch_file.WeightFileError(
-          f"{source}: 'params/{key}' is {np.asarray(got[key]).dtype.name}, not floating point")
-  for key in got:
-    if key not in want:
-      raise torch_file.WeightFileError(f"{source}: unexpected 'params/{key}'")
-  return traverse_util.unflatten_dict(
-      {key: np.asarray(value, np.float32) for key, value in got.items()}, sep="/")
+  """`params` read back from an .npz, checked against the converted params of
+  `fields` (keys, shapes, floating point); as float32."""
+  return torch_file.check_params(params, abstract_params(fields), source)
 
 
 def load(path: str, vision_heads: int | None = None,

@@ -51,7 +51,6 @@ MODEL_FIELDS = {"patch_size": int, "embed_dim": int, "depth": int, "num_heads": 
                 "mlp_ratio": float, "qkv_bias": bool, "image_size": int}
 _DDP, _WRAPPER = "module.", "backbone."
 _LEAVES = {"kernel": "weight", "scale": "weight", "bias": "bias"}
-_FLOATS = ("float16", "bfloat16", "float32", "float64")
 
 
 def _prefix(state_dict) -> str:
@@ -130,13 +129,6 @@ def torch_name(path: tuple[str, ...]) -> str:
   return ".".join([re.sub(r"^blocks_", "blocks.", m) for m in modules] + [_LEAVES[leaf]])
 
 
-def _require(state_dict, name, shape, source) -> np.ndarray:
-  """state_dict[name] as float32, checked to exist, to be floating point and to have `shape`."""
-  if name in state_dict and state_dict[name].dtype.name not in _FLOATS:
-    raise torch_file.WeightFileError(
-        f"{source}: tensor {name!r} is {state_dict[name].dtype.name}, not floating point")
-  return torch_file.require(state_dict, name, shape, source)
-
 
 def convert(state_dict: dict[str, np.ndarray], fields: dict, source: str = "state dict") -> dict:
   """{"params"} of `model(fields)` from a DINO state dict (either layout).
@@ -151,7 +143,7 @@ def convert(state_dict: dict[str, np.ndarray], fields: dict, source: str = "stat
     name = prefix + torch_name(path)
     used.add(name)
     try:
-      value = _require(state_dict, name, torch_file.torch_shape(path, leaf.shape), source)
+      value = torch_file.require_float(state_dict, name, torch_file.torch_shape(path, leaf.shape), source)
     except torch_file.WeightFileError as error:
       raise torch_file.WeightFileError(f"{error}{_hint(state_dict, fields)}") from None
     flat[path] = torch_file.from_torch(path, value)
@@ -194,24 +186,9 @@ def _stored_fields(tree: dict, source: str) -> dict:
 
 
 def check_tree(params: dict, fields: dict, source: str) -> dict:
-  """`params` (e.g. read back from an .npz), checked to have the converted
-  params' keys, shapes and a floating-point dtype; as float32."""
-  want = traverse_util.flatten_dict(abstract_params(fields), sep="/")
-  got = traverse_util.flatten_dict(params, sep="/")
-  for key, leaf in want.items():
-    if key not in got:
-      raise torch_file.WeightFileError(f"{source}: missing 'params/{key}'")
-    if tuple(np.shape(got[key])) != tuple(leaf.shape):
-      raise torch_file.WeightFileError(f"{source}: 'params/{key}' has shape "
-                                       f"{tuple(np.shape(got[key]))}, expected {leaf.shape}")
-    if np.asarray(got[key]).dtype.name not in _FLOATS:
-      raise torch_file.WeightFileError(
-          f"{source}: 'params/{key}' is {np.asarray(got[key]).dtype.name}, not floating point")
-  for key in got:
-    if key not in want:
-      raise torch_file.WeightFileError(f"{source}: unexpected 'params/{key}'")
-  return traverse_util.unflatten_dict(
-      {key: np.asarray(value, np.float32) for key, value in got.items()}, sep="/")
+  """`params` read back from an .npz, checked against the converted params of
+  `fields` (keys, shapes, floating point); as float32."""
+  return torch_file.check_params(params, abstract_params(fields), source)
 
 
 def load(path: str, num_heads: int | None = None) -> tuple[dict, dict]:

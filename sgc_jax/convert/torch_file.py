@@ -36,6 +36,7 @@ import reprlib
 import zipfile
 
 import numpy as np
+from flax import traverse_util
 
 from sgc_jax import tree_io
 
@@ -526,3 +527,36 @@ def from_torch(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
   if path[-1] == "kernel":
     return conv_kernel(value) if value.ndim == 4 else np.ascontiguousarray(value.T)
   return value
+
+
+FLOATS = ("float16", "bfloat16", "float32", "float64")
+
+
+def require_float(state_dict: dict[str, np.ndarray], name: str, shape: tuple[int, ...],
+                  source: str) -> np.ndarray:
+  """`require`, and the tensor floating point."""
+  if name in state_dict and state_dict[name].dtype.name not in FLOATS:
+    raise WeightFileError(
+        f"{source}: tensor {name!r} is {state_dict[name].dtype.name}, not floating point")
+  return require(state_dict, name, shape, source)
+
+
+def check_params(params: dict, abstract: dict, source: str) -> dict:
+  """Converted `params` read back (from an .npz), checked to have the keys and
+  shapes of `abstract` and floating-point leaves; as float32."""
+  want = traverse_util.flatten_dict(abstract, sep="/")
+  got = traverse_util.flatten_dict(params, sep="/")
+  for key, leaf in want.items():
+    if key not in got:
+      raise WeightFileError(f"{source}: missing 'params/{key}'")
+    if tuple(np.shape(got[key])) != tuple(leaf.shape):
+      raise WeightFileError(f"{source}: 'params/{key}' has shape "
+                            f"{tuple(np.shape(got[key]))}, expected {leaf.shape}")
+    if np.asarray(got[key]).dtype.name not in FLOATS:
+      raise WeightFileError(
+          f"{source}: 'params/{key}' is {np.asarray(got[key]).dtype.name}, not floating point")
+  for key in got:
+    if key not in want:
+      raise WeightFileError(f"{source}: unexpected 'params/{key}'")
+  return traverse_util.unflatten_dict(
+      {key: np.asarray(value, np.float32) for key, value in got.items()}, sep="/")

@@ -66,3 +66,13 @@ class Adversarial:
     updates, opt_state = self.tx.update(grads, state.disc_opt_state, state.disc_params)
     params = optax.apply_updates(state.disc_params, updates)
     return dict(disc_params=params, disc_stats=stats, disc_opt_state=opt_state), value
+
+  def step(self, state, with_gan: bool, real, fake, weight, metrics: dict) -> dict:
+    """The state's discriminator fields after a train step: one update on
+    (real, fake) when the GAN term is on (its loss into metrics["disc_loss"]),
+    else as they were."""
+    if not with_gan:
+      return dict(disc_params=state.disc_params, disc_stats=state.disc_stats,
+                  disc_opt_state=state.disc_opt_state)
+    disc, metrics["disc_loss"] = self.update(state, real, fake, weight)
+    return disc

@@ -346,10 +346,7 @@ class PATMethod(Method):
         state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    disc = dict(disc_params=state.disc_params, disc_stats=state.disc_stats,
-                disc_opt_state=state.disc_opt_state)
-    if with_gan:
-      disc, metrics["disc_loss"] = self.adversarial.update(state, x, x_hat, weight)
+    disc = self.adversarial.step(state, with_gan, x, x_hat, weight, metrics)
     metrics.update({f"loss/{k}": v for k, v in terms.items()})
     metrics["loss/total"] = sum(terms.values())
     metrics["psnr"] = losses.masked_mean(losses.psnr(x, x_hat), weight)

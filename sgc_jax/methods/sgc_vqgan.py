@@ -244,10 +244,7 @@ class SGCVQGANMethod(Method):
     ema_params = state.ema_params
     if ema_params is not None:
       ema_params = ema.update(ema_params, params, c.ema_decay)
-    disc = dict(disc_params=state.disc_params, disc_stats=state.disc_stats,
-                disc_opt_state=state.disc_opt_state)
-    if with_gan:
-      disc, metrics["disc_loss"] = self.adversarial.update(state, x, x_hat, weight)
+    disc = self.adversarial.step(state, with_gan, x, x_hat, weight, metrics)
     metrics.update({f"loss/{k}": v for k, v in terms.items()})
     metrics["loss/total"] = sum(terms.values())
     metrics["psnr"] = jnp.sum(losses.psnr(x, x_hat) * weight) / jnp.maximum(weight.sum(), 1.0)

@@ -168,26 +168,33 @@ def _dino(fields: dict, weights: str | None, image_size: int) -> Backbone:
                         + ", ".join(differ))
     # The grid of its position embedding: what the checkpoint was trained at.
     fields = {**fields, "image_size": found["image_size"]}
-  blocks = tuple(fields.get("blocks", ()))
   net = vit.dino_vit(fields["arch"], fields["patch_size"],
                      image_size=fields.get("image_size", 224), dtype=jnp.dtype(fields["dtype"]),
-                     blocks=blocks)
+                     blocks=tuple(fields.get("blocks", ())))
+  return _from_module("dino", net, weights, loaded, "imagenet", {"kind": "dino", "dino": fields},
+                      image_size, fields["feature"])
+
+
+def _from_module(kind: str, module, weights: str | None, loaded, normalization: str,
+                 description: dict, image_size: int, feature: str,
+                 dense: str | None = None) -> Backbone:
+  """A backbone over a ViT module whose output dict holds `feature`, `blocks`
+  (those its `blocks` field counts) and, where given, `dense`; `loaded` its
+  weights (None: its own random initialisation)."""
   images = jnp.zeros((1, image_size, image_size, 3))
-  abstract = jax.eval_shape(net.init, jax.random.PRNGKey(0), images)
+  abstract = jax.eval_shape(module.init, jax.random.PRNGKey(0), images)
 
-  def features(variables, x):
-    return net.apply(variables, x)[fields["feature"]]
-
-  def pyramid(variables, x):
-    return net.apply(variables, x)["blocks"]
+  def output(key):
+    return lambda variables, x: module.apply(variables, x)[key]
 
   def load():
     if loaded is not None:
       return loaded
-    return jax.device_get(jax.jit(net.init)(jax.random.PRNGKey(0), images))
+    return jax.device_get(jax.jit(module.init)(jax.random.PRNGKey(0), images))
 
-  return Backbone("dino", weights, "imagenet", features, abstract,
-                  {"kind": "dino", "dino": fields}, load, pyramid if blocks else None)
+  return Backbone(kind, weights, normalization, output(feature), abstract, description, load,
+                  output("blocks") if module.blocks else None,
+                  output(dense) if dense else None)
 
 
 def _clip(fields: dict, weights: str | None, image_size: int,
@@ -217,23 +224,9 @@ def _clip(fields: dict, weights: str | None, image_size: int,
                       f"has {config.vision_layers} blocks")
   tower = clip.vision_tower(config, blocks=tuple(fields["blocks"]), dense=fields["dense"],
                             dtype=jnp.dtype(fields["dtype"]))
-  images = jnp.zeros((1, image_size, image_size, 3))
-  abstract = jax.eval_shape(tower.init, jax.random.PRNGKey(0), images)
-
-  def dense(variables, x):
-    return tower.apply(variables, x)["dense"]
-
-  def pyramid(variables, x):
-    return tower.apply(variables, x)["blocks"]
-
-  def load():
-    if loaded is not None:
-      return loaded
-    return jax.device_get(jax.jit(tower.init)(jax.random.PRNGKey(0), images))
-
-  return Backbone("clip", weights, "clip", dense, abstract,
-                  {"kind": "clip", "clip": {**fields, "blocks": list(fields["blocks"])}}, load,
-                  pyramid if fields["blocks"] else None, dense)
+  description = {"kind": "clip", "clip": {**fields, "blocks": list(fields["blocks"])}}
+  return _from_module("clip", tower, weights, loaded, "clip", description, image_size,
+                      "dense", dense="dense")
 
 
 def _bundle(directory: str, field: str) -> Backbone:
