@@ -271,7 +271,15 @@ def test_backbone_frozen_held_out_classes_and_one_and_eight_devices(data_dir, sc
   assert set(code_class) == set(range(len(seen)))
 
 
-def test_gan_phase_moves_the_discriminator_under_the_adaptive_weight(data_dir, scenes64):
+def test_gan_phase_moves_the_discriminator_under_the_adaptive_weight(data_dir, scenes64,
+                                                                     tmp_path):
+  # With a term turned off, the loop shows what is left (its progress bar
+  # names the semantic loss).
+  config = tiny_pat_config(data_dir, semantic_weight=0.0)
+  config.total_steps = 1
+  config.evals = {}
+  metrics = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert metrics["step"] == 1 and "loss/semantic" not in metrics
   config = tiny_pat_config(data_dir)
   config.loss.update(dict(disc_start=0, disc_weight=0.5))
   method, state, history = _run(config, sharding.create_mesh(devices=jax.devices()[:1]),

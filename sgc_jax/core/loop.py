@@ -200,7 +200,9 @@ def _train(method_class: type[Method], config: ml_collections.ConfigDict, workdi
         metrics["images_per_second"] = window_steps * config.data.batch_size / seconds
         writer.scalars(step, metrics)
         window_start, window_steps = time.perf_counter(), 0
-      writer.progress(1, {label: metrics[key] for label, key in method.progress.items()})
+      # A term a config turns off (PAT's semantic weight 0) has no metric to show.
+      writer.progress(1, {label: metrics[key] for label, key in method.progress.items()
+                          if key in metrics})
       due = [e for e in evaluation if e.due(step, config.total_steps)]
       if due:
         variables = prediction_variables(method, state, dataset, config)
