@@ -147,6 +147,19 @@ def test_coco_recipe_validates_once_given_its_files():
   assert config.evals.pyramid.every == config.evals.open_vocab.every == 10_000
 
 
+def test_a_resume_may_change_weights_but_not_the_state_shape(data_dir):
+  config = tiny_pat_config(data_dir)
+  method = pat.PATMethod(config, sharding.create_mesh(devices=jax.devices()[:1]),
+                         [f"c{i}" for i in range(4)])
+  saved = config.to_dict()
+  now = tiny_pat_config(data_dir, semantic_weight=0.3, semantic_temperature=0.1,
+                        fusion_weight=2.0).to_dict()
+  assert method.state_config_differences(saved, now) == []
+  now = tiny_pat_config(data_dir, num_codes=(16, 32)).to_dict()
+  assert method.state_config_differences(saved, now) == [
+      "model.num_codes: (16, 16) in the checkpoint, (16, 32) now"]
+
+
 def test_text_files_are_checked(tmp_path):
   names = ("sky", "ball")
   path = str(tmp_path / "t.npz")

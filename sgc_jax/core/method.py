@@ -56,6 +56,10 @@ class Method(abc.ABC):
   # Config fields that the state's shapes and tree depend on: a checkpoint
   # written with other values cannot be restored into this method's state.
   state_fields: ClassVar[tuple[str, ...]] = ()
+  # Of a state field that is a dict of config: the dotted keys that shape the
+  # state (absent: all of them); the others (temperatures, loss weights, file
+  # paths ...) may change on resume.
+  state_keys: ClassVar[dict[str, tuple[str, ...]]] = {}
   # Progress-bar label -> train metric.
   progress: ClassVar[dict[str, str]] = {}
   # Class names of the data set (empty for unlabelled data).
@@ -116,8 +120,11 @@ class Method(abc.ABC):
 
   def _state_config(self, field: str, value) -> dict:
     """A state field's config value as {dotted key: value} (what is compared)."""
-    del field
-    return traverse_util.flatten_dict(value, sep=".") if isinstance(value, dict) else {"": value}
+    if not isinstance(value, dict):
+      return {"": value}
+    flat = traverse_util.flatten_dict(value, sep=".")
+    keys = self.state_keys.get(field)
+    return flat if keys is None else {k: v for k, v in flat.items() if k in keys}
 
   @abc.abstractmethod
   def eval_variables(self, state):

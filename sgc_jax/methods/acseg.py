@@ -89,6 +89,10 @@ class ACSegNet:
 class ACSegMethod(Method):
   name = "acseg"
   state_fields = ("model",)
+  # The model fields the state's tree depends on; the others (temperature,
+  # the classifier's, the backbone file's path) may change on resume.
+  state_keys = {"model": ("backbone.kind", "backbone.arch", "backbone.patch_size",
+                          "num_prototypes", "num_blocks", "num_heads", "mlp_ratio")}
   progress = {"loss": "loss/total", "used": "concepts_used"}
 
   def __init__(self, config, mesh, class_names=()):
@@ -99,15 +103,6 @@ class ACSegMethod(Method):
     self.net = ACSegNet(self.backbone, _generator(m), m.temperature)
     self.num_clusters = m.num_clusters or len(self.class_names)
     self.tx = optim.create(config.optimizer, config.optimizer.learning_rate, config.total_steps)
-
-  # The model fields the state's tree depends on; the others (temperature,
-  # the classifier's, the backbone file's path) may change on resume.
-  _STATE_KEYS = ("backbone.kind", "backbone.arch", "backbone.patch_size", "num_prototypes",
-                 "num_blocks", "num_heads", "mlp_ratio")
-
-  def _state_config(self, field: str, value) -> dict:
-    return {k: v for k, v in super()._state_config(field, value).items()
-            if k in self._STATE_KEYS}
 
   @classmethod
   def build(cls, config, mesh, dataset) -> "ACSegMethod":

@@ -148,6 +148,12 @@ def _upsample(logits, image_shape):
 class PATMethod(Method):
   name = "pat"
   state_fields = ("model", "disc")
+  # What the state's tree depends on; weights, temperatures and the files the
+  # class embeddings come from may change on resume.
+  state_keys = {"model": ("backbone.kind", "backbone.arch", "backbone.patch_size",
+                          "backbone.blocks", "strides", "dim", "num_codes", "decoder_ch",
+                          "upsample_ch", "fuse_ch", "text.kind", "text.dim",
+                          "unseen_classes", "codebook.mode")}
   progress = {"loss": "loss/total", "psnr": "psnr", "ce": "loss/semantic"}
 
   def __init__(self, config, mesh, class_names, class_frequency=None, text=None,
