@@ -18,10 +18,13 @@ from sgc_jax.report import markdown_table
 
 
 def table(runs: dict[str, dict]) -> str:
+  """The TABLE rows that some run measured (a metric a run could not measure,
+  e.g. LPIPS without weights, is in its results as None: "absent")."""
   names = list(runs)
   return markdown_table(["metric", *names],
                         [[label, *(format_value(runs[n].get(key), spec) for n in names)]
-                         for key, label, spec in TABLE])
+                         for key, label, spec in TABLE
+                         if any(key in runs[n] for n in names)])
 
 
 def read_runs(workdirs: list[str], names: list[str] | None = None) -> dict[str, dict]:

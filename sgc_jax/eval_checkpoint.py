@@ -34,7 +34,21 @@ TABLE = (("psnr", "PSNR (dB)", ".2f"), ("ssim", "SSIM", ".3f"), ("l1", "L1", ".4
          ("feature_hungarian_pixel_accuracy", "features: k-means Hungarian pixel accuracy",
           ".3f"),
          ("feature_probe_miou", "features: linear-probe mIoU", ".3f"),
-         ("feature_probe_pixel_accuracy", "features: linear-probe pixel accuracy", ".3f"))
+         ("feature_probe_pixel_accuracy", "features: linear-probe pixel accuracy", ".3f"),
+         # A pyramid tokenizer's levels (PAT), finest first.
+         *((f"{key}_{level}", f"level {level}: {label}", spec) for level in range(4)
+           for key, label, spec in (("psnr", "PSNR of its picture (dB)", ".2f"),
+                                    ("l1", "L1 of its picture", ".4f"),
+                                    ("codebook_usage", "codebook usage", ".3f"),
+                                    ("perplexity", "perplexity", ".1f"))),
+         # Open-vocabulary segmentation (PAT): the prediction, the semantic
+         # branch alone, the baseline alone.
+         *((f"{prefix}_{key}", f"{name}: {label}", ".3f")
+           for prefix, name in (("pat", "PAT"), ("branch", "semantic branch alone"),
+                                ("baseline", "baseline alone"))
+           for key, label in (("miou", "mIoU"), ("miou_seen", "mIoU, seen classes"),
+                              ("miou_unseen", "mIoU, held-out classes"),
+                              ("pixel_accuracy", "pixel accuracy"))))
 
 
 def format_value(value, spec: str) -> str:

@@ -8,10 +8,10 @@ import pytest
 from sgc_jax import compare
 
 
-def _run(tmp_path, name, quantizer, miou):
+def _run(tmp_path, name, quantizer, miou, **more):
   os.makedirs(tmp_path / name / "eval")
   (tmp_path / name / "eval" / "eval.json").write_text(json.dumps(
-      {"step": 300, "images": 2000, "quantizer": quantizer, "hungarian_miou": miou}))
+      {"step": 300, "images": 2000, "quantizer": quantizer, "hungarian_miou": miou, **more}))
   return str(tmp_path / name)
 
 
@@ -26,5 +26,17 @@ def test_names_label_columns_and_clashing_names_are_refused(tmp_path, capsys):
   text = readme.read_text()
   assert "| metric | true labels | pseudo-labels |" in text and "old" not in text
   assert "| Hungarian mIoU | 0.300 | 0.250 |" in text
+  # Rows no run measured are left out; a metric one run could not measure is "absent".
+  assert "PSNR" not in text and "level 0" not in text
   with pytest.raises(SystemExit, match="1 names for 2 workdirs"):
     compare.main([guided, free, "--names", "one"])
+
+
+def test_pyramid_and_open_vocabulary_rows(tmp_path, capsys):
+  run = _run(tmp_path, "pat", "ema", 0.1, psnr_1=25.0, pat_miou=0.5, pat_miou_unseen=None,
+             baseline_miou=0.25)
+  compare.main([run])
+  out = capsys.readouterr().out
+  assert "| level 1: PSNR of its picture (dB) | 25.00 |" in out
+  assert "| PAT: mIoU | 0.500 |" in out and "| PAT: mIoU, held-out classes | absent |" in out
+  assert "| baseline alone: mIoU | 0.250 |" in out and "level 0" not in out
