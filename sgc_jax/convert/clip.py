@@ -186,16 +186,9 @@ def convert(state_dict: dict[str, np.ndarray], fields: dict, source: str = "stat
   nothing else but the archives' integer sizes (checked against the fields);
   errors are `WeightFileError`, one line naming the first offending key.
   """
-  flat, used = {}, set(_SIZES)
-  for path, leaf in traverse_util.flatten_dict(abstract_params(fields)).items():
-    name = torch_name(path)
-    used.add(name)
-    try:
-      value = torch_file.require_float(state_dict, name, torch_file.torch_shape(path, leaf.shape), source)
-    except torch_file.WeightFileError as error:
-      raise torch_file.WeightFileError(f"{error}{_hint(state_dict, fields)}") from None
-    flat[path] = torch_file.from_torch(path, value)
-  unexpected = [k for k in state_dict if k not in used]
+  flat, used = torch_file.gather(state_dict, abstract_params(fields), torch_name, source,
+                                 lambda: _hint(state_dict, fields))
+  unexpected = [k for k in state_dict if k not in used | set(_SIZES)]
   if unexpected:
     raise torch_file.WeightFileError(
         f"{source}: unexpected tensor {unexpected[0]!r}, not in a CLIP ViT of "

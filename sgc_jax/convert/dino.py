@@ -138,15 +138,9 @@ def convert(state_dict: dict[str, np.ndarray], fields: dict, source: str = "stat
   naming the first offending key.
   """
   prefix = _prefix(state_dict)
-  flat, used = {}, set()
-  for path, leaf in traverse_util.flatten_dict(abstract_params(fields)).items():
-    name = prefix + torch_name(path)
-    used.add(name)
-    try:
-      value = torch_file.require_float(state_dict, name, torch_file.torch_shape(path, leaf.shape), source)
-    except torch_file.WeightFileError as error:
-      raise torch_file.WeightFileError(f"{error}{_hint(state_dict, fields)}") from None
-    flat[path] = torch_file.from_torch(path, value)
+  flat, used = torch_file.gather(state_dict, abstract_params(fields),
+                                 lambda path: prefix + torch_name(path), source,
+                                 lambda: _hint(state_dict, fields))
   head = prefix.removesuffix(_WRAPPER) + "head."
   unexpected = [k for k in state_dict if k not in used and not k.startswith(head)]
   if unexpected:

@@ -560,3 +560,22 @@ def check_params(params: dict, abstract: dict, source: str) -> dict:
       raise WeightFileError(f"{source}: unexpected 'params/{key}'")
   return traverse_util.unflatten_dict(
       {key: np.asarray(value, np.float32) for key, value in got.items()}, sep="/")
+
+
+def gather(state_dict: dict[str, np.ndarray], abstract: dict, name_of, source: str,
+           hint, floats: bool = True) -> tuple[dict, set[str]]:
+  """Every leaf of the flax tree `abstract` from `state_dict[name_of(path)]`,
+  checked (there, of the leaf's PyTorch shape, floating point where `floats`)
+  and in flax's layout: ({path: array}, the names read). A bad tensor's error
+  ends with `hint()` (what the file's own architecture differs in)."""
+  check = require_float if floats else require
+  flat, used = {}, set()
+  for path, leaf in traverse_util.flatten_dict(abstract).items():
+    name = name_of(path)
+    used.add(name)
+    try:
+      value = check(state_dict, name, torch_shape(path, leaf.shape), source)
+    except WeightFileError as error:
+      raise WeightFileError(f"{error}{hint()}") from None
+    flat[path] = from_torch(path, value)
+  return flat, used
