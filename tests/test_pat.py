@@ -440,7 +440,8 @@ def test_over_clip_open_vocabulary_fusion_export_and_any_class_names(data_dir, s
   from sgc_jax.models import clip_text
   names = ["zebra", "sky"]
   vectors = clip_text.embed_with_bundle(loaded_bundle, names)
-  want = clip_text.embed_class_names(weights, vocabulary, ("a photo of a {}.", "a {}"), names)
+  want = clip_text.embed_class_names(clip_text.text_tower(weights), vocabulary,
+                                     ("a photo of a {}.", "a {}"), names)
   np.testing.assert_allclose(vectors, want / np.linalg.norm(want, axis=1, keepdims=True),
                              rtol=1e-4, atol=1e-6)
   folder = tmp_path / "images"

@@ -157,9 +157,11 @@ class PATMethod(Method):
   progress = {"loss": "loss/total", "psnr": "psnr", "ce": "loss/semantic"}
 
   def __init__(self, config, mesh, class_names, class_frequency=None, text=None,
-               lpips_params=None):
+               lpips_params=None, text_tower=None):
     """`text`: the class embeddings [C, E] of every class (clip / file), None
-    for learned ones; `class_frequency`: of the training classes' pixels."""
+    for learned ones; `class_frequency`: of the training classes' pixels;
+    `text_tower`: CLIP's (`clip_text.text_tower`), which goes into the bundle
+    so that `sgc-segment` embeds any names."""
     super().__init__(config, mesh)
     m = config.model
     self.class_names = tuple(class_names)
@@ -175,9 +177,7 @@ class PATMethod(Method):
                       m.semantic_temperature, m.baseline_temperature, m.fusion_weight)
     self.model = PAT(self.net_config, token_groups=sharding.batch_shards(mesh))
     self.text = None if text is None else np.asarray(text, np.float32)
-    # CLIP's text tower goes into the bundle: `sgc-segment` embeds any names.
-    self.text_tower = (clip_text.text_tower(m.backbone.weights) if m.text.kind == "clip"
-                       else None)
+    self.text_tower = text_tower
     frequency = (np.ones(len(self.seen_class_ids)) if class_frequency is None
                  else np.asarray(class_frequency)[list(self.seen_class_ids)])
     self.class_frequency = frequency / max(frequency.sum(), 1e-12)
@@ -194,11 +194,14 @@ class PATMethod(Method):
     cls.validate_data(config, dataset)
     frequency = sgc_vqgan.class_frequency(dataset.split(config.data.train_split),
                                           dataset.num_classes)
-    text = text_embeddings.build(config.model.text, config.model.backbone, dataset.class_names)
+    m = config.model
+    # Read once: it embeds the class names and goes into the bundle.
+    tower = clip_text.text_tower(m.backbone.weights) if m.text.kind == "clip" else None
+    text = text_embeddings.build(m.text, dataset.class_names, tower)
     lpips_params = None
     if config.loss.lpips_weights:
       lpips_params = lpips_lib.load_params(config.loss.lpips_weights)
-    return cls(config, mesh, dataset.class_names, frequency, text, lpips_params)
+    return cls(config, mesh, dataset.class_names, frequency, text, lpips_params, tower)
 
   @classmethod
   def validate(cls, config) -> None:

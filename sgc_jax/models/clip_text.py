@@ -1,7 +1,7 @@
 """Class names -> CLIP text embeddings: prompts from templates, CLIP's BPE
 tokenizer, the text tower; each prompt's embedding normalised, averaged over
 the templates (CLIP's prompt ensembling). For PAT's open vocabulary at
-training (`embed_class_names`, from the weight file) and in `sgc-segment`
+training (`embed_class_names`, by the tower `text_tower` reads) and in `sgc-segment`
 (`embed_with_bundle`, from a bundle's `embed_text` and vocabulary)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from sgc_jax.config_lib import ConfigError
+from sgc_jax.models import text_embeddings
 
 VOCABULARY_FILE = "vocabulary.txt.gz"  # the BPE vocabulary's name inside a bundle
 
@@ -26,11 +27,12 @@ def prompt_name(name: str) -> str:
 
 def ensemble(embed: Callable[[np.ndarray], np.ndarray], tokenizer, context_length: int,
              templates: Sequence[str], names: Sequence[str]) -> np.ndarray:
-  """[C, E]: per class, the mean of its prompts' unit embeddings."""
+  """[C, E] unit vectors: per class, the normalised mean of its prompts' unit
+  embeddings."""
   prompts = [t.format(prompt_name(n)) for n in names for t in templates]
-  vectors = np.asarray(embed(tokenizer.tokenize(prompts, context_length)), np.float64)
-  vectors /= np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
-  return vectors.reshape(len(names), len(templates), -1).mean(1).astype(np.float32)
+  vectors = text_embeddings.normalize(np.asarray(
+      embed(tokenizer.tokenize(prompts, context_length)), np.float64))
+  return text_embeddings.normalize(vectors.reshape(len(names), len(templates), -1).mean(1))
 
 
 def text_tower(weights: str):
@@ -55,9 +57,10 @@ def tokenizer(vocabulary: str, field: str = "config.model.text.vocabulary"):
     raise ConfigError(f"{field}: {error}") from None
 
 
-def embed_class_names(weights: str, vocabulary: str, templates: Sequence[str],
+def embed_class_names(loaded_tower, vocabulary: str, templates: Sequence[str],
                       names: Sequence[str]) -> np.ndarray:
-  tower, params, context_length = text_tower(weights)
+  """`ensemble` by a tower `text_tower` loaded."""
+  tower, params, context_length = loaded_tower
   apply = jax.jit(lambda ids: tower.apply({"params": params}, ids))
   return ensemble(apply, tokenizer(vocabulary), context_length, templates, names)
 
@@ -71,6 +74,5 @@ def embed_with_bundle(model, names: Sequence[str]) -> np.ndarray:
     bpe = tokenizer(path, "the bundle's vocabulary")
   except ConfigError as error:
     raise inference.BundleError(str(error)) from None
-  vectors = ensemble(lambda ids: model.call("embed_text", ids), bpe,
-                     text["context_length"], text["templates"], names)
-  return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+  return ensemble(lambda ids: model.call("embed_text", ids), bpe, text["context_length"],
+                  text["templates"], names)

@@ -48,20 +48,21 @@ def validate(text, backbone) -> None:
                         "one {} each")
 
 
-def build(text, backbone, class_names) -> np.ndarray | None:
-  """Unit class embeddings [C, text.dim] (None: learned ones)."""
+def build(text, class_names, text_tower=None) -> np.ndarray | None:
+  """Unit class embeddings [C, text.dim] (None: learned ones); `text_tower`:
+  CLIP's (`clip_text.text_tower`) for kind `clip`."""
   if text.kind == "learned":
     return None
   if text.kind == "file":
-    vectors = from_file(text.file, class_names)
+    vectors, source = from_file(text.file, class_names), text.file
   else:
     from sgc_jax.models import clip_text
-    vectors = clip_text.embed_class_names(backbone.weights, text.vocabulary,
-                                          tuple(text.templates), class_names)
+    vectors = clip_text.embed_class_names(text_tower, text.vocabulary, tuple(text.templates),
+                                          class_names)
+    source = "CLIP's text tower"
   if vectors.shape[1] != text.dim:
     raise ConfigError(f"config.model.text.dim={text.dim}: the class embeddings of "
-                      f"{text.file if text.kind == 'file' else backbone.weights} have "
-                      f"{vectors.shape[1]} dimensions")
+                      f"{source} have {vectors.shape[1]} dimensions")
   return normalize(vectors)
 
 
