@@ -128,7 +128,7 @@ def reconstruction_grid(images, reconstructions, segmentation, token_classes,
   rows = []
   for i, (x, seg, tokens) in enumerate(zip(images, segmentation, token_classes)):
     factor = size // tokens.shape[0]
-    token_map = np.repeat(np.repeat(tokens, factor, 0), factor, 1)
+    token_map = viz.enlarge(tokens, factor)
     rows.append([viz.to_uint8(x)]
                 + ([] if reconstructions is None else [viz.to_uint8(reconstructions[i])])
                 + [viz.colour_classes(seg, num_classes),

@@ -122,8 +122,7 @@ def tokenize(images_dir: str, bundle: str, out: str, batch_size: int = 16) -> in
         arrays = {"indices": idx.astype(np.int32)}
         if tokenizer.semantic:
           arrays["semantic"] = sem.astype(np.int32)
-          colours = viz.colour_classes(np.kron(sem, np.ones((factor, factor), sem.dtype)),
-                                       num_classes)
+          colours = viz.colour_classes(viz.enlarge(sem, factor), num_classes)
           viz.save_png(colours, os.path.join(out, f"{name}_semantic.png"))
         np.savez(os.path.join(out, f"{name}.npz"), **arrays)
       bar.update(len(chunk))

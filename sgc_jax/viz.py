@@ -29,6 +29,14 @@ def colour_classes(class_map: np.ndarray, num_classes: int) -> np.ndarray:
   return palette[index]
 
 
+def enlarge(array: np.ndarray, factor: int, axes: tuple[int, int] = (0, 1)) -> np.ndarray:
+  """Nearest-neighbour enlargement along two axes: a token map at its image's
+  size (each token repeated over its factor x factor patch)."""
+  for axis in axes:
+    array = np.repeat(array, factor, axis)
+  return array
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
   """A [-1, 1] float image (or uint8) -> uint8."""
   if image.dtype == np.uint8:

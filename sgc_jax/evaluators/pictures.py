@@ -63,7 +63,7 @@ class Pictures(Evaluator):
       # Slot maps: each token coloured by its unit (prototype), as SlotCon shows them.
       indices = np.asarray(predictions["indices"])
       factor = images.shape[1] // indices.shape[1]
-      maps = np.repeat(np.repeat(indices, factor, 1), factor, 2)
+      maps = viz.enlarge(indices, factor, axes=(1, 2))
       pictures["unit_maps"] = viz.grid([[viz.to_uint8(x), viz.colour_classes(m, len(
           context.units.vectors))] for x, m in zip(images, maps)])
     for name, image in pictures.items():
@@ -81,7 +81,7 @@ def _level_rows(images, level_pictures, reconstructions, normalization) -> np.nd
     for pictures in level_pictures:
       picture = np.asarray(pictures[i])
       factor = size // picture.shape[0]
-      row.append(viz.to_uint8(np.repeat(np.repeat(picture, factor, 0), factor, 1)))
+      row.append(viz.to_uint8(viz.enlarge(picture, factor)))
     if reconstructions is not None:
       row.append(viz.to_uint8(pipeline.to_symmetric(np.asarray(reconstructions[i]),
                                                     normalization)))
