@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from sgc_jax import tree_io
+from sgc_jax.core import compiler
 
 FORMAT = "sgc_jax.bundle"
 VERSION = 1
@@ -224,7 +225,7 @@ class Tokenizer:
       raise BundleError(f"{self.directory}: {name} was exported for "
                         f"{list(exported.platforms)}, not for this {platform!r} backend")
     self._check_variables(variables, path)
-    function = jax.jit(exported.call)
+    function = compiler.jit(exported.call)
     # Lowering parses the module: most damage shows here, at load. Symbolic
     # sizes (the batch, PAT's number of classes) are 1 in the example.
     example = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
@@ -247,7 +248,7 @@ class Tokenizer:
     except Exception as error:  # Missing, unknown or invalid fields, whatever they raise.
       raise BundleError(f"{path}: model_config: {describe(error)}") from None
     self._check_variables(abstract, "the model of model_config")
-    return {name: jax.jit(functions[name]) for name in names}
+    return {name: compiler.jit(functions[name]) for name in names}
 
   def call(self, name: str, x):
     """Function `name` of the bundle on `x` (its argument, batch first)."""

@@ -20,10 +20,7 @@ from sgc_jax.models import conv
     (4, 2, ((1, 1), (1, 1)), (9, 10)),  # the PatchGAN discriminator
     (4, 1, ((1, 1), (1, 1)), (9, 10)),
 ])
-@pytest.mark.parametrize("chunk_bytes", [conv.KERNEL_GRADIENT_CHUNK_BYTES, 1200])
-def test_gradients_equal_xla(kernel, stride, padding, size, chunk_bytes, monkeypatch):
-  # 1200 bytes: the kernel gradient of the larger maps summed over batch chunks.
-  monkeypatch.setattr(conv, "KERNEL_GRADIENT_CHUNK_BYTES", chunk_bytes)
+def test_gradients_equal_xla(kernel, stride, padding, size):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(4, *size, 5)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(kernel, kernel, 5, 7)), jnp.float32)
@@ -52,30 +49,6 @@ def test_only_maps_of_at_most_four_output_pixels_take_the_gemm(size, native):
   jaxpr = str(jax.make_jaxpr(lambda x, w: conv.conv_general_dilated(
       x, w, stride, ((1, 1), (1, 1)), dimension_numbers=dn))(x, w))
   assert ("conv_general_dilated" in jaxpr) == native
-
-
-def test_batch_chunks_are_the_fewest_that_fit():
-  limit = conv.KERNEL_GRADIENT_CHUNK_BYTES
-  per_example = limit // 4  # four examples fit
-  shape = (8, per_example // 4, 1, 1)  # float32
-  assert conv._batch_chunks(shape, shape, 4) == 2
-  assert conv._batch_chunks((8, 1, 1, 1), (8, 1, 1, 1), 4) == 1
-  assert conv._batch_chunks((6, per_example // 4, 1, 1), (6, 1, 1, 1), 4) == 2
-  assert conv._batch_chunks((5, per_example // 4, 1, 1), (5, 1, 1, 1), 4) == 5  # prime
-  assert conv._batch_chunks((3, limit, 1, 1), (3, 1, 1, 1), 4) == 3  # one example is over
-
-
-def test_a_large_convolution_sums_its_kernel_gradient_over_batch_chunks():
-  x = jnp.zeros((8, 64, 64, 128))
-  w = jnp.zeros((3, 3, 128, 128))
-  dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
-  grad = jax.grad(lambda w: jnp.sum(conv.conv_general_dilated(
-      x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)))
-  convolutions = [line.split("=")[0].strip() for line in str(jax.make_jaxpr(grad)(w)).splitlines()
-                  if "= conv_general_dilated[" in line]
-  # 16 MiB operands: the kernel gradient is two convolutions giving [3,3,128,128]
-  # (over 4 examples each); the [4,64,64,128] ones are their unused outputs.
-  assert sum(c.endswith("f32[3,3,128,128]") for c in convolutions) == 2
 
 
 def test_a_large_convolution_exports_with_a_symbolic_batch():

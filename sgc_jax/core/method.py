@@ -39,7 +39,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from sgc_jax.core import sharding
+from sgc_jax.core import compiler, sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +199,7 @@ class Method(abc.ABC):
 
   def jit_train_step(self, phase: Hashable, batch_example):
     """The train step of `phase`, jitted with the state donated."""
-    return jax.jit(
+    return compiler.jit(
         functools.partial(self.train_step, phase=phase),
         in_shardings=(self.state_shardings, self.batch_shardings(batch_example)),
         out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),

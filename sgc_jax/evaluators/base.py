@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from sgc_jax.core import sharding
+from sgc_jax.core import compiler, sharding
 from sgc_jax.core.method import Method, Units
 from sgc_jax.data import pipeline
 
@@ -101,7 +101,7 @@ def split_pass(method: Method, variables, source, config,
 def _pass_fn(method: Method, evaluators: tuple):
   """The jitted per-batch sums of `evaluators`, compiled once per method and set."""
 
-  @jax.jit
+  @compiler.jit
   def batch_pass(variables, constants, batch):
     predictions = method.predict(variables, batch["image"][:, 0])
     sums, examples = {}, {}

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
 from sgc_jax import report, viz
+from sgc_jax.core import compiler
 from sgc_jax.data import pipeline
 from sgc_jax.evaluators.base import Evaluator
 
@@ -91,7 +91,7 @@ def _level_rows(images, level_pictures, reconstructions, normalization) -> np.nd
 
 @functools.cache
 def _predict(method):
-  return jax.jit(method.predict)
+  return compiler.jit(method.predict)
 
 
 def _pca(points: np.ndarray, fit: np.ndarray) -> np.ndarray:
