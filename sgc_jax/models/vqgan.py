@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from sgc_jax.models import conv
+from sgc_jax.models.group_norm import GroupNorm
 from sgc_jax.models.codebook import Codebook, CodebookConfig
 
 
@@ -62,7 +63,7 @@ class ModelConfig:
 
 
 def _norm(dtype, name=None):
-  return nn.GroupNorm(num_groups=32, epsilon=1e-6, dtype=dtype, name=name)
+  return GroupNorm(num_groups=32, epsilon=1e-6, dtype=dtype, name=name)
 
 
 def _conv(features, kernel, dtype, name=None, stride=1, padding=None, use_bias=True):
