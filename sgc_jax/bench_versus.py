@@ -55,6 +55,7 @@ import warnings
 
 ROUNDS = 3
 WARMUP_STEPS = 2
+SETTLE_SECONDS = 1.0
 # What the official SlotCon.__init__ (and its momentum schedule) reads from `args`.
 OFFICIAL_MODEL_FIELDS = (
     "arch", "dim_hidden", "dim_out", "num_prototypes", "teacher_momentum", "teacher_temp",
@@ -397,6 +398,10 @@ class Ours:
 
 
 def _timed(side, steps: int) -> float:
+  # The side timed before may leave worker threads spinning for a while
+  # (OpenMP's and Eigen's wait policies): they would share the cores with
+  # this side's first steps.
+  time.sleep(SETTLE_SECONDS)
   start = time.perf_counter()
   for _ in range(steps):
     side.step()
