@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from sgc_jax import tree_io
-from sgc_jax.core import compiler
+from sgc_jax import compiler
 
 FORMAT = "sgc_jax.bundle"
 VERSION = 1

@@ -9,7 +9,7 @@ import pytest
 from jax import lax
 
 from sgc_jax import synthetic
-from sgc_jax.core import compiler
+from sgc_jax import compiler
 from tests.test_train import tiny_config
 
 _DN = ("NHWC", "HWIO", "NHWC")

@@ -39,7 +39,7 @@ assert (one == indices[:1]).all()
 np.savez({str(tmp_path / "out.npz")!r}, indices=indices, semantic=semantic,
          decoded=tokenizer.decode(indices))
 loaded = sorted(m for m in sys.modules if m.startswith(("sgc_jax", "flax", "optax", "orbax")))
-assert loaded == ["sgc_jax", "sgc_jax.inference", "sgc_jax.tree_io"], loaded
+assert loaded == ["sgc_jax", "sgc_jax.compiler", "sgc_jax.inference", "sgc_jax.tree_io"], loaded
 """
   result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)

@@ -39,7 +39,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from sgc_jax.core import compiler, sharding
+from sgc_jax import compiler
+from sgc_jax.core import sharding
 
 
 @dataclasses.dataclass(frozen=True)

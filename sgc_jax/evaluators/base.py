@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from sgc_jax.core import compiler, sharding
+from sgc_jax import compiler
+from sgc_jax.core import sharding
 from sgc_jax.core.method import Method, Units
 from sgc_jax.data import pipeline
 
