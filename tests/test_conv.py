@@ -59,3 +59,39 @@ def test_a_large_convolution_exports_with_a_symbolic_batch():
       x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)))(
           jax.ShapeDtypeStruct((batch, 64, 64, 128), jnp.float32))
   assert exported.out_avals[0].shape[1:] == (64, 64, 128)
+
+
+def _upsampled_then_convolved(x, w):
+  doubled = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+  return lax.conv_general_dilated(doubled, w, (1, 1), ((1, 1), (1, 1)),
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 3, 4), (1, 1, 1, 3), (3, 4, 4, 8)])
+def test_upsample_conv_equals_convolving_the_upsampled_map(shape):
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, shape[-1], 6)), jnp.float32)
+  cotangent = jnp.asarray(rng.normal(size=(shape[0], 2 * shape[1], 2 * shape[2], 6)), jnp.float32)
+  ours, grads = jax.vjp(conv.upsample2_conv3x3, x, w)
+  reference, grads_ref = jax.vjp(_upsampled_then_convolved, x, w)
+  np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
+  for a, b in zip(grads(cotangent), grads_ref(cotangent)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_upsample_conv_refuses_other_convolutions():
+  with pytest.raises(ValueError, match="3x3, stride 1, padding 1"):
+    conv.upsample2_conv3x3(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), (2, 2))
+
+
+def test_the_vqgan_upsample_module_is_the_same_on_cpu_and_elsewhere(monkeypatch):
+  from sgc_jax.models.vqgan import Upsample
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 4, 3, 32)), jnp.float32)
+  module = Upsample(jnp.float32)
+  params = module.init(jax.random.PRNGKey(0), x)
+  on_cpu = module.apply(params, x)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert jax.tree.map(jnp.shape, module.init(jax.random.PRNGKey(0), x)) == \
+      jax.tree.map(jnp.shape, params)
+  np.testing.assert_allclose(on_cpu, module.apply(params, x), rtol=1e-5, atol=1e-5)

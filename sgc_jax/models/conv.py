@@ -1,6 +1,6 @@
 """Convolution around XLA:CPU's weak spot: tiny maps.
 
-With the compiler options of `core/compiler.py` (convolutions on XLA's Eigen
+With the compiler options of `sgc_jax/compiler.py` (convolutions on XLA's Eigen
 kernels), XLA:CPU runs a convolution and both its gradients near its GEMM rate
 on maps of moderate size, but not on tiny ones: a 3x3, 512-channel convolution
 on 2x2 maps of 16 images took 148 ms for its two gradients, against 4.6 ms as
@@ -63,3 +63,38 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count, precision=precision)
+
+
+def _subpixel_kernels(kernel):
+  """The 2x2 kernels of the four output phases of a 3x3 kernel applied to a
+  nearest-upsampled map, with each phase's padding: along one axis, even
+  outputs see the previous and the same input (taps 0 and 1+2), odd ones the
+  same and the next (taps 0+1 and 2)."""
+  def halves(k, axis):
+    first, middle, last = (lax.index_in_dim(k, i, axis) for i in range(3))
+    return ((jnp.concatenate([first, middle + last], axis), (1, 0)),
+            (jnp.concatenate([first + middle, last], axis), (0, 1)))
+  return [[(k2, (pad_rows, pad_cols)) for k2, pad_cols in halves(k1, 1)]
+          for k1, pad_rows in halves(kernel, 0)]
+
+
+def upsample2_conv3x3(lhs, rhs, window_strides=(1, 1), padding=((1, 1), (1, 1)),
+                      lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+                      feature_group_count=1, precision=None):
+  """A 3x3 'SAME' convolution of `lhs` upsampled x2 by nearest neighbour,
+  computed on `lhs` itself: each of the four output phases is a 2x2
+  convolution, 16 taps against 36, the same sums (2.25x fewer FLOPs, no
+  upsampled map). A `conv_general_dilated` for flax's `nn.Conv` given the
+  map before upsampling; it takes only that case."""
+  if (tuple(window_strides) != (1, 1) or rhs.shape[:2] != (3, 3) or feature_group_count != 1
+      or tuple(map(tuple, padding)) != ((1, 1), (1, 1)) or lhs.ndim != 4):
+    raise ValueError("upsample2_conv3x3 computes a 3x3, stride 1, padding 1 convolution "
+                     f"of NHWC maps, got kernel {rhs.shape}, strides {window_strides}, "
+                     f"padding {padding}")
+  batch, height, width, _ = lhs.shape
+  phases = jnp.stack([
+      jnp.stack([lax.conv_general_dilated(lhs, k, (1, 1), pad, dimension_numbers=_NHWC,
+                                          precision=precision)
+                 for k, pad in row]) for row in _subpixel_kernels(rhs)])
+  # [row phase, column phase, B, H, W, D] -> [B, 2H, 2W, D]
+  return phases.transpose(2, 3, 0, 4, 1, 5).reshape(batch, 2 * height, 2 * width, -1)

