@@ -11,6 +11,7 @@
     python -m sgc_jax.bench versus-taming --official=PATH [--batch_size=8]
         [--steps=5] [--config=configs/bench_taming64.py[:quantizer=sgc]]
     python -m sgc_jax.bench modularity [--batch_size=8] [--tokens=3136] [--dim=384]
+    python -m sgc_jax.bench convolutions [--batch_size=8]
 
 `data`: images/s of the training input pipeline (decode, two augmented views,
 batching, placement on the mesh) at 64 and 128 px, on the `smoke` configs of
@@ -33,6 +34,10 @@ the time by kind of op (see sgc_jax/bench_profile.py).
 tokens per image (3136: ViT-S/8 at 448 px): XLA's temporary memory of the
 compiled program against one image's N x N affinity and the whole batch's,
 and the time per call.
+
+`convolutions`: GFLOP/s of the taming VQGAN's 3x3 convolutions (forward,
+input and kernel gradient) under XLA's default compiler options and this
+library's, beside a GEMM's (see sgc_jax/bench_convolutions.py).
 
 `versus-slotcon`: our SlotCon train step against the official PyTorch model
 (PATH: a checkout of CVMI-Lab/SlotCon; needs the `torch` extra) on this CPU, in
@@ -216,6 +221,14 @@ def main(argv):
     print(report.markdown_table(["ms/step", "%", "op", "shape", "from"], rows, "rrlll"))
     print(report.markdown_table(["ms/step", "%", "kind"], by_kind, "rrl"))
     return
+  if argv[1:] == ["convolutions"]:
+    from sgc_jax import bench_convolutions
+    header, rows = bench_convolutions.convolutions(_BATCH.value)
+    print(f"\n3x3 convolutions, NHWC float32, batch {_BATCH.value}, GFLOP/s on "
+          f"{jax.devices()[0].platform} (XLA's default compiler options vs "
+          f"sgc_jax/compiler.py's); {bench_convolutions.machine()}")
+    print(report.markdown_table(header, rows, "lll" + "r" * (len(header) - 3)))
+    return
   if argv[1:] == ["versus-taming"]:
     from configs import bench_taming64
     from sgc_jax import bench_versus_taming
@@ -227,7 +240,8 @@ def main(argv):
     return
   if argv[1:] != ["data"]:
     raise app.UsageError(
-        "usage: python -m sgc_jax.bench data|train|comms|profile|modularity|versus-slotcon|"
+        "usage: python -m sgc_jax.bench data|train|comms|profile|modularity|convolutions|"
+        "versus-slotcon|"
         "versus-taming [flags]")
   rows = bench_data()
   print(f"\ninput pipeline on {jax.devices()[0].platform}, "
