@@ -213,9 +213,10 @@ def main(argv):
     if _CONFIG.value is None:
       raise app.UsageError("profile needs --config")
     from sgc_jax import bench_profile
-    rows, by_kind, total = bench_profile.profile(_CONFIG.value, _BATCH.value, _STEPS.value,
-                                                 _TOP.value)
-    print(f"\nXLA op time of one train step: {total:.0f} ms (summed over threads), "
+    rows, by_kind, total, wall = bench_profile.profile(_CONFIG.value, _BATCH.value,
+                                                       _STEPS.value, _TOP.value)
+    print(f"\none train step: {wall:.0f} ms of wall time (traced), XLA op time {total:.0f} ms "
+          "(summed over threads; without asynchronous Eigen convolutions), "
           f"{config_lib.method_name(_CONFIG.value)}, batch {_BATCH.value}, "
           f"{_STEPS.value} steps traced")
     print(report.markdown_table(["ms/step", "%", "op", "shape", "from"], rows, "rrlll"))

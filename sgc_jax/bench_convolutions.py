@@ -93,6 +93,6 @@ def convolutions(batch_size: int) -> tuple[list[str], list[list[str]]]:
     for path, function in paths:
       default, ours = _rates(function, None, x, w, g, flops), \
           _rates(function, compiler.options(), x, w, g, flops)
-      rows.append([f"{out}x{out}", f"{cin}->{cout}", path, f"{flops / 1e9:.2f}",
+      rows.append([f"{out}x{out}", f"{cin}->{cout}", path, f"{flops / 1e9:.3g}",
                    default[0], ours[0], default[1], ours[1], default[2], ours[2], gemm])
   return header, rows

@@ -12,8 +12,9 @@ prototypes, in float32 on synthetic two-view batches whose views coincide (so
 the group loss aligns the whole maps), and step with LARS of the config's
 hyper-parameters under the official warm-up + cosine schedule. Steps are timed
 in alternating blocks, ROUNDS x [ours x --steps, official x --steps], after a
-warm-up of each (ours: compilation and 2 steps), so that a drift of the machine
-(another process, the clock) falls on both alike.
+warm-up of each (ours: compilation and WARMUP_STEPS steps; both reach their
+steady rate within them), so that a drift of the machine (another process, the
+clock) falls on both alike; each block starts after a pause of SETTLE_SECONDS.
 
 What the official code needs to run here, and what this module does about it:
 - `torch.distributed` (the centre's all-reduce, the slot contrast's all-gather,
@@ -54,7 +55,7 @@ import types
 import warnings
 
 ROUNDS = 3
-WARMUP_STEPS = 2
+WARMUP_STEPS = 6
 SETTLE_SECONDS = 1.0
 # What the official SlotCon.__init__ (and its momentum schedule) reads from `args`.
 OFFICIAL_MODEL_FIELDS = (
