@@ -1,14 +1,14 @@
 """The XLA options this library compiles its programs with.
 
-On CPU, convolutions stay on XLA's own (Eigen) kernels and only matrix
-products go to YNNPACK. YNNPACK, XLA:CPU's default for both, split a
+On CPU, convolutions run on XLA's own (Eigen) kernels; matrix products and
+reductions stay on YNNPACK, XLA:CPU's default for all three. YNNPACK splits a
 convolution's work over blocks of 64 output channels: on this project's 2-core
 AMD EPYC (AVX-512, JAX 0.10.2) a 3x3 convolution with 64 output channels on
 64x64 maps of 8 images ran at 107 GFLOP/s on two cores and on one alike, and
-kernel gradients at 74-123. Eigen ran the same shapes at 176-216 forward and
-input gradient and 156-196 kernel gradient, near the machine's GEMM rate
-(`python -m sgc_jax.bench convolutions` prints both). Other platforms keep
-their defaults.
+its kernel gradients at about half the GEMM rate. Eigen ran the same shapes at
+172-182 forward and input gradient against a GEMM's 208 (`python -m
+sgc_jax.bench convolutions` prints both, for every shape of the taming VQGAN).
+Other platforms keep their defaults.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import functools
 import jax
 import numpy as np
 
-CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+               "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 @functools.cache
