@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sgc_jax.bench_versus import available_cores, cpu_description, read_cpuinfo
 from sgc_jax import compiler
+from sgc_jax.bench_versus import available_cores, cpu_description, read_cpuinfo
 from sgc_jax.models import conv
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -55,15 +55,15 @@ def _doubled(x, w):
 
 
 def _passes(function):
-  """(name, function of (x, w, cotangent)) of the three passes."""
-  return (("forward", lambda x, w, g: function(x, w)),
-          ("input gradient", lambda x, w, g: jax.vjp(lambda x_: function(x_, w), x)[1](g)[0]),
-          ("kernel gradient", lambda x, w, g: jax.vjp(lambda w_: function(x, w_), w)[1](g)[0]))
+  """The forward pass, input gradient and kernel gradient, each of (x, w, cotangent)."""
+  return (lambda x, w, g: function(x, w),
+          lambda x, w, g: jax.vjp(lambda x_: function(x_, w), x)[1](g)[0],
+          lambda x, w, g: jax.vjp(lambda w_: function(x, w_), w)[1](g)[0])
 
 
 def _rates(function, options, x, w, g, flops: float) -> list[str]:
   return [f"{flops / _best_seconds(jax.jit(fn).lower(x, w, g).compile(options), x, w, g) / 1e9:.0f}"
-          for _, fn in _passes(function)]
+          for fn in _passes(function)]
 
 
 def gemm_rate(flops: float) -> float:

@@ -28,8 +28,7 @@ import tempfile
 import jax
 import numpy as np
 
-from sgc_jax import tree_io
-from sgc_jax import compiler
+from sgc_jax import compiler, tree_io
 
 FORMAT = "sgc_jax.bundle"
 VERSION = 1

@@ -14,8 +14,7 @@ import functools
 import numpy as np
 from jax.experimental import multihost_utils
 
-from sgc_jax import report, viz
-from sgc_jax import compiler
+from sgc_jax import compiler, report, viz
 from sgc_jax.data import pipeline
 from sgc_jax.evaluators.base import Evaluator
 
