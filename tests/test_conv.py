@@ -81,8 +81,14 @@ def test_upsample_conv_equals_convolving_the_upsampled_map(shape):
 
 
 def test_upsample_conv_refuses_other_convolutions():
+  x, w = jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2))
   with pytest.raises(ValueError, match="3x3, stride 1, padding 1"):
-    conv.upsample2_conv3x3(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), (2, 2))
+    conv.upsample2_conv3x3(x, w, (2, 2))
+  with pytest.raises(ValueError, match="3x3, stride 1, padding 1"):
+    conv.upsample2_conv3x3(x, w, rhs_dilation=(2, 2))
+  with pytest.raises(ValueError, match="3x3, stride 1, padding 1"):
+    conv.upsample2_conv3x3(x, w, dimension_numbers=lax.conv_dimension_numbers(
+        x.shape, w.shape, ("NCHW", "HWIO", "NCHW")))
 
 
 def test_the_vqgan_upsample_module_is_the_same_on_cpu_and_elsewhere(monkeypatch):

@@ -87,10 +87,14 @@ def upsample2_conv3x3(lhs, rhs, window_strides=(1, 1), padding=((1, 1), (1, 1)),
   upsampled map). A `conv_general_dilated` for flax's `nn.Conv` given the
   map before upsampling; it takes only that case."""
   if (tuple(window_strides) != (1, 1) or rhs.shape[:2] != (3, 3) or feature_group_count != 1
-      or tuple(map(tuple, padding)) != ((1, 1), (1, 1)) or lhs.ndim != 4):
-    raise ValueError("upsample2_conv3x3 computes a 3x3, stride 1, padding 1 convolution "
-                     f"of NHWC maps, got kernel {rhs.shape}, strides {window_strides}, "
-                     f"padding {padding}")
+      or tuple(map(tuple, padding)) != ((1, 1), (1, 1)) or lhs.ndim != 4
+      or any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+      or dimension_numbers not in (None, lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                                                     _NHWC))):
+    raise ValueError("upsample2_conv3x3 computes a 3x3, stride 1, padding 1, undilated "
+                     f"convolution of NHWC maps, got kernel {rhs.shape}, strides "
+                     f"{window_strides}, padding {padding}, dilations {lhs_dilation}, "
+                     f"{rhs_dilation}, dimension numbers {dimension_numbers}")
   batch, height, width, _ = lhs.shape
   phases = jnp.stack([
       jnp.stack([lax.conv_general_dilated(lhs, k, (1, 1), pad, dimension_numbers=_NHWC,
