@@ -15,7 +15,21 @@ from jax.experimental import multihost_utils
 from sgc_jax.data import pipeline
 
 
+def _save_replicas_whole_on_cpu() -> None:
+  """On a CPU backend, arrays are written whole by their first replica.
+
+  Orbax's replica-parallel save splits a replicated array into one slice per
+  replica, so that devices (and hosts) share the copies to the host. On CPU
+  the devices are the host's own memory: the slices are only eager slice ops,
+  one per array and device: 27 of the 97 s of a 4-step test run on 8
+  simulated devices (orbax turns it off on GPUs itself)."""
+  if jax.default_backend() == "cpu":
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 def manager(workdir: str, save_every: int, keep: int) -> ocp.CheckpointManager:
+  _save_replicas_whole_on_cpu()
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, "checkpoints")),
       options=ocp.CheckpointManagerOptions(
