@@ -122,12 +122,19 @@ def _final(workdir):
   return step, restored["state"], restored["data"]
 
 
+def _without_evals(config):
+  """For tests of the state alone: no evaluation pass at the end of a run."""
+  config.evals = {}
+  return config
+
+
 def test_resume_is_exact(data_dir, scenes64, tmp_path):
   straight = str(tmp_path / "straight")
-  train.train_and_evaluate(tiny_config(data_dir, total_steps=4), straight)
+  train.train_and_evaluate(_without_evals(tiny_config(data_dir, total_steps=4)), straight)
   resumed = str(tmp_path / "resumed")
-  train.train_and_evaluate(tiny_config(data_dir, total_steps=2), resumed)
-  metrics = train.train_and_evaluate(tiny_config(data_dir, total_steps=4), resumed)
+  train.train_and_evaluate(_without_evals(tiny_config(data_dir, total_steps=2)), resumed)
+  metrics = train.train_and_evaluate(_without_evals(tiny_config(data_dir, total_steps=4)),
+                                     resumed)
   assert metrics["step"] == 4
   step_a, state_a, data_a = _final(straight)
   step_b, state_b, data_b = _final(resumed)
@@ -141,7 +148,7 @@ def test_resume_is_exact(data_dir, scenes64, tmp_path):
 
 def test_checkpoints_without_the_dead_code_counts_still_resume(data_dir, scenes64, tmp_path):
   """Checkpoints of the previous release have no codebook `missed`: it starts at zero."""
-  config = tiny_config(data_dir, "ema", total_steps=2)
+  config = _without_evals(tiny_config(data_dir, "ema", total_steps=2))
   train.train_and_evaluate(config, str(tmp_path / "new"))
   step, state, data = _final(str(tmp_path / "new"))
   del state["codebook"]["codebook"]["missed"]
@@ -156,7 +163,7 @@ def test_checkpoints_without_the_dead_code_counts_still_resume(data_dir, scenes6
   np.testing.assert_array_equal(restored.codebook["codebook"]["missed"], 0.0)
   np.testing.assert_array_equal(restored.codebook["codebook"]["centres"],
                                 state["codebook"]["codebook"]["centres"])
-  metrics = train.train_and_evaluate(tiny_config(data_dir, "ema", total_steps=3),
+  metrics = train.train_and_evaluate(_without_evals(tiny_config(data_dir, "ema", total_steps=3)),
                                      str(tmp_path / "old"))
   assert metrics["step"] == 3 and metrics["last_checkpoint"] == 3
 
