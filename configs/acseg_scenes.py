@@ -48,12 +48,17 @@ def get_config(arg=None):
       # (SlotCon's ResNet) are all positive: on sgc_scenes their true classes
       # have a modularity of 0.12 under "cosine" and 0.33 under "centred".
       affinity="centred",
-      # The concept classifier: k-means of the concepts of this many training
-      # images into num_clusters (None: the data set's number of classes), the
-      # best of classifier_restarts seedings by inertia (as the evaluator's
-      # k-means of the baseline: evals.segmentation.kmeans_restarts).
+      # The concept classifier: k-means of a vector per concept of this many
+      # training images into num_clusters (None: the data set's number of
+      # classes), the best of classifier_restarts seedings by inertia. The
+      # vector: "concepts" (DESIGN.md) or "regions" (the mean backbone feature
+      # of the pixels the concept wins); classifier_centring subtracts the
+      # vectors' mean first. Restarts and centring are the baseline's
+      # (evals.segmentation: its k-means of the pixel features), to keep it fair.
       num_clusters=config_dict.placeholder(int), classifier_images=2000,
+      classifier_input="concepts",
       classifier_restarts=config.evals.segmentation.get_ref("kmeans_restarts"),
+      classifier_centring=config.evals.segmentation.get_ref("feature_centring"),
       dtype="float32"))
   # DESIGN.md names no optimizer: Adam with a short warm-up and a cosine decay.
   config.optimizer = ml_collections.ConfigDict(dict(

@@ -96,6 +96,7 @@ def get_config(arg=None):
       probe_images=2000,  # training images whose tokens train the linear probe
       probe_steps=500, probe_in_training=False,
       feature_tokens=100_000,  # of a method's dense features: what k-means and probe fit
-      kmeans_restarts=10)  # their k-means: the best of this many seedings (by inertia)
+      kmeans_restarts=10,  # their k-means: the best of this many seedings (by inertia)
+      feature_centring=False)  # their k-means on the features minus their mean
   config.evals.pictures = dict(type="pictures", every=60, num_examples=8)
   return config

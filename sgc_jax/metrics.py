@@ -194,6 +194,11 @@ def matched_confusion(cluster_confusion: np.ndarray) -> np.ndarray:
                                    num_classes + 1)
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+  """Each row of x over its L2 norm (zero rows stay zero): the points of cosine k-means."""
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def _squared_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
   return np.maximum((points ** 2).sum(1)[:, None] - 2 * points @ centres.T
                     + (centres ** 2).sum(1)[None], 0.0)

@@ -122,6 +122,47 @@ def test_concepts_adapt_to_the_image_and_ignore_pixel_order():
   np.testing.assert_allclose(np.asarray(shuffled), np.asarray(concepts), rtol=1e-5, atol=1e-5)
 
 
+class _PixelsAsFeatures:
+  """A backbone whose features are its input: known features for the net."""
+
+  def features(self, variables, images):
+    del variables
+    return images
+
+
+@pytest.mark.parametrize("classifier_input", ["concepts", "regions"])
+def test_each_token_takes_the_cluster_of_its_concepts_vector(classifier_input):
+  rng = np.random.default_rng(4)
+  images = jnp.asarray(rng.normal(size=(2, 4, 4, 6)), jnp.float32)
+  generator = parts.ConceptGenerator(num_prototypes=3, num_blocks=1, num_heads=2)
+  net = acseg.ACSegNet(_PixelsAsFeatures(), generator, 0.1, classifier_input)
+  params = generator.init(jax.random.PRNGKey(0), images.reshape(2, 16, 6))["params"]
+  centres = rng.normal(size=(4, 6))
+  mean = rng.normal(size=6)
+  variables = {"backbone": None, "generator": params,
+               "classifier": {"centres": jnp.asarray(centres / np.linalg.norm(
+                   centres, axis=1, keepdims=True), jnp.float32),
+                              "mean": jnp.asarray(mean, jnp.float32)}}
+  _, concepts, logits = net.concepts(variables, images)
+  winner = np.asarray(jnp.argmax(logits, -1)).reshape(2, 16)
+  tokens = np.asarray(images).reshape(2, 16, 6)
+  _, _, vectors, shares = net.classified(variables, images)
+  for b in range(2):
+    for p in range(3):
+      won = winner[b] == p
+      assert float(shares[b, p]) == pytest.approx(won.mean())
+      want = (np.asarray(concepts[b, p]) if classifier_input == "concepts"
+              else tokens[b][won].mean(0) if won.any() else np.zeros(6))
+      np.testing.assert_allclose(np.asarray(vectors[b, p]), want, rtol=1e-5, atol=1e-6)
+  # A concept's cluster: the nearest centre (cosine) to its vector less the mean.
+  concept_cluster = np.argmax((np.asarray(vectors) - mean) @ centres.T
+                              / np.linalg.norm(centres, axis=1), -1)
+  _, token_cluster, _, got = net.clusters(variables, images)
+  np.testing.assert_array_equal(np.asarray(got), concept_cluster)
+  np.testing.assert_array_equal(np.asarray(token_cluster).reshape(2, 16),
+                                np.take_along_axis(concept_cluster, winner, 1))
+
+
 # ---------------------------------------------------------------- the method
 
 
@@ -186,6 +227,10 @@ def test_backbone_frozen_and_one_and_eight_devices_agree(data_dir, scenes64, slo
 def test_trains_evaluates_exports_and_pseudo_labels_through_the_core(data_dir, scenes64,
                                                                      slotcon_bundle, tmp_path):
   config = tiny_acseg_config(data_dir, slotcon_bundle)
+  # The classifier's non-default inputs (the unit test above covers both), and
+  # centring, which the baseline's k-means shares.
+  config.model.classifier_input = "regions"
+  config.evals.segmentation.feature_centring = True
   workdir = str(tmp_path / "run")
   metrics = train.train_and_evaluate(config, workdir)
   assert metrics["step"] == 4 and np.isfinite(metrics["loss/total"])
@@ -198,12 +243,15 @@ def test_trains_evaluates_exports_and_pseudo_labels_through_the_core(data_dir, s
   centres = np.asarray(variables["classifier"]["centres"])
   assert centres.shape == (len(scenes64.class_names), 512)
   np.testing.assert_allclose(np.linalg.norm(centres, axis=1), 1, rtol=1e-5)
+  mean = np.asarray(variables["classifier"]["mean"])
+  assert mean.shape == (512,) and np.all(mean >= 0) and mean.max() > 0  # of ReLU features
   images = np.stack([example["image"][0] for example in _centred(scenes64, config)])
   predictions = jax.jit(method.predict)(variables, images)
-  # A token's cluster is the nearest centre (cosine) to its winning concept.
-  _, concepts, logits = method.net.concepts(variables, images)
+  # A token's cluster is the nearest centre (cosine) to its winning concept's
+  # region mean less the fitted mean.
+  _, logits, vectors, _ = method.net.classified(variables, images)
   winner = np.asarray(jnp.argmax(logits, -1))
-  concept_cluster = np.argmax(np.asarray(parts.l2_normalize(concepts)) @ centres.T, -1)
+  concept_cluster = np.argmax((np.asarray(vectors) - mean) @ centres.T, -1)
   want = np.take_along_axis(concept_cluster[:, None, :],
                             winner.reshape(len(images), 1, -1), -1).reshape(winner.shape)
   np.testing.assert_array_equal(np.asarray(predictions["indices"]), want)
@@ -218,6 +266,20 @@ def test_trains_evaluates_exports_and_pseudo_labels_through_the_core(data_dir, s
     np.testing.assert_array_equal(segments, np.asarray(jax.jit(method.segment)(variables,
                                                                                images)))
     assert segments.shape == (len(images), 32, 32) and segments.max() < len(centres)
+  # A bundle exported before the classifier's inputs were a choice (no mean
+  # stored) loads as concepts, not centred.
+  del description["acseg"]["classifier_input"], description["acseg"]["classifier_centring"]
+  functions, abstract = acseg.ACSegMethod.functions_from_bundle(description)
+  assert set(abstract["classifier"]) == {"centres"}
+  before = {**variables, "classifier": {"centres": variables["classifier"]["centres"]}}
+  _, concepts, logits = method.net.concepts(variables, images)
+  concept_cluster = np.argmax(np.asarray(parts.l2_normalize(concepts)) @ centres.T, -1)
+  pixel_winner = np.asarray(jnp.argmax(jax.image.resize(
+      logits, (len(images), 32, 32, logits.shape[-1]), "bilinear"), -1))
+  want = np.take_along_axis(concept_cluster[:, None, :],
+                            pixel_winner.reshape(len(images), 1, -1), -1)
+  np.testing.assert_array_equal(np.asarray(jax.jit(functions["segment"])(before, images)),
+                                want.reshape(pixel_winner.shape))
 
   folder = pseudo_labels.write_pseudo_labels(config, workdir)
   names = open(os.path.join(folder, "classes.txt")).read().split()

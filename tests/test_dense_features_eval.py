@@ -18,27 +18,28 @@ OPTIONS = dict(every=1, label_threshold=0.5, probe_images=64, probe_steps=300,
 CENTRES = 4.0 * np.eye(NUM_CLASSES, DIM)  # far apart, in direction too (k-means is cosine)
 
 
-def _tokens(rng, images, separable):
+def _tokens(rng, images, separable, offset=0.0):
   """Token classes [B, g, g], features [B, g, g, D] (class centres plus noise
-  when `separable`, else noise alone) and pixel maps [B, 1, H, W]."""
+  when `separable`, else noise alone; all shifted by `offset`) and pixel maps
+  [B, 1, H, W]."""
   labels = rng.integers(0, NUM_CLASSES, (images, GRID, GRID))
-  centres = CENTRES
-  features = rng.normal(size=(images, GRID, GRID, DIM)) + (centres[labels] if separable else 0)
+  features = (rng.normal(size=(images, GRID, GRID, DIM)) + offset
+              + (CENTRES[labels] if separable else 0))
   pixels = np.repeat(np.repeat(labels, PATCH, 1), PATCH, 2)[:, None].astype(np.uint8)
   return labels, features.astype(np.float32), pixels
 
 
-def _evaluate(separable, seed=0):
+def _evaluate(separable, seed=0, offset=0.0, **options):
   rng = np.random.default_rng(seed)
-  evaluator = segmentation.Segmentation("segmentation", OPTIONS)
+  evaluator = segmentation.Segmentation("segmentation", dict(OPTIONS, **options))
   static = (8, NUM_CLASSES, 0.5, True)
   fit = segmentation._ProbeFit(evaluator, static, seed=0)
-  labels, features, _ = _tokens(rng, OPTIONS["probe_images"], separable)
+  labels, features, _ = _tokens(rng, OPTIONS["probe_images"], separable, offset)
   labels[:, 0, 0] = -1  # unlabelled tokens: in k-means, not in the probe
   fit.add_examples(None, (features, labels))
   state = fit.result(np.zeros((8, NUM_CLASSES)))
   # Other images, drawn the same way.
-  labels, features, pixels = _tokens(rng, 32, separable)
+  labels, features, pixels = _tokens(rng, 32, separable, offset)
   predictions = {"indices": jnp.zeros((32, GRID, GRID), jnp.int32),
                  "features": jnp.asarray(features)}
   batch = {"mask": jnp.ones(32, bool), "segmentation": jnp.asarray(pixels)}
@@ -58,10 +59,18 @@ def test_separable_features_are_recovered_by_both_clusters_and_probe():
   assert sums["feature_probe_pixels"].sum() == total
 
 
-def test_the_sums_equal_a_numpy_assignment_of_the_fitted_centres_and_probe():
-  labels, features, state, sums = _evaluate(separable=True, seed=3)
+@pytest.mark.parametrize("centring", [False, True])
+def test_the_sums_equal_a_numpy_assignment_of_the_fitted_centres_and_probe(centring):
+  labels, features, state, sums = _evaluate(separable=True, seed=3, offset=3.0,
+                                            feature_centring=centring)
   dense = state["dense"]
-  unit = features / np.linalg.norm(features, axis=-1, keepdims=True)
+  sample_mean = dense["mean"]
+  if centring:  # about the offset plus the mean of the class centres
+    np.testing.assert_allclose(sample_mean, 3.0 + CENTRES.mean(0), atol=0.25)
+  else:
+    np.testing.assert_array_equal(sample_mean, 0)
+  unit = features - sample_mean
+  unit = unit / np.linalg.norm(unit, axis=-1, keepdims=True)
   clusters = np.argmax(unit @ dense["centres"].T, -1)
   probe = dense["probe"]
   logits = ((features - probe["mean"]) / probe["std"]) @ probe["w"] + probe["b"]

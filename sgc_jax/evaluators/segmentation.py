@@ -22,7 +22,8 @@ pixel classes under every unit (a [K, C] co-occurrence matrix; no second pass):
     `features` [B, g, g, D] (its encoder's, before any grouping), the
     protocol of unsupervised segmentation on those features, fitted on about
     `feature_tokens` tokens drawn uniformly from the same training images and
-    applied to the evaluation split: k-means of the L2-normalised features into
+    applied to the evaluation split: k-means of the L2-normalised features
+    (first centred by the sample's mean, with `feature_centring`) into
     C clusters (cosine; the best of `kmeans_restarts` seedings by inertia),
     matched one to one to classes, no label in the fit
     (feature Hungarian mIoU and pixel accuracy), and a linear probe on the
@@ -113,7 +114,8 @@ class Segmentation(Evaluator):
     if dense:  # the same for the feature clusters and the feature probe
       features = predictions["features"].astype(jnp.float32)
       out["feature_cluster_pixels"] = metrics.code_class_cooccurrence(
-          nearest_centre(features, constants["centres"]), pixel_counts, num_classes, weight)
+          nearest_centre(features - constants["mean"], constants["centres"]), pixel_counts,
+          num_classes, weight)
       out["feature_probe_pixels"] = metrics.code_class_cooccurrence(
           probe_classes(constants["probe"], features), pixel_counts, num_classes, weight)
     return out
@@ -209,9 +211,14 @@ class _ProbeFit(Evaluator):
       num_classes = self._static[1]
       features, labels = np.concatenate(self._features), np.concatenate(self._labels)
       labeled = labels >= 0
+      # Centring matters for features of one sign (a ReLU backbone's), whose
+      # cosines are all positive and crowd together.
+      mean = (features.mean(0) if self.options.get("feature_centring")
+              else np.zeros(features.shape[1])).astype(np.float32)
       state["dense"] = {
+          "mean": mean,
           "centres": metrics.kmeans_centres(
-              l2_normalize(features), num_classes, seed=self._seed,
+              metrics.unit_rows(features - mean), num_classes, seed=self._seed,
               restarts=self.options.get("kmeans_restarts", 1)).astype(np.float32),
           "probe": fit_linear_probe(features[labeled],
                                     np.eye(num_classes, dtype=np.float32)[labels[labeled]],
@@ -232,10 +239,6 @@ def class_matched(pixels: np.ndarray, tokens: np.ndarray,
                       tokens[np.arange(len(unit_class)), np.maximum(matched_class, 0)], 0)
   return (metrics.mean_iou(metrics.matched_confusion(predicted)),
           float(credited.sum() / max(tokens.sum(), 1.0)))
-
-
-def l2_normalize(x, axis: int = -1):
-  return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
 
 
 def nearest_centre(features: jax.Array, centres: jax.Array) -> jax.Array:

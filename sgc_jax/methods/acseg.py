@@ -9,12 +9,17 @@ backbone is a frozen state field of its own: it gets no gradient and has no
 optimizer state.
 
 Classifying concepts without labels: after training (and before every
-evaluation, export and pseudo-labelling: the core's `fit` hook) the concepts
-of `classifier_images` training images, each weighted by the pixels it wins,
-are k-means-clustered (cosine) into `num_clusters` clusters; a pixel takes the
-cluster of its concept. The evaluators match clusters to classes (Hungarian);
-the predictions' `features` are the backbone's, whose k-means with the same
-matching is the baseline ACSeg must beat.
+evaluation, export and pseudo-labelling: the core's `fit` hook) a vector per
+concept of `classifier_images` training images, each weighted by the share of
+its image's pixels it wins, is k-means-clustered (cosine) into `num_clusters`
+clusters; a pixel takes the cluster of its concept. The vector is the concept
+itself (`classifier_input="concepts"`, DESIGN.md) or the mean backbone feature
+of the pixels it wins ("regions": the region the concept stands for, in the
+space the baseline clusters), optionally less the vectors' weighted mean
+(`classifier_centring`). The evaluators match clusters to classes
+(Hungarian); the predictions' `features` are the backbone's, whose k-means
+with the same matching (and the same centring:
+`evals.segmentation.feature_centring`) is the baseline ACSeg must beat.
 """
 
 from __future__ import annotations
@@ -54,8 +59,9 @@ class ACSegNet:
   """Backbone -> concepts -> assignment, and the fitted cluster of each concept."""
 
   def __init__(self, backbone: backbones.Backbone, generator: parts.ConceptGenerator,
-               temperature: float):
+               temperature: float, classifier_input: str = "concepts"):
     self.backbone, self.generator, self.temperature = backbone, generator, temperature
+    self.classifier_input = classifier_input
 
   def concepts(self, variables, images):
     """(features [B, h, w, D], concepts [B, P, D], logits [B, h, w, P])."""
@@ -66,11 +72,28 @@ class ACSegNet:
     logits = parts.concept_logits(pixels, concepts, self.temperature)
     return features, concepts, logits.reshape(b, h, w, -1)
 
-  def clusters(self, variables, images):
-    """(features, each token's cluster [B, h, w], per-image concept logits)."""
+  def classified(self, variables, images):
+    """(features, logits, the vector the classifier clusters for each concept
+    [B, P, D], the share of its image's tokens each concept wins [B, P])."""
     features, concepts, logits = self.concepts(variables, images)
-    concept_cluster = jnp.argmax(
-        parts.l2_normalize(concepts) @ variables["classifier"]["centres"].T, -1)
+    won = jax.nn.one_hot(jnp.argmax(logits, -1), concepts.shape[1])  # [B, h, w, P]
+    count = jnp.sum(won, axis=(1, 2))
+    shares = count / (won.shape[1] * won.shape[2])
+    if self.classifier_input == "regions":
+      vectors = (jnp.einsum("bhwp,bhwd->bpd", won, features.astype(jnp.float32))
+                 / jnp.maximum(count, 1)[..., None])
+    else:
+      vectors = concepts
+    return features, logits, vectors, shares
+
+  def clusters(self, variables, images):
+    """(features, each token's cluster [B, h, w], per-image concept logits,
+    each concept's cluster [B, P])."""
+    features, logits, vectors, _ = self.classified(variables, images)
+    classifier = variables["classifier"]
+    # Bundles exported before centring have no mean: theirs is zero.
+    vectors = vectors - classifier.get("mean", 0.0)
+    concept_cluster = jnp.argmax(parts.l2_normalize(vectors) @ classifier["centres"].T, -1)
     winner = jnp.argmax(logits, -1)
     tokens = jnp.take_along_axis(concept_cluster[:, None, :],
                                  winner.reshape(winner.shape[0], 1, -1), -1)
@@ -100,7 +123,7 @@ class ACSegMethod(Method):
     self.class_names = tuple(class_names)
     m = config.model
     self.backbone = backbones.build(m.backbone, config.data.image_size)
-    self.net = ACSegNet(self.backbone, _generator(m), m.temperature)
+    self.net = ACSegNet(self.backbone, _generator(m), m.temperature, m.classifier_input)
     self.num_clusters = m.num_clusters or len(self.class_names)
     self.tx = optim.create(config.optimizer, config.optimizer.learning_rate, config.total_steps)
 
@@ -120,6 +143,7 @@ class ACSegMethod(Method):
       raise config_lib.ConfigError(f"config.model.num_clusters={m.num_clusters}: must be >= 1 "
                                    "(or None: the data set's number of classes)")
     config_lib.check_choice(config, "model.affinity", ("cosine", "centred"))
+    config_lib.check_choice(config, "model.classifier_input", ("concepts", "regions"))
     if config.data.num_views != 1:
       raise config_lib.ConfigError(f"config.data.num_views={config.data.num_views}: ACSeg "
                                    "trains on one view of each image")
@@ -192,33 +216,37 @@ class ACSegMethod(Method):
     return self.config.model.classifier_images
 
   def fit(self, variables, batches) -> dict:
-    """The concept classifier: k-means (cosine) of the concepts of the batches'
-    images, each concept weighted by the share of its image's pixels it wins."""
-    concepts, weights = [], []
+    """The concept classifier: k-means (cosine) of the concepts' vectors of the
+    batches' images, each weighted by the share of its image's pixels it wins."""
+    vectors, weights = [], []
     for batch in tqdm.tqdm(batches, total=batches.num_batches, unit="batch", leave=False,
                            desc="fit the concept classifier", mininterval=2.0,
                            disable=jax.process_index() != 0):
       found = sharding.gather_examples(batch["mask"],
-                                       self._concepts_and_shares(variables, batch["image"][:, 0]))
-      concepts.append(found[0].reshape(-1, found[0].shape[-1]))
+                                       self._classifier_inputs(variables, batch["image"][:, 0]))
+      vectors.append(found[0].reshape(-1, found[0].shape[-1]))
       weights.append(found[1].reshape(-1))
-    concepts, weights = np.concatenate(concepts), np.concatenate(weights)
+    vectors, weights = np.concatenate(vectors), np.concatenate(weights)
     won = weights > 0
-    centres = metrics.kmeans_centres(concepts[won], self.num_clusters, weights=weights[won],
-                                     seed=self.config.seed,
+    vectors, weights = vectors[won], weights[won]
+    mean = np.zeros(vectors.shape[1], np.float32)
+    if self.config.model.classifier_centring:
+      mean = (weights @ vectors / weights.sum()).astype(np.float32)
+    centres = metrics.kmeans_centres(metrics.unit_rows(vectors - mean), self.num_clusters,
+                                     weights=weights, seed=self.config.seed,
                                      restarts=self.config.model.classifier_restarts)
-    centres = centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    centres = metrics.unit_rows(centres)
     if len(centres) < self.num_clusters:  # fewer winning concepts than clusters
       centres = np.concatenate([centres, np.zeros(
           (self.num_clusters - len(centres), centres.shape[1]))])
-    return {**variables, "classifier": {"centres": jnp.asarray(centres, jnp.float32)}}
+    return {**variables, "classifier": {"centres": jnp.asarray(centres, jnp.float32),
+                                        "mean": jnp.asarray(mean)}}
 
   @functools.partial(jax.jit, static_argnums=0)
-  def _concepts_and_shares(self, variables, images):
-    """Each image's concepts (unit vectors) and the share of its pixels each wins."""
-    _, concepts, logits = self.net.concepts(variables, images)
-    winner = jax.nn.one_hot(jnp.argmax(logits, -1), concepts.shape[1])
-    return parts.l2_normalize(concepts), jnp.mean(winner, axis=(1, 2))
+  def _classifier_inputs(self, variables, images):
+    """Each image's concept vectors [B, P, D] and the share of its pixels each wins [B, P]."""
+    _, _, vectors, shares = self.net.classified(variables, images)
+    return vectors.astype(jnp.float32), shares
 
   def predict(self, variables, images) -> dict[str, jax.Array]:
     features, tokens, _, _ = self.net.clusters(variables, images)
@@ -254,13 +282,19 @@ class ACSegMethod(Method):
     m = ml_collections.ConfigDict(description["acseg"])
     size = description["image_size"]
     backbone = backbones.from_description(description["acseg"]["backbone"], size)
-    net = ACSegNet(backbone, _generator(m), m.temperature)
+    # Bundles exported before the classifier's inputs were a choice: concepts,
+    # not centred (no mean stored).
+    net = ACSegNet(backbone, _generator(m), m.temperature,
+                   m.get("classifier_input", "concepts"))
     pixels = _pixels(backbone, size)
+    classifier = {"centres": jax.ShapeDtypeStruct(
+        (description["num_clusters"], pixels.shape[-1]), jnp.float32)}
+    if "classifier_input" in m:
+      classifier["mean"] = jax.ShapeDtypeStruct(pixels.shape[-1:], jnp.float32)
     abstract = {"backbone": jax.eval_shape(backbone.init),
                 "generator": jax.eval_shape(net.generator.init, jax.random.PRNGKey(0),
                                             pixels)["params"],
-                "classifier": {"centres": jax.ShapeDtypeStruct(
-                    (description["num_clusters"], pixels.shape[-1]), jnp.float32)}}
+                "classifier": classifier}
     return {name: fn for name, (fn, _) in _functions(net, size).items()}, abstract
 
 
