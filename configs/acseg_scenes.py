@@ -64,5 +64,9 @@ def get_config(arg=None):
   config.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-4, warmup_steps=max(1, arg.steps // 20),
       final_lr_fraction=0.01, grad_clip=0.0))
+  # Centred k-means on both sides (the baseline's and, tied, the classifier's):
+  # SlotCon's ReLU features are all positive. Measured over 600 steps: ACSeg
+  # 0.102 -> 0.109 mIoU, the baseline 0.097 -> 0.108 (README, ACSeg).
+  config.evals.segmentation.feature_centring = True
   del config.init_from
   return slotcon_scenes.without_reconstruction(config)
