@@ -227,10 +227,10 @@ def test_backbone_frozen_and_one_and_eight_devices_agree(data_dir, scenes64, slo
 def test_trains_evaluates_exports_and_pseudo_labels_through_the_core(data_dir, scenes64,
                                                                      slotcon_bundle, tmp_path):
   config = tiny_acseg_config(data_dir, slotcon_bundle)
-  # The classifier's non-default inputs (the unit test above covers both), and
-  # centring, which the baseline's k-means shares.
+  # The classifier's non-default input (the unit test above covers both), and
+  # centring (the scenes recipe's), which the baseline's k-means shares.
   config.model.classifier_input = "regions"
-  config.evals.segmentation.feature_centring = True
+  assert config.model.classifier_centring and config.evals.segmentation.feature_centring
   workdir = str(tmp_path / "run")
   metrics = train.train_and_evaluate(config, workdir)
   assert metrics["step"] == 4 and np.isfinite(metrics["loss/total"])
