@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from jax.experimental import multihost_utils
 from sgc_jax.data import pipeline
 
 
+@functools.cache  # once per process
 def _save_replicas_whole_on_cpu() -> None:
   """On a CPU backend, arrays are written whole by their first replica.
 
@@ -24,8 +26,7 @@ def _save_replicas_whole_on_cpu() -> None:
   the devices are the host's own memory: the slices are only eager slice ops,
   one per array and device: 27 of the 97 s of a 4-step test run on 8
   simulated devices (orbax turns it off on GPUs itself)."""
-  global _replicas_whole
-  if _replicas_whole or jax.default_backend() != "cpu":
+  if jax.default_backend() != "cpu":
     return
   absl_logger = logging.getLogger("absl")  # orbax warns of the override it was asked for
   level = absl_logger.level
@@ -35,10 +36,6 @@ def _save_replicas_whole_on_cpu() -> None:
         jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
   finally:
     absl_logger.setLevel(level)
-  _replicas_whole = True
-
-
-_replicas_whole = False  # registered in this process
 
 
 def manager(workdir: str, save_every: int, keep: int) -> ocp.CheckpointManager:

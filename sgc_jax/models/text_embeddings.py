@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sgc_jax import metrics
 from sgc_jax.config_lib import ConfigError
 
 KINDS = ("learned", "file", "clip")
@@ -67,8 +68,7 @@ def build(text, class_names, text_tower=None) -> np.ndarray | None:
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
-  return (vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True),
-                               1e-12)).astype(np.float32)
+  return metrics.unit_rows(vectors).astype(np.float32)
 
 
 def from_file(path: str, class_names) -> np.ndarray:
