@@ -16,6 +16,7 @@ from configs import acseg_scenes
 from sgc_jax import eval_checkpoint, export, inference, pseudo_labels, train
 from sgc_jax.config_lib import ConfigError
 from sgc_jax.core import loop, sharding
+from sgc_jax.metrics import kmeans_centres, unit_rows
 from sgc_jax.methods import acseg, slotcon
 from sgc_jax.models import acseg as parts
 
@@ -161,6 +162,36 @@ def test_each_token_takes_the_cluster_of_its_concepts_vector(classifier_input):
   np.testing.assert_array_equal(np.asarray(got), concept_cluster)
   np.testing.assert_array_equal(np.asarray(token_cluster).reshape(2, 16),
                                 np.take_along_axis(concept_cluster, winner, 1))
+
+
+def test_the_classifier_weights_concepts_by_share_and_drops_those_that_win_nothing():
+  """40 large concepts in two nearby modes (a sky, share 0.5 each) and 4 tiny
+  ones in another direction (a ball, share 0.01), 2 clusters: weighted by share,
+  k-means splits the sky and merges the ball into it, where an unweighted
+  k-means would give the ball a cluster of its own. Concepts that win no pixel
+  do not count (6 of them, in a direction of their own)."""
+  rng = np.random.default_rng(5)
+  sky = np.concatenate([np.tile([1.0, 0.3, 0.0], (20, 1)), np.tile([1.0, -0.3, 0.0], (20, 1))])
+  ball = np.tile([0.0, 0.0, 1.0], (4, 1))
+  lost = np.tile([0.0, -1.0, 0.0], (6, 1))
+  vectors = np.concatenate([sky, ball, lost]) + rng.normal(scale=0.01, size=(50, 3))
+  shares = np.concatenate([np.full(40, 0.5), np.full(4, 0.01), np.zeros(6)])
+  ball_direction = np.array([0.0, 0.0, 1.0])
+  mean, centres = acseg.fit_classifier(vectors, shares, 2, False, 0, 10)
+  np.testing.assert_array_equal(mean, 0)
+  np.testing.assert_allclose(np.linalg.norm(centres, axis=1), 1, rtol=1e-6)
+  assert np.max(centres @ ball_direction) < 0.5, centres
+  unweighted = unit_rows(kmeans_centres(unit_rows(vectors[:44]), 2, seed=0, restarts=10))
+  assert np.max(unweighted @ ball_direction) > 0.99, unweighted
+  # Centring subtracts the share-weighted mean of the winners.
+  mean, centres = acseg.fit_classifier(vectors, shares, 3, True, 0, 2)
+  np.testing.assert_allclose(mean, shares[:44] @ vectors[:44] / shares[:44].sum(), rtol=1e-5)
+  want = kmeans_centres(unit_rows(vectors[:44] - mean), 3, weights=shares[:44], seed=0,
+                        restarts=2)
+  np.testing.assert_allclose(centres, unit_rows(want), rtol=1e-6)
+  # Fewer winning concepts than clusters: zero rows pad the centres.
+  _, centres = acseg.fit_classifier(vectors[:2], shares[:2], 4, False, 0, 1)
+  assert centres.shape == (4, 3) and not centres[2:].any()
 
 
 # ---------------------------------------------------------------- the method

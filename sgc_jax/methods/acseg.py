@@ -218,27 +218,18 @@ class ACSegMethod(Method):
   def fit(self, variables, batches) -> dict:
     """The concept classifier: k-means (cosine) of the concepts' vectors of the
     batches' images, each weighted by the share of its image's pixels it wins."""
-    vectors, weights = [], []
+    vectors, shares = [], []
     for batch in tqdm.tqdm(batches, total=batches.num_batches, unit="batch", leave=False,
                            desc="fit the concept classifier", mininterval=2.0,
                            disable=jax.process_index() != 0):
       found = sharding.gather_examples(batch["mask"],
                                        self._classifier_inputs(variables, batch["image"][:, 0]))
       vectors.append(found[0].reshape(-1, found[0].shape[-1]))
-      weights.append(found[1].reshape(-1))
-    vectors, weights = np.concatenate(vectors), np.concatenate(weights)
-    won = weights > 0
-    vectors, weights = vectors[won], weights[won]
-    mean = np.zeros(vectors.shape[1], np.float32)
-    if self.config.model.classifier_centring:
-      mean = (weights @ vectors / weights.sum()).astype(np.float32)
-    centres = metrics.kmeans_centres(metrics.unit_rows(vectors - mean), self.num_clusters,
-                                     weights=weights, seed=self.config.seed,
-                                     restarts=self.config.model.classifier_restarts)
-    centres = metrics.unit_rows(centres)
-    if len(centres) < self.num_clusters:  # fewer winning concepts than clusters
-      centres = np.concatenate([centres, np.zeros(
-          (self.num_clusters - len(centres), centres.shape[1]))])
+      shares.append(found[1].reshape(-1))
+    m = self.config.model
+    mean, centres = fit_classifier(np.concatenate(vectors), np.concatenate(shares),
+                                   self.num_clusters, m.classifier_centring, self.config.seed,
+                                   m.classifier_restarts)
     return {**variables, "classifier": {"centres": jnp.asarray(centres, jnp.float32),
                                         "mean": jnp.asarray(mean)}}
 
@@ -296,6 +287,26 @@ class ACSegMethod(Method):
                                             pixels)["params"],
                 "classifier": classifier}
     return {name: fn for name, (fn, _) in _functions(net, size).items()}, abstract
+
+
+def fit_classifier(vectors: np.ndarray, shares: np.ndarray, num_clusters: int,
+                   centring: bool, seed: int, restarts: int):
+  """(mean [D], unit centres [num_clusters, D]): the cosine k-means of the
+  vectors [V, D] of concepts that win a share > 0 of their image, weighted by
+  that share, less their weighted mean if `centring`. Zero rows pad the
+  centres when fewer concepts win than clusters."""
+  won = shares > 0
+  vectors, weights = vectors[won], shares[won]
+  mean = np.zeros(vectors.shape[1], np.float32)
+  if centring:
+    mean = (weights @ vectors / weights.sum()).astype(np.float32)
+  centres = metrics.unit_rows(metrics.kmeans_centres(
+      metrics.unit_rows(vectors - mean), num_clusters, weights=weights, seed=seed,
+      restarts=restarts))
+  if len(centres) < num_clusters:
+    centres = np.concatenate([centres, np.zeros((num_clusters - len(centres),
+                                                 centres.shape[1]))])
+  return mean, centres
 
 
 def _feature_shape(backbone: backbones.Backbone, size: int) -> tuple[int, ...]:
