@@ -55,7 +55,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from sgc_jax import config_lib, logs, report, synthetic
+from sgc_jax import config_lib, hugepages, logs, report, synthetic
 from sgc_jax.core import sharding
 from sgc_jax.data import pipeline, sources
 
@@ -254,4 +254,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hugepages.reexec_with_huge_pages()
   app.run(main)

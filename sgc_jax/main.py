@@ -25,7 +25,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from sgc_jax import config_lib, logs
+from sgc_jax import config_lib, hugepages, logs
 
 MODES = ("data", "preview", "train", "eval", "export", "pseudo_labels")
 
@@ -177,6 +177,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run():
+  hugepages.reexec_with_huge_pages()
   app.run(main, flags_parser=parse_flags)
 
 

@@ -1,0 +1,55 @@
+"""The entry points' re-execution with malloc's huge pages on."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sgc_jax import hugepages
+
+
+def test_the_tunable_is_added_to_what_the_user_set_and_a_users_choice_is_kept():
+  assert hugepages.tunables_with_huge_pages(None) == "glibc.malloc.hugetlb=1"
+  assert hugepages.tunables_with_huge_pages("") == "glibc.malloc.hugetlb=1"
+  assert (hugepages.tunables_with_huge_pages("glibc.malloc.arena_max=2")
+          == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
+  assert hugepages.tunables_with_huge_pages("glibc.malloc.hugetlb=0") is None
+  assert hugepages.tunables_with_huge_pages(
+      "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=2") is None
+  # a tunable whose name only starts like it is another tunable
+  assert (hugepages.tunables_with_huge_pages("glibc.malloc.hugetlbx=1")
+          == "glibc.malloc.hugetlbx=1:glibc.malloc.hugetlb=1")
+
+
+PROBE = ("import os, sys; from sgc_jax import hugepages; "
+         "print('before', flush=True); hugepages.reexec_with_huge_pages(); "
+         "print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:], os.getpid())")
+
+
+def _probe(tunables: str | None):
+  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  if tunables is not None:
+    env["GLIBC_TUNABLES"] = tunables
+  return subprocess.run([sys.executable, "-c", PROBE, "--flag=1", "word"], env=env,
+                        capture_output=True, text=True, check=True, timeout=120)
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and hugepages._glibc_has_tunable()
+                         and hugepages._kernel_offers_huge_pages()),
+                    reason="needs Linux, glibc >= 2.35 and transparent huge pages")
+def test_the_process_reexecutes_itself_once_with_its_arguments_and_the_tunable():
+  done = _probe("glibc.malloc.arena_max=4")
+  lines = done.stdout.splitlines()
+  # the code before the re-execution ran twice: once before, once in the new image
+  assert lines[:2] == ["before", "before"]
+  tunables, rest = lines[2].split(" ", 1)
+  assert tunables == "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1"
+  assert rest.startswith("['--flag=1', 'word'] ")
+
+
+def test_a_user_who_chose_the_tunable_is_not_reexecuted():
+  done = _probe("glibc.malloc.hugetlb=0")
+  lines = done.stdout.splitlines()
+  assert lines[0] == "before" and len(lines) == 2
+  assert lines[1].startswith("glibc.malloc.hugetlb=0 ['--flag=1', 'word'] ")
