@@ -6,7 +6,7 @@ glibc maps such blocks with mmap and unmaps them when freed, so every step
 faults in and zeroes its temporaries anew, 4 KiB at a time. On a 2-core AMD
 EPYC (AVX2) that was 10-11 s of kernel time in a 25 s run of that step, and
 with `glibc.malloc.hugetlb=1` (malloc asks for huge pages on what it maps) 4 s:
-the step ran 12-15 % faster (see the README's Performance section). glibc reads
+the step ran 8-15 % faster (see the README's Performance section). glibc reads
 its tunables once, when the process starts, so the entry points re-execute
 themselves with the tunable set before any work is done.
 
