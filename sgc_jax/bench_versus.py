@@ -54,6 +54,8 @@ import time
 import types
 import warnings
 
+from sgc_jax import hugepages
+
 ROUNDS = 3
 WARMUP_STEPS = 6
 SETTLE_SECONDS = 1.0
@@ -463,7 +465,7 @@ def versus(official_path: str | None, config, batch_size: int, steps: int,
            f"dim_hidden {m.dim_hidden}, dim_out {m.dim_out}, {m.num_prototypes} prototypes, "
            f"float32, LARS; {rounds} rounds x {steps} steps each after {WARMUP_STEPS} of "
            f"warm-up. Official code adapted for CPU: {'; '.join(theirs.notes)}; no DDP, "
-           f"no autocast.")
+           f"no autocast; malloc: {hugepages.describe()}.")
   if params[0] != params[1]:
     about += f" NOTE: the students' parameter counts differ ({params[0]} vs {params[1]})."
   if not all(map(math.isfinite, losses)):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+from sgc_jax import hugepages
 from sgc_jax.bench_versus import (ROUNDS, WARMUP_STEPS, BenchError, Ours, _load, _timed,
                                   available_cores, check_checkout, cpu_description, read_cpuinfo)
 
@@ -132,7 +133,8 @@ def versus(official_path: str | None, config, batch_size: int, steps: int,
            f"{torch.get_num_threads()} threads): ch {m.ch}, ch_mult {tuple(m.ch_mult)}, "
            f"{m.num_res_blocks} res block(s), attention at {tuple(m.attn_resolutions)}, "
            f"z {m.z_channels}, K {m.codebook.num_codes}, float32, L1 + codebook loss, Adam; "
-           f"{rounds} rounds x {steps} steps each after {WARMUP_STEPS} of warm-up.")
+           f"{rounds} rounds x {steps} steps each after {WARMUP_STEPS} of warm-up; malloc: "
+           f"{hugepages.describe()}.")
   if not all(map(math.isfinite, losses)):
     about += " NOTE: a loss is not finite."
   return about, header, [row]

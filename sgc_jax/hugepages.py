@@ -53,6 +53,14 @@ def tunables_with_huge_pages(tunables: str | None) -> str | None:
   return ":".join([*entries, f"{TUNABLE}=1"])
 
 
+def describe() -> str:
+  """This process's setting of the tunable, for a benchmark's header."""
+  for entry in os.environ.get("GLIBC_TUNABLES", "").split(":"):
+    if entry.split("=", 1)[0] == TUNABLE:
+      return entry
+  return f"{TUNABLE} unset"
+
+
 def reexec_with_huge_pages() -> None:
   """Replace this process by itself with malloc's huge pages on (or return,
   where that is already so, chosen against, or not available)."""

@@ -53,3 +53,12 @@ def test_a_user_who_chose_the_tunable_is_not_reexecuted():
   lines = done.stdout.splitlines()
   assert lines[0] == "before" and len(lines) == 2
   assert lines[1].startswith("glibc.malloc.hugetlb=0 ['--flag=1', 'word'] ")
+
+
+def test_the_benchmarks_header_names_the_setting(monkeypatch):
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
+  assert hugepages.describe() == "glibc.malloc.hugetlb=1"
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+  assert hugepages.describe() == "glibc.malloc.hugetlb unset"
+  monkeypatch.delenv("GLIBC_TUNABLES")
+  assert hugepages.describe() == "glibc.malloc.hugetlb unset"
