@@ -44,21 +44,26 @@ def _kernel_offers_huge_pages() -> bool:
     return False
 
 
+def _chosen(tunables: str | None) -> str | None:
+  """The `glibc.malloc.hugetlb=...` entry of GLIBC_TUNABLES, if any."""
+  for entry in (tunables or "").split(":"):
+    if entry.split("=", 1)[0] == TUNABLE:
+      return entry
+  return None
+
+
 def tunables_with_huge_pages(tunables: str | None) -> str | None:
   """GLIBC_TUNABLES with `glibc.malloc.hugetlb=1` added, or None where the
   user already chose a value for it."""
-  entries = [entry for entry in (tunables or "").split(":") if entry]
-  if any(entry.split("=", 1)[0] == TUNABLE for entry in entries):
+  if _chosen(tunables) is not None:
     return None
-  return ":".join([*entries, f"{TUNABLE}=1"])
+  return ":".join([*(entry for entry in (tunables or "").split(":") if entry),
+                   f"{TUNABLE}=1"])
 
 
 def describe() -> str:
   """This process's setting of the tunable, for a benchmark's header."""
-  for entry in os.environ.get("GLIBC_TUNABLES", "").split(":"):
-    if entry.split("=", 1)[0] == TUNABLE:
-      return entry
-  return f"{TUNABLE} unset"
+  return _chosen(os.environ.get("GLIBC_TUNABLES")) or f"{TUNABLE} unset"
 
 
 def reexec_with_huge_pages() -> None:
