@@ -66,13 +66,18 @@ def describe() -> str:
   return _chosen(os.environ.get("GLIBC_TUNABLES")) or f"{TUNABLE} unset"
 
 
+def available() -> bool:
+  """Whether malloc can be asked for huge pages here: Linux, glibc >= 2.35 and
+  a kernel with transparent huge pages on."""
+  return (sys.platform.startswith("linux") and _glibc_has_tunable()
+          and _kernel_offers_huge_pages())
+
+
 def reexec_with_huge_pages() -> None:
   """Replace this process by itself with malloc's huge pages on (or return,
   where that is already so, chosen against, or not available)."""
-  if not sys.platform.startswith("linux") or not _glibc_has_tunable():
-    return
   tunables = tunables_with_huge_pages(os.environ.get("GLIBC_TUNABLES"))
-  if tunables is None or not _kernel_offers_huge_pages():
+  if tunables is None or not available():
     return
   sys.stdout.flush()
   sys.stderr.flush()

@@ -35,8 +35,7 @@ def _probe(tunables: str | None):
                         capture_output=True, text=True, check=True, timeout=120)
 
 
-@pytest.mark.skipif(not (sys.platform.startswith("linux") and hugepages._glibc_has_tunable()
-                         and hugepages._kernel_offers_huge_pages()),
+@pytest.mark.skipif(not hugepages.available(),
                     reason="needs Linux, glibc >= 2.35 and transparent huge pages")
 def test_the_process_reexecutes_itself_once_with_its_arguments_and_the_tunable():
   done = _probe("glibc.malloc.arena_max=4")
