@@ -12,12 +12,16 @@ themselves with the tunable set before any work is done.
 
 A user who sets `glibc.malloc.hugetlb` in GLIBC_TUNABLES (to 0 to opt out) is
 left alone, as is any process not on Linux with glibc >= 2.35 (the first glibc
-with the tunable) or on a kernel with transparent huge pages off.
+with the tunable) or on a kernel with transparent huge pages off, and any
+process that JAX will run on an accelerator (`accelerator_expected`): there
+the temporaries live in device memory, and huge pages were never measured.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import pkgutil
 import platform
 import sys
 
@@ -73,11 +77,42 @@ def available() -> bool:
           and _kernel_offers_huge_pages())
 
 
+def _spec(module: str):
+  try:
+    return importlib.util.find_spec(module)
+  except (ImportError, ValueError):  # a broken or half-imported package
+    return None
+
+
+def _accelerator_plugin_installed() -> bool:
+  """A PJRT plugin for CUDA or ROCm (jax's own install `jax_plugins/xla_cuda12`,
+  `xla_cuda13`, `xla_rocm*`; JAX loads every one it finds) or libtpu."""
+  plugins = _spec("jax_plugins")
+  if plugins is not None and any(
+      plugin.name.startswith(("xla_cuda", "xla_rocm"))
+      for plugin in pkgutil.iter_modules(plugins.submodule_search_locations or [])):
+    return True
+  return _spec("libtpu") is not None
+
+
+def accelerator_expected(environ=os.environ) -> bool:
+  """Whether JAX will run this process on an accelerator, judged before JAX is
+  imported (importing it to ask would cost the seconds, and the allocations,
+  that the re-execution is to precede): the first platform of JAX_PLATFORMS
+  where it is set, else whether a GPU or TPU runtime is installed, as JAX
+  itself prefers one when it finds it."""
+  platforms = environ.get("JAX_PLATFORMS", "").strip()
+  if platforms:
+    return platforms.split(",")[0].strip().lower() != "cpu"
+  return _accelerator_plugin_installed()
+
+
 def reexec_with_huge_pages() -> None:
   """Replace this process by itself with malloc's huge pages on (or return,
-  where that is already so, chosen against, or not available)."""
+  where that is already so, chosen against, not available, or where JAX will
+  run on an accelerator)."""
   tunables = tunables_with_huge_pages(os.environ.get("GLIBC_TUNABLES"))
-  if tunables is None or not available():
+  if tunables is None or not available() or accelerator_expected():
     return
   sys.stdout.flush()
   sys.stderr.flush()

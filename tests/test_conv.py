@@ -46,9 +46,10 @@ def test_only_maps_of_at_most_four_output_pixels_take_the_gemm(size, native):
   w = jnp.zeros((3, 3, 5, 7))
   dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
   stride = (2, 2) if size == (3, 4) else (1, 1)
-  jaxpr = str(jax.make_jaxpr(lambda x, w: conv.conv_general_dilated(
-      x, w, stride, ((1, 1), (1, 1)), dimension_numbers=dn))(x, w))
-  assert ("conv_general_dilated" in jaxpr) == native
+  # Lowered (here for CPU): a jaxpr carries the branches of every platform.
+  module = jax.jit(lambda x, w: conv.conv_general_dilated(
+      x, w, stride, ((1, 1), (1, 1)), dimension_numbers=dn)).lower(x, w).as_text()
+  assert ("stablehlo.convolution" in module) == native
 
 
 def test_a_large_convolution_exports_with_a_symbolic_batch():
@@ -89,15 +90,3 @@ def test_upsample_conv_refuses_other_convolutions():
   with pytest.raises(ValueError, match="3x3, stride 1, padding 1"):
     conv.upsample2_conv3x3(x, w, dimension_numbers=lax.conv_dimension_numbers(
         x.shape, w.shape, ("NCHW", "HWIO", "NCHW")))
-
-
-def test_the_vqgan_upsample_module_is_the_same_on_cpu_and_elsewhere(monkeypatch):
-  from sgc_jax.models.vqgan import Upsample
-  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 4, 3, 32)), jnp.float32)
-  module = Upsample(jnp.float32)
-  params = module.init(jax.random.PRNGKey(0), x)
-  on_cpu = module.apply(params, x)
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert jax.tree.map(jnp.shape, module.init(jax.random.PRNGKey(0), x)) == \
-      jax.tree.map(jnp.shape, params)
-  np.testing.assert_allclose(on_cpu, module.apply(params, x), rtol=1e-5, atol=1e-5)

@@ -60,3 +60,43 @@ def test_the_benchmarks_header_names_the_setting(monkeypatch):
   assert hugepages.describe() == "glibc.malloc.hugetlb unset"
   monkeypatch.delenv("GLIBC_TUNABLES")
   assert hugepages.describe() == "glibc.malloc.hugetlb unset"
+
+
+def test_an_accelerator_is_expected_from_jax_platforms_first_entry():
+  assert hugepages.accelerator_expected({"JAX_PLATFORMS": "cuda"})
+  assert hugepages.accelerator_expected({"JAX_PLATFORMS": "tpu,cpu"})
+  assert not hugepages.accelerator_expected({"JAX_PLATFORMS": "cpu"})
+  assert not hugepages.accelerator_expected({"JAX_PLATFORMS": "cpu,cuda"})
+
+
+@pytest.mark.parametrize("installed, expected", [
+    ([], False),
+    (["jax_plugins/xla_cuda13/__init__.py"], True),
+    (["jax_plugins/xla_rocm7/__init__.py"], True),
+    (["libtpu/__init__.py"], True),
+    (["jax_plugins/some_other/__init__.py"], False),
+])
+def test_without_jax_platforms_an_installed_gpu_or_tpu_runtime_is_expected(
+    tmp_path, monkeypatch, installed, expected):
+  for path in installed:
+    (tmp_path / path).parent.mkdir(parents=True)
+    (tmp_path / path).touch()
+  # Only tmp_path is searched (and this machine's own runtimes, if any, are not).
+  monkeypatch.setattr(sys, "path", [str(tmp_path)])
+  for name in ("jax_plugins", "libtpu"):
+    monkeypatch.delitem(sys.modules, name, raising=False)
+  assert hugepages.accelerator_expected({}) == expected
+  # A JAX_PLATFORMS of cpu wins over an installed runtime.
+  assert not hugepages.accelerator_expected({"JAX_PLATFORMS": "cpu"})
+
+
+@pytest.mark.skipif(not hugepages.available(),
+                    reason="needs Linux, glibc >= 2.35 and transparent huge pages")
+@pytest.mark.parametrize("platforms, reexecuted", [("cuda", False), ("cpu", True)])
+def test_only_a_process_on_cpu_is_reexecuted(monkeypatch, platforms, reexecuted):
+  monkeypatch.setenv("JAX_PLATFORMS", platforms)
+  lines = _probe("").stdout.splitlines()
+  pid = lines[0].split()[1]
+  tunables = "glibc.malloc.hugetlb=1" if reexecuted else ""
+  assert lines == [f"before {pid}"] * (1 + reexecuted) + [
+      f"{tunables} ['--flag=1', 'word'] {pid}"]

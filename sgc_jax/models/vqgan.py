@@ -118,21 +118,14 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
+  """Nearest-neighbour x2, then a 3x3 convolution (on CPU computed on the map
+  before upsampling: see `conv.upsampled_conv3x3`)."""
   dtype: jnp.dtype
 
   @nn.compact
   def __call__(self, x):
-    batch, height, width, channels = x.shape
-    if jax.default_backend() == "cpu":
-      # The same parameters and sums, on the map before upsampling: 2.25x fewer
-      # FLOPs (measured 2.1-2.2x faster, forward and backward).
-      return _conv(channels, 3, self.dtype, "conv",
-                   conv_general_dilated=conv.upsample2_conv3x3)(x)
-    # Nearest-neighbour x2 as a broadcast: its gradient is a sum, where
-    # jax.image.resize's gather would give a scatter (slow on CPU).
-    x = jnp.broadcast_to(x[:, :, None, :, None, :], (batch, height, 2, width, 2, channels))
-    x = x.reshape(batch, 2 * height, 2 * width, channels)
-    return _conv(channels, 3, self.dtype, "conv")(x)
+    return _conv(x.shape[-1], 3, self.dtype, "conv",
+                 conv_general_dilated=conv.upsampled_conv3x3)(x)
 
 
 class Encoder(nn.Module):
