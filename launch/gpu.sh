@@ -1,22 +1,21 @@
 #!/usr/bin/env bash
-# Trains on the local NVIDIA GPU(s): installs sgc_jax[cuda] in .venv and runs the
-# trainer with bf16 compute and the XLA GPU flags that matter for convolution
-# networks. Environment: CONFIG (configs/sgc_coco.py:quantizer=sgc), WORKDIR
-# (workdir/gpu), DATA_DIR (data), VENV; extra arguments go to the trainer.
+# Trains on the local NVIDIA GPU(s): installs sgc_jax[cuda13] (CUDA=12 for
+# sgc_jax[cuda12], for drivers older than 580) in .venv and runs the trainer with
+# bf16 compute and the XLA GPU settings of launch/gpu_env.sh. Environment:
+# CONFIG (configs/sgc_coco.py:quantizer=sgc), WORKDIR (workdir/gpu), DATA_DIR
+# (data), CUDA (13), PYTHON (python3.12: jax >= 0.11 needs Python >= 3.12), VENV;
+# extra arguments go to the trainer.
 #
 #   launch/gpu.sh --config.data.batch_size=32 --config.total_steps=100000
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="[cuda]" source launch/venv.sh
+CUDA=${CUDA:-13}
+case "$CUDA" in 12|13) ;; *) echo "error: CUDA=$CUDA: must be 12 or 13" >&2; exit 2 ;; esac
+PYTHON=${PYTHON:-python3.12}
+EXTRAS="[cuda$CUDA]" source launch/venv.sh
 CONFIG=${CONFIG:-configs/sgc_coco.py:quantizer=sgc}
 WORKDIR=${WORKDIR:-workdir/gpu}
 DATA_DIR=${DATA_DIR:-data}
-# Latency-hiding scheduler: overlaps collectives with compute on multi-GPU hosts.
-# Triton GEMM off: cuBLAS is faster for these shapes. Autotuning level 4 picks
-# cuDNN convolution algorithms by measurement (once, then cached).
-export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true \
---xla_gpu_enable_triton_gemm=false --xla_gpu_autotune_level=4"
-# Let JAX take 90 % of GPU memory up front (no fragmentation from growth).
-export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
+source launch/gpu_env.sh
 exec "$PY" -m sgc_jax.main --config="$CONFIG" --workdir="$WORKDIR" \
   --config.data.data_dir="$DATA_DIR" --config.model.dtype=bfloat16 --mode=train "$@"

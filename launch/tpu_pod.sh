@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Trains sgc_jax on a Cloud TPU VM pod slice: creates the slice (or reuses it),
-# copies this checkout to every worker, installs sgc_jax[tpu] there, and runs
+# copies this checkout to every worker, installs sgc_jax[tpu] there (in a venv
+# of Python --python, default 3.12, which current jax needs and TPU VM images
+# lack: uv, installed with pip, fetches it on the worker), and runs
 # the trainer on all workers at once (one JAX process per host; they find each
 # other through jax.distributed's TPU auto-detection). Data and workdir live on
 # a gs:// bucket, so a preempted slice resumes from its last checkpoint: with
@@ -10,15 +12,16 @@
 #   launch/tpu_pod.sh --name sgc-v5e --zone us-west4-a --accelerator v5litepod-64 \
 #       --version v2-alpha-tpuv5-lite --bucket gs://MY_BUCKET --spot \
 #       [--config configs/sgc_coco.py:quantizer=sgc] [--run sgc_coco] \
-#       [--project P] [--max-restarts 20] [--dry-run] [-- --config.total_steps=100000 ...]
+#       [--project P] [--python 3.12] [--max-restarts 20] [--dry-run]
+#       [-- --config.total_steps=100000 ...]
 #
 # --dry-run prints the gcloud commands instead of running them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 NAME="" ZONE="" ACCELERATOR="" VERSION="" BUCKET="" PROJECT="" CAPACITY=""
-CONFIG="configs/sgc_coco.py:quantizer=sgc" RUN="sgc_coco" MAX_RESTARTS=20 DRY_RUN=0
+CONFIG="configs/sgc_coco.py:quantizer=sgc" RUN="sgc_coco" MAX_RESTARTS=20 DRY_RUN=0 PYTHON=3.12
 while [ $# -gt 0 ]; do
   case "$1" in
     --name) NAME=$2; shift 2 ;;
@@ -29,6 +32,7 @@ while [ $# -gt 0 ]; do
     --project) PROJECT=$2; shift 2 ;;
     --config) CONFIG=$2; shift 2 ;;
     --run) RUN=$2; shift 2 ;;
+    --python) PYTHON=$2; shift 2 ;;
     --spot) CAPACITY="--spot"; shift ;;
     --preemptible) CAPACITY="--preemptible"; shift ;;
     --max-restarts) MAX_RESTARTS=$2; shift 2 ;;
@@ -75,13 +79,15 @@ install() {
   run git archive --format=tar.gz -o "$archive" HEAD
   run "${TPU[@]}" scp "$archive" "$NAME:sgc_jax.tar.gz" "${WHERE[@]}" --worker=all
   run "${TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command="rm -rf sgc_jax && \
-mkdir sgc_jax && tar xzf sgc_jax.tar.gz -C sgc_jax && cd sgc_jax && python3 -m venv .venv && \
-.venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[tpu]'"
+mkdir sgc_jax && tar xzf sgc_jax.tar.gz -C sgc_jax && cd sgc_jax && \
+python3 -m pip install -q --user uv && ~/.local/bin/uv venv -q --python $PYTHON .venv && \
+~/.local/bin/uv pip install -q --python .venv/bin/python -e '.[tpu]'"
 }
 
 train_command() {
-  local args
-  args=$(printf ' %q' "${TRAINER_ARGS[@]+"${TRAINER_ARGS[@]}"}")
+  local args=""
+  # printf of no arguments would still print one empty, quoted argument.
+  [ ${#TRAINER_ARGS[@]} -eq 0 ] || args=$(printf ' %q' "${TRAINER_ARGS[@]}")
   echo "cd sgc_jax && .venv/bin/python -m sgc_jax.main --config=$CONFIG \
 --workdir=$BUCKET/runs/$RUN --config.data.data_dir=$BUCKET/tfds --mode=train$args"
 }

@@ -30,7 +30,9 @@ def test_tpu_pod_dry_run_prints_the_gcloud_commands():
   assert commands[2].startswith(f"{tpu} scp /tmp/sgc_jax_sgc-test.tar.gz sgc-test:sgc_jax.tar.gz "
                                 f"{where} --worker=all")
   assert commands[3].startswith(f"{tpu} ssh sgc-test {where} --worker=all --command=")
-  assert "pip\\ install\\ -q\\ -e\\ \\'.\\[tpu\\]\\'" in commands[3]
+  install = commands[3].replace("\\", "")
+  assert "uv venv -q --python 3.12 .venv" in install
+  assert "uv pip install -q --python .venv/bin/python -e '.[tpu]'" in install
   train = commands[4].replace("\\", "")
   assert train.startswith(f"{tpu} ssh sgc-test {where} --worker=all --command=")
   assert ("python -m sgc_jax.main --config=configs/sgc_coco.py:quantizer=sgc "
