@@ -6,7 +6,8 @@ The labels of sgc_scenes are not used to train; the evaluators read them.
     python -m sgc_jax.main --config=configs/slotcon_scenes.py --workdir=workdir/slotcon \
         --mode=train --config.data.data_dir=data
 
-Args: size (64 | 128), steps.
+Args: size (64 | 128), steps, batch_size (the learning rate scales with it, as
+the official recipe's).
 """
 
 import ml_collections
@@ -17,14 +18,14 @@ from sgc_jax import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, size=64, steps=300)
+  arg = config_lib.parse_arg(arg, size=64, steps=300, batch_size=16)
   config = sgc_scenes.get_config(f"size={arg.size}")
   config.method = "slotcon"
   config.data.num_views = 2
   config.data.normalization = "imagenet"
   # The official colour jitter, grayscale, blur and solarize, per view.
   config.data.photometric = "slotcon"
-  config.data.batch_size = 16
+  config.data.batch_size = arg.batch_size
   # The official crops: random resized, scale (min_scale 0.08, 1), flips; the
   # overlap of the two views is what the group loss aligns.
   config.data.crop.update(dict(min_area=0.08, max_area=1.0, min_aspect=3 / 4,

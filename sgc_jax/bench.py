@@ -102,9 +102,10 @@ def bench_data() -> list[tuple]:
   return rows
 
 
-def bench_train(config, batch_size: int, steps: int, with_gan: bool, num_classes: int = 10):
+def bench_train(config, batch_size: int, steps: int, with_gan: bool, num_classes: int = 10,
+                make_trainer=synthetic.make_trainer):
   """(the table row of the config's train step, the method's summary)."""
-  trainer = synthetic.make_trainer(config, num_classes)
+  trainer = make_trainer(config, num_classes)
   mesh = trainer.mesh
   state = trainer.create_train_state(config.seed)
   host = synthetic.synthetic_batch(config, batch_size, num_classes)
