@@ -75,7 +75,12 @@ def get_config(arg=None):
       # batch axes; channels could go to `model`.
       activation_axes=(("batch", ("data", "fsdp")), ("height", None), ("width", None),
                        ("channels", None), ("embed", "model"))))
-  config.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3))
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every=500, keep=3,
+      restore_step=config_dict.placeholder(int),  # None: the newest that restores
+      # A step whose update exceeds this times the parameters' norm stops the
+      # run unsaved (healthy steps: about the learning rate).
+      max_update_ratio=1.0))
   config.preview = ml_collections.ConfigDict(dict(num_examples=8))  # --mode=preview
 
   # Evaluators over the validation split, every `every` steps and at the end

@@ -67,6 +67,12 @@ def validate(config) -> None:
   if "total_steps" in config:
     config_lib.check_positive(config, "total_steps", "log_every", "checkpoint.every",
                               "checkpoint.keep")
+  restore_step = config.checkpoint.get("restore_step")
+  if restore_step is not None and restore_step < 0:
+    raise config_lib.ConfigError(f"config.checkpoint.restore_step={restore_step}: must be "
+                                 ">= 0 (a saved step), or None for the newest")
+  if "max_update_ratio" in config.checkpoint:
+    config_lib.check_positive(config, "checkpoint.max_update_ratio")
   for axis in ("data", "fsdp", "model"):
     size = config.mesh[axis]
     if size != -1 and size < 1:
@@ -132,6 +138,9 @@ def main(argv):
             checkpoint.NonFiniteState, checkpoint.CheckpointError,
             report.WorkdirBusy) as error:
       sys.exit(f"error: {error}")
+    except loop.Interrupted as error:
+      print(str(error), file=sys.stderr)
+      sys.exit(130)
 
 
 def run_mode(mode: str, config, workdir: str) -> None:
@@ -178,7 +187,11 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def run():
   hugepages.reexec_with_huge_pages()
-  app.run(main, flags_parser=parse_flags)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt:  # outside training, which saves and stops by itself
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -215,13 +215,90 @@ def test_sigterm_in_the_first_compile_and_kill_9_in_a_save_both_resume(data_dir,
   steps = [json.loads(line)["step"] for line in metrics_file.read_text().splitlines()]
   assert steps == sorted(steps) and steps[-1] == 8  # replayed steps are not repeated
 
+  # Ctrl-C: as SIGTERM (the step finishes and is saved), then one line and status 130.
+  process = start_and_wait_for(10)
+  process.send_signal(signal.SIGINT)
+  output, _ = process.communicate(timeout=240)
+  assert process.returncode == 130, output[-3000:]
+  step = _final(str(workdir))[0]
+  assert step >= 10
+  assert output.splitlines()[-1] == (f"interrupted at step {step}: saved in {workdir}; the "
+                                     "same command resumes")
+
 
 def test_non_finite_loss_stops_with_the_term_named(data_dir, scenes64, tmp_path):
   config = tiny_config(data_dir, total_steps=3)
   config.optimizer.learning_rate = 1e30
   config.optimizer.grad_clip = 1e30
+  config.checkpoint.max_update_ratio = float("inf")  # past the divergence check, to the NaN
   with pytest.raises(loop.NonFiniteLoss, match=r"step \d+: loss term '\w+' is (nan|inf)"):
     train.train_and_evaluate(config, str(tmp_path / "bad"))
+
+
+def test_a_diverging_run_stops_before_its_state_is_saved(data_dir, scenes64, tmp_path):
+  # A learning rate of 1e30 once saved step 3 with weights near 1e30, finite,
+  # and every restart resumed from it into NaN.
+  config = _without_evals(tiny_config(data_dir, total_steps=3))
+  config.optimizer.learning_rate = 1e30
+  config.optimizer.grad_clip = 1e30
+  config.checkpoint.every = 1
+  workdir = tmp_path / "diverging"
+  with pytest.raises(loop.Diverging, match=(
+      r"^step 1: the update is (inf|[0-9.e+]+) times the parameters' norm \(config\.checkpoint\."
+      r"max_update_ratio=1\): training diverges \(learning rate\?\); stopping, this state "
+      r"is not saved\. No checkpoint was saved$")):
+    train.train_and_evaluate(config, str(workdir))
+  assert not list((workdir / "checkpoints").iterdir())
+
+
+class _Steps:
+  def __init__(self, steps):
+    self.steps = steps
+
+  def all_steps(self):
+    return self.steps
+
+
+def test_a_failed_run_names_the_checkpoints_to_resume_from():
+  assert loop._resume_hint(_Steps([])) == "No checkpoint was saved"
+  assert loop._resume_hint(_Steps([4])) == "The last checkpoint is step 4"
+  assert loop._resume_hint(_Steps([4, 2, 3])) == (
+      "The last checkpoint is step 4; if a restart from it fails the same way, choose an "
+      "earlier one (steps 2, 3) with --config.checkpoint.restore_step=N")
+
+
+def _files(folder):
+  return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_training_over_a_damaged_newest_checkpoint_sets_it_aside_and_saves_it_anew(
+    two_checkpoints, tmp_path):
+  # It once resumed from step 1, then died at step 2's save on every restart
+  # (orbax's StepAlreadyExistsError).
+  config, workdir = _copy_of(two_checkpoints, tmp_path)
+  damaged = tmp_path / "run" / "checkpoints" / "2"
+  for path in (damaged / "state" / "d").iterdir():
+    path.write_bytes(path.read_bytes()[:20])
+  before = _files(damaged)
+  metrics = train.train_and_evaluate(_without_evals(config), workdir)
+  assert metrics["step"] == metrics["last_checkpoint"] == 2
+  assert _final(workdir)[0] == 2
+  assert _files(tmp_path / "run" / "checkpoints_set_aside" / "2") == before  # kept whole
+
+
+def test_restore_step_resumes_from_an_earlier_checkpoint(two_checkpoints, tmp_path):
+  config, workdir = _copy_of(two_checkpoints, tmp_path)
+  newest = _files(tmp_path / "run" / "checkpoints" / "2")
+  config.checkpoint.restore_step = 5
+  with pytest.raises(checkpoint.CheckpointError, match=(
+      r"config\.checkpoint\.restore_step=5: .*/run/checkpoints holds steps \[1, 2\]$")):
+    train.train_and_evaluate(config, workdir)
+  config.checkpoint.restore_step = 1
+  metrics = train.train_and_evaluate(_without_evals(config), workdir)
+  assert metrics["step"] == 2
+  steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert steps[-1] == 2 and steps.count(2) == 1  # trained again, the first run's line dropped
+  assert _files(tmp_path / "run" / "checkpoints_set_aside" / "2") == newest
 
 
 def test_a_non_finite_state_is_never_saved(data_dir, scenes64, tmp_path):

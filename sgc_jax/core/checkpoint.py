@@ -67,6 +67,29 @@ class CheckpointError(RuntimeError):
   """No checkpoint of a workdir can be restored."""
 
 
+SET_ASIDE = "checkpoints_set_aside"
+
+
+def set_aside(mgr: ocp.CheckpointManager, step: int) -> str:
+  """Moves checkpoint `step` out of the manager's folder into the workdir's
+  `checkpoints_set_aside/` (a damaged one: the run saves that step anew, and
+  orbax refuses to write over it), never deleting it; returns where it went.
+  Process 0 moves it, every process waits for that and re-reads the steps."""
+  source = mgr.directory / str(step)  # an etils.epath.Path: local or gs://
+  target_dir = mgr.directory.parent / SET_ASIDE
+  target = target_dir / str(step)
+  if jax.process_index() == 0:
+    target_dir.mkdir(parents=True, exist_ok=True)
+    index = 1
+    while target.exists():  # an earlier run set aside the same step
+      index += 1
+      target = target_dir / f"{step}.{index}"
+    source.rename(target)
+  multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+  mgr.reload()
+  return str(target)
+
+
 def saved_config(mgr: ocp.CheckpointManager, step: int) -> dict | None:
   """The config a checkpoint was saved with; None where it cannot be read."""
   try:

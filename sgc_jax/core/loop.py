@@ -7,8 +7,10 @@ position: a resumed run sees the batches of an uninterrupted one); one jitted
 step per phase of the method, with the state donated; metrics as JSON lines
 (and TensorBoard) every `log_every` steps and a progress bar; the config's
 evaluators when due; checkpoints by the manager's policy; SIGTERM (a TPU
-preemption) finishes the step, saves and returns; a non-finite loss term
-stops the run naming it, the last good checkpoint kept.
+preemption) finishes the step, saves and returns, Ctrl-C the same and then
+raises Interrupted; a non-finite loss term, or an update that outgrows the
+parameters (a diverging run), stops the run naming it before that state is
+saved, with the checkpoints a restart may choose from.
 """
 
 from __future__ import annotations
@@ -32,27 +34,50 @@ class NonFiniteLoss(RuntimeError):
   pass
 
 
+class Diverging(NonFiniteLoss):
+  """A step's update outgrew the parameters: the state is not one to save."""
+
+
+class Interrupted(RuntimeError):
+  """Ctrl-C: the loop finished its step and saved; the run stops with status 130."""
+
+
 class Preemption:
-  """SIGTERM (a TPU preemption) sets a flag; the loop finishes its step and saves."""
+  """SIGTERM (a TPU preemption) and SIGINT (Ctrl-C) set a flag; the loop
+  finishes its step and saves. A second Ctrl-C interrupts at once."""
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.requested = None  # the signal's name once one came
+    self._previous = {signum: signal.signal(signum, self._handle)
+                      for signum in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM: finishing this step, saving, exiting")
-    self.requested = True
+    del frame
+    name = signal.Signals(signum).name
+    logging.warning("%s: finishing this step, saving, exiting", name)
+    self.requested = name
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, self._previous[signal.SIGINT])
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
 
 
 def check_finite(metrics: dict, step: int) -> None:
   for name, value in metrics.items():
     if name.startswith("loss/") and not np.isfinite(value):
-      raise NonFiniteLoss(f"step {step}: loss term {name[5:]!r} is {value}; "
-                          "stopping, the last good checkpoint is kept")
+      raise NonFiniteLoss(f"step {step}: loss term {name[5:]!r} is {value}; stopping")
+
+
+def check_update(metrics: dict, step: int, max_ratio: float) -> None:
+  """Stops a diverging run before its state is saved: a finite state can
+  still be one whose next step is not (weights blown up to 1e30)."""
+  ratio = metrics.get("update_ratio")
+  if ratio is not None and not ratio <= max_ratio:
+    raise Diverging(f"step {step}: the update is {ratio:.3g} times the parameters' norm "
+                    f"(config.checkpoint.max_update_ratio={max_ratio:g}): training diverges "
+                    "(learning rate?); stopping, this state is not saved")
 
 
 def host_metrics(metrics) -> dict[str, float]:
@@ -74,12 +99,26 @@ def restore_state(method: Method, mgr, step: int, with_data: bool = True):
   return checkpoint.restore(mgr, step, abstract, with_data)
 
 
-def restore_newest(method: Method, mgr, with_data: bool = True):
+def restore_newest(method: Method, mgr, with_data: bool = True, set_aside: bool = False,
+                   restore_step: int | None = None):
   """(state, data position, step) of the newest checkpoint that restores, or
   None when there is none. A checkpoint that fails to restore (a damaged file)
-  is skipped with a warning naming it; one written for another model stops
-  with a ConfigError naming the fields that differ."""
+  is skipped with a warning naming it, and with `set_aside` (a training run,
+  which will save that step again) moved out of the manager's folder, kept for
+  inspection; one written for another model stops with a ConfigError naming
+  the fields that differ. `restore_step`: that checkpoint and no other (those
+  after it are set aside: a training run saves their steps anew)."""
   steps = sorted(mgr.all_steps(), reverse=True)
+  if restore_step is not None:
+    if restore_step not in steps:
+      raise checkpoint.CheckpointError(
+          f"config.checkpoint.restore_step={restore_step}: {mgr.directory} holds steps "
+          f"{sorted(steps) or 'none'}")
+    for later in (s for s in steps if s > restore_step):
+      # The run will save these steps anew; the ones it replaces are kept aside.
+      logging.warning("checkpoint %s/%d is newer than restore_step: moved to %s",
+                      mgr.directory, later, checkpoint.set_aside(mgr, later))
+    steps = [restore_step]
   for step in steps:
     saved = checkpoint.saved_config(mgr, step)
     if saved is not None:
@@ -87,9 +126,11 @@ def restore_newest(method: Method, mgr, with_data: bool = True):
     try:
       state, data = restore_state(method, mgr, step, with_data)
     except Exception as error:  # a damaged checkpoint fails in many ways, all inside orbax
-      logging.warning("checkpoint %s/%d does not restore (%s: %s); trying an earlier one",
+      aside = checkpoint.set_aside(mgr, step) if set_aside else None
+      logging.warning("checkpoint %s/%d does not restore (%s: %s)%s; trying an earlier one",
                       mgr.directory, step, type(error).__name__,
-                      " ".join(str(error).split())[:200])
+                      " ".join(str(error).split())[:200],
+                      f"; moved to {aside}" if aside else "")
       continue
     return state, data, step
   if steps:
@@ -166,7 +207,8 @@ def _train(method_class: type[Method], config: ml_collections.ConfigDict, workdi
       photometric=config.data.get("photometric", None))
   batches = pipeline.InputPipeline(dataset.split(config.data.train_split), spec, method.mesh)
   mgr = checkpoint.manager(workdir, config.checkpoint.every, config.checkpoint.keep)
-  restored = restore_newest(method, mgr)
+  restored = restore_newest(method, mgr, set_aside=True,
+                            restore_step=config.checkpoint.get("restore_step"))
   latest = None
   if restored is not None:
     state, data_state, latest = restored
@@ -178,6 +220,7 @@ def _train(method_class: type[Method], config: ml_collections.ConfigDict, workdi
   evaluation = evaluators.create(config)
   # The handler before the metrics file opens: a SIGTERM from then on is a clean stop.
   preemption = Preemption()
+  max_update_ratio = config.checkpoint.get("max_update_ratio", float("inf"))
   writer = report.Writer(workdir, config.total_steps, step)
   compiled = {}
   metrics: dict[str, float] = {}
@@ -192,7 +235,11 @@ def _train(method_class: type[Method], config: ml_collections.ConfigDict, workdi
       state, step_metrics = compiled[phase](state, batch)
       metrics = host_metrics(step_metrics)
       step += 1
-      check_finite(metrics, step)
+      try:
+        check_finite(metrics, step)
+        check_update(metrics, step, max_update_ratio)
+      except NonFiniteLoss as error:
+        raise type(error)(f"{error}. {_resume_hint(mgr)}") from None
       window_steps += 1
       if step % config.log_every == 0 or step == config.total_steps:
         seconds = time.perf_counter() - window_start
@@ -218,13 +265,28 @@ def _train(method_class: type[Method], config: ml_collections.ConfigDict, workdi
                          force=preemption.requested or step == config.total_steps):
         last_saved = step
       if preemption.requested:
-        logging.warning("preempted: saved step %d", step)
+        logging.warning("%s: saved step %d", preemption.requested, step)
         break
   finally:
     mgr.wait_until_finished()
     preemption.restore()
     writer.close()
     mgr.close()
+  if preemption.requested == "SIGINT":
+    raise Interrupted(f"interrupted at step {step}: saved in {workdir}; the same command "
+                      "resumes")
   metrics["step"] = step
   metrics["last_checkpoint"] = last_saved if last_saved is not None else -1
   return metrics
+
+
+def _resume_hint(mgr) -> str:
+  """Which checkpoints a restart could resume from, for a run that failed."""
+  steps = sorted(mgr.all_steps())
+  if not steps:
+    return "No checkpoint was saved"
+  hint = f"The last checkpoint is step {steps[-1]}"
+  if len(steps) > 1:
+    hint += (f"; if a restart from it fails the same way, choose an earlier one (steps "
+             f"{', '.join(map(str, steps[:-1]))}) with --config.checkpoint.restore_step=N")
+  return hint

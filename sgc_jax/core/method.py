@@ -8,6 +8,8 @@ A method (one module in `sgc_jax/methods/`) subclasses `Method` and provides:
     init(key) -> state                  a pytree with a `step` field, created sharded here
     phase(step) -> hashable             one jitted train step per phase (GAN off / on ...)
     train_step(state, batch, phase)     -> (state, metrics); metrics "loss/NAME" are checked
+    trained_params(state)               what the optimizer trains: the loop stops a run
+                                        whose update outgrows it (default none)
     initial_state(state)                weights from a file (`init_from`), else unchanged
     eval_variables(state)               the variables that predict and export take
     fit_images() / fit(variables, b)    what prediction needs beyond the trained
@@ -36,6 +38,7 @@ import functools
 from typing import Any, Callable, ClassVar, Hashable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -48,6 +51,16 @@ class Units:
   """The discrete units a method assigns tokens to (codes, prototypes, concepts)."""
   vectors: np.ndarray  # [K, D]
   classes: np.ndarray | None = None  # [K] the class each unit stands for, if it has one
+
+
+def update_ratio(before, after) -> jax.Array:
+  """|after - before| / |before| over whole parameter trees (float32): about
+  the learning rate in a healthy run, far above 1 in a diverging one."""
+  square = lambda tree: sum(jnp.sum(jnp.square(x.astype(jnp.float32)))  # noqa: E731
+                            for x in jax.tree.leaves(tree))
+  change = square(jax.tree.map(lambda a, b: b.astype(jnp.float32) - a.astype(jnp.float32),
+                               before, after))
+  return jnp.sqrt(change / jnp.maximum(square(before), jnp.finfo(jnp.float32).tiny))
 
 
 class Method(abc.ABC):
@@ -106,6 +119,12 @@ class Method(abc.ABC):
 
   def initial_state(self, state):
     return state
+
+  def trained_params(self, state):
+    """The parameters the optimizer trains, whose relative update the step
+    reports (`update_ratio`) and the loop bounds; None: no such check."""
+    del state
+    return None
 
   def state_config_differences(self, saved: dict, now: dict) -> list[str]:
     """'field: old in the checkpoint, new now' for each of `state_fields`
@@ -198,10 +217,18 @@ class Method(abc.ABC):
   def batch_shardings(self, batch_example):
     return jax.tree.map(lambda _: sharding.batch_sharding(self.mesh), batch_example)
 
+  def _train_step_and_update_ratio(self, state, batch, phase):
+    new_state, metrics = self.train_step(state, batch, phase)
+    before = self.trained_params(state)
+    if before is not None:
+      metrics = {**metrics, "update_ratio": update_ratio(before, self.trained_params(new_state))}
+    return new_state, metrics
+
   def jit_train_step(self, phase: Hashable, batch_example):
-    """The train step of `phase`, jitted with the state donated."""
+    """The train step of `phase`, jitted with the state donated; its metrics
+    include `update_ratio` where the method declares `trained_params`."""
     return compiler.jit(
-        functools.partial(self.train_step, phase=phase),
+        functools.partial(self._train_step_and_update_ratio, phase=phase),
         in_shardings=(self.state_shardings, self.batch_shardings(batch_example)),
         out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
         donate_argnums=0)

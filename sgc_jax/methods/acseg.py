@@ -169,6 +169,9 @@ class ACSegMethod(Method):
 
   # ------------------------------------------------------------ state
 
+  def trained_params(self, state):
+    return state.params
+
   def init(self, key) -> TrainState:
     params = self.net.generator.init(key, _pixels(self.backbone,
                                                   self.config.data.image_size))["params"]

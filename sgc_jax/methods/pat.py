@@ -260,6 +260,9 @@ class PATMethod(Method):
 
   # ------------------------------------------------------------ state
 
+  def trained_params(self, state):
+    return state.params
+
   def init(self, key) -> TrainState:
     c = self.config
     k_params, k_class, k_disc, k_state = jax.random.split(key, 4)

@@ -151,6 +151,9 @@ class SGCVQGANMethod(Method):
 
   # ------------------------------------------------------------ state
 
+  def trained_params(self, state):
+    return state.params
+
   def init(self, key) -> TrainState:
     c, mc = self.config, self.model_config
     k_params, k_disc, k_state = jax.random.split(key, 3)

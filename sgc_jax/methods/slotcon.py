@@ -146,6 +146,9 @@ class SlotConMethod(Method):
 
   # ------------------------------------------------------------ state
 
+  def trained_params(self, state):
+    return state.params
+
   def init(self, key) -> TrainState:
     k_net, k_predictor, k_state = jax.random.split(key, 3)
     size = self.config.data.image_size
