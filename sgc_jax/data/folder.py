@@ -10,7 +10,10 @@ or the same under SRC/train/ and SRC/validation/ for two splits.
 
     python -m sgc_jax.data.folder SRC --data_dir DIR [--name NAME] [--skip_bad]
 
-prints `folder:<prepared dir>`, the `data.name` to train on it. Images of any
+prints `folder:<prepared dir>`, the `data.name` to train on it. The data set is
+named after the folder unless `--name` (letters, digits, `_`, `-`, `.`) is given;
+one name holds one source folder: an unchanged source is reused, a changed one
+rebuilt, and another folder under a taken name is refused. Images of any
 size are kept as they are; grayscale and RGBA become RGB (alpha is dropped). A
 file that cannot be used stops the build with its name and the problem; with
 `--skip_bad` the build goes on without the bad files, lists them on stderr and
@@ -22,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 import sys
 
@@ -35,6 +39,8 @@ from sgc_jax.data.sgc_scenes import encode_png
 from sgc_jax.data.sources import IGNORE_LABEL, DataError, check_label_range
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# One directory name under data_dir/seg_folder: never a path that leaves it.
+_PLAIN_NAME = re.compile(r"[\w.-]+")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -49,10 +55,24 @@ def read_class_names(source_dir: str) -> list[str]:
     raise DataError(f"{path}: missing; it must list one class name per line")
   try:
     with open(path, encoding="utf-8") as f:
-      names = [line.strip() for line in f if line.strip()]
+      text = f.read()
   except UnicodeDecodeError as error:
     raise DataError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
-  if not names or len(names) > IGNORE_LABEL:
+  # Label k is line k: a skipped blank line would shift every later class onto
+  # the wrong label, so only the newline that ends the last line is let go.
+  names = [line.strip() for line in text.removesuffix("\n").split("\n")]
+  if not any(names):
+    raise DataError(f"{path}: 0 classes; 1 to {IGNORE_LABEL} are supported")
+  first_line: dict[str, int] = {}
+  for number, name in enumerate(names, 1):
+    if not name:
+      raise DataError(f"{path}: line {number} is blank; line k names label k, so "
+                      "every line must name a class")
+    if name in first_line:
+      raise DataError(f"{path}: line {number} repeats {name!r} (line "
+                      f"{first_line[name]}); every label needs its own class name")
+    first_line[name] = number
+  if len(names) > IGNORE_LABEL:
     raise DataError(f"{path}: {len(names)} classes; 1 to {IGNORE_LABEL} are supported")
   return names
 
@@ -153,6 +173,11 @@ class SegFolder(tfds.core.GeneratorBasedBuilder):
       if not names:
         raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})")
       _check_stems(image_dir, names)
+      orphans = _orphan_label_maps(directory, names)
+      if orphans and not config.skip_bad:
+        more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""
+        raise DataError(orphans[0] + more)
+      problems.extend(orphans)
       for name in names:
         try:
           self._read(directory, name, num_classes, with_labels)
@@ -203,6 +228,33 @@ def _check_stems(image_dir: str, names: list[str]) -> None:
                     f"share a label map: {', '.join(' and '.join(c) for c in clashes[:5])}")
 
 
+def _orphan_label_maps(directory: str, image_names: list[str]) -> list[str]:
+  """Label maps whose image is missing (deleted, renamed, or in a format not read).
+
+  They would silently go unused, and usually mean the images and label maps no
+  longer pair up as their owner thinks."""
+  label_dir = os.path.join(directory, "labels")
+  if not os.path.isdir(label_dir):
+    return []
+  stems = {os.path.splitext(name)[0] for name in image_names}
+  image_dir = os.path.join(directory, "images")
+  orphans = []
+  for name in sorted(os.listdir(label_dir)):
+    stem, extension = os.path.splitext(name)
+    if extension.lower() == ".png" and stem not in stems:
+      expected = ", ".join(stem + e for e in IMAGE_EXTENSIONS)
+      orphans.append(f"{os.path.join(label_dir, name)}: label map without an image "
+                     f"(no {expected} in {image_dir})")
+  return orphans
+
+
+def check_name(name: str) -> None:
+  """A data-set name is one directory under data_dir/seg_folder, never a path."""
+  if not _PLAIN_NAME.fullmatch(name) or name == "." or ".." in name:
+    raise DataError(f"--name {name!r}: not a plain data-set name (letters, digits, "
+                    "_, - and .; no / nor ..)")
+
+
 def source_fingerprint(source_dir: str) -> str:
   """A hash of every file's path, size and modification time under `source_dir`."""
   digest = hashlib.sha256()
@@ -220,10 +272,26 @@ def prepare(source_dir: str, data_dir: str, name: str | None = None,
   """Prepares the folder as a data set; returns the directory to read it from.
 
   A build whose source has changed since (files added, removed, resized or
-  rewritten) is rebuilt, never silently reused."""
-  name = name or os.path.basename(os.path.normpath(source_dir))
+  rewritten) is rebuilt, never silently reused. A build of another source folder
+  under the same name is refused, never replaced: something may train on it."""
+  if name is None:
+    # The absolute path's last part, so that "." and ".." name the folder itself
+    # (a folder's own name may hold spaces; it is one directory either way).
+    name = os.path.basename(os.path.abspath(source_dir))
+    if not name:
+      raise DataError(f"{source_dir}: a folder without a name; pass --name=NAME")
+  else:
+    check_name(name)
   config = SegFolderConfig(name=name, source_dir=source_dir, skip_bad=skip_bad)
   builder = SegFolder(config=config, data_dir=data_dir)
+  built_from = (builder.info.metadata.get("source_dir")
+                if os.path.isdir(builder.data_path) else None)
+  # realpath: the same folder reached by a relative path or a symbolic link.
+  if built_from and os.path.realpath(built_from) != os.path.realpath(source_dir):
+    source = os.path.abspath(source_dir)
+    raise DataError(f"{builder.data_path} holds the data set built from {built_from}, "
+                    f"not {source}; pass --name=OTHER_NAME to prepare {source} as "
+                    "another data set")
   if os.path.isdir(builder.data_path) and (builder.info.metadata.get("source_fingerprint")
                                            != source_fingerprint(source_dir)):
     print(f"{source_dir} changed since it was built into {builder.data_path}: rebuilding",
@@ -246,7 +314,7 @@ def main(argv):
   logs.quiet_libraries()
   try:
     path = prepare(argv[1], _DATA_DIR.value, _NAME.value, _SKIP_BAD.value)
-  except DataError as error:
+  except (DataError, OSError) as error:  # e.g. a data_dir that cannot be written
     sys.exit(f"error: {error}")
   print(f"folder:{path}")
 
