@@ -7,6 +7,7 @@ only their warnings unless `--verbosity=0` (INFO) or higher is given.
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import sys
 
 import tqdm
@@ -23,6 +24,15 @@ class _DropKnownNoise(std_logging.Filter):
     return not str(record.msg).startswith(_KNOWN_NOISE)
 
 
+class _DropOrbaxErrors(std_logging.Filter):
+  # Orbax logs (with tracebacks, from its threads) the errors it also raises:
+  # a failed save, an unreadable checkpoint's metadata. Where they matter the
+  # raise reaches the command, which says it in one line.
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return not (record.levelno >= std_logging.ERROR
+                and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+
+
 def drop_known_noise() -> None:
   """Filters the warnings above out of the `absl` logger of this process.
 
@@ -34,9 +44,13 @@ def drop_known_noise() -> None:
 
 
 def quiet_libraries() -> None:
-  """Library logs at WARNING unless --verbosity was given. Call inside absl's main."""
+  """Library logs at WARNING unless --verbosity was given (and then orbax's
+  error logs too). Call inside absl's main."""
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+    absl_logger = std_logging.getLogger("absl")
+    if not any(isinstance(f, _DropOrbaxErrors) for f in absl_logger.filters):
+      absl_logger.addFilter(_DropOrbaxErrors())
   drop_known_noise()
 
 

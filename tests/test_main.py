@@ -116,3 +116,19 @@ def test_a_missing_peer_ends_in_one_line_after_the_init_timeout(data_dir, scenes
       f"waiting for 2 processes at 127.0.0.1:{port} (up to 3 s)",
       f"error: 2 processes at 127.0.0.1:{port} did not all join within 3 s (--init_timeout); "
       "check the address and that every process was started"]
+
+
+def test_orbax_error_logs_stay_out_of_a_commands_output():
+  # Orbax logs (with tracebacks) errors it also raises; the command says them in one line.
+  import logging as std_logging
+  from sgc_jax import logs
+  logs.quiet_libraries()
+  absl_logger = std_logging.getLogger("absl")
+
+  def shown(pathname, level):
+    record = std_logging.LogRecord("absl", level, pathname, 1, "message", None, None)
+    return all(f.filter(record) for f in absl_logger.filters)
+  orbax_file = os.path.join("site-packages", "orbax", "checkpoint", "future.py")
+  assert not shown(orbax_file, std_logging.ERROR)
+  assert shown(orbax_file, std_logging.WARNING)
+  assert shown(os.path.join("site-packages", "grain", "x.py"), std_logging.ERROR)

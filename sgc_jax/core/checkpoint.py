@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -65,6 +66,71 @@ def gather_strings(text: str) -> list[str]:
 
 class CheckpointError(RuntimeError):
   """No checkpoint of a workdir can be restored."""
+
+
+def _brief(error: BaseException) -> str:
+  return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+
+
+def state_size(state) -> int:
+  """Bytes of a state's arrays: about what its checkpoint takes on disk."""
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+
+def _free_bytes(mgr: ocp.CheckpointManager) -> int | None:
+  """Free bytes where the checkpoints go (None on a remote file system)."""
+  where = str(mgr.directory)
+  if "://" in where:
+    return None
+  return shutil.disk_usage(where if os.path.isdir(where) else os.path.dirname(where)).free
+
+
+def check_space(mgr: ocp.CheckpointManager, step: int, state_bytes: int) -> None:
+  """Stops before a save that cannot fit: a full disk fails inside orbax's
+  writer threads, which leave a partial step and spill their tracebacks."""
+  free = _free_bytes(mgr)
+  if free is not None and free < state_bytes + 2**20:
+    raise CheckpointError(
+        f"{mgr.directory}: {free / 2**20:.0f} MiB free, saving step {step} needs about "
+        f"{state_bytes / 2**20:.0f} MiB; free some space and run the same command to resume "
+        f"from {_newest(mgr)}")
+
+
+def _newest(mgr: ocp.CheckpointManager) -> str:
+  try:
+    mgr.reload()
+    latest = mgr.latest_step()
+  except Exception:  # what failed may fail again: the sentence does without it
+    latest = None
+  return "no checkpoint (none is complete)" if latest is None else f"step {latest}"
+
+
+def save_failed(mgr: ocp.CheckpointManager, error: BaseException, state_bytes: int):
+  """A save that failed (a full disk, a file size limit ...), as one line: the
+  error, the space free where checkpoints go against what one takes, and the
+  newest checkpoint that is complete."""
+  free = _free_bytes(mgr)
+  space = "" if free is None else (f"; {free / 2**20:.0f} MiB free there, a checkpoint of "
+                                   f"this state takes about {state_bytes / 2**20:.0f} MiB")
+  return CheckpointError(f"saving a checkpoint in {mgr.directory} failed ({_brief(error)})"
+                         f"{space}; the same command resumes from {_newest(mgr)}")
+
+
+def finish(mgr: ocp.CheckpointManager, state_bytes: int) -> CheckpointError | None:
+  """Waits for the asynchronous saves and closes the manager; a save that
+  failed in the background comes back as the error to raise (None if all
+  went well). Closing in any case stops orbax's threads before the process
+  ends, which would otherwise spill tracebacks of closed event loops."""
+  failure = None
+  try:
+    mgr.wait_until_finished()
+  except Exception as error:  # orbax re-raises a background write's error here
+    failure = save_failed(mgr, error, state_bytes)
+  try:
+    mgr.close()
+  except Exception as error:
+    failure = failure or save_failed(mgr, error, state_bytes)
+  return failure
 
 
 SET_ASIDE = "checkpoints_set_aside"
@@ -134,6 +200,7 @@ def save(mgr: ocp.CheckpointManager, step: int, state, data_state: bytes, config
   if not (force or mgr.should_save(step)):
     return False
   check_finite(state, step)
+  check_space(mgr, step, state_size(state))
   merged = pipeline.merge_states([s.encode() for s in gather_strings(data_state.decode())])
   return mgr.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),

@@ -221,6 +221,7 @@ def _train(method_class: type[Method], config: ml_collections.ConfigDict, workdi
   # The handler before the metrics file opens: a SIGTERM from then on is a clean stop.
   preemption = Preemption()
   max_update_ratio = config.checkpoint.get("max_update_ratio", float("inf"))
+  state_bytes = checkpoint.state_size(method.abstract_state)
   writer = report.Writer(workdir, config.total_steps, step)
   compiled = {}
   metrics: dict[str, float] = {}
@@ -261,17 +262,24 @@ def _train(method_class: type[Method], config: ml_collections.ConfigDict, workdi
           writer.scalars(step, eval_metrics)
           logging.info("step %d: %s", step, eval_metrics)
         metrics.update(eval_metrics)
-      if checkpoint.save(mgr, step, state, batches.get_state(), config,
-                         force=preemption.requested or step == config.total_steps):
-        last_saved = step
-      if preemption.requested:
+      try:
+        if checkpoint.save(mgr, step, state, batches.get_state(), config,
+                           force=preemption.requested is not None
+                           or step == config.total_steps):
+          last_saved = step
+      except (checkpoint.NonFiniteState, checkpoint.CheckpointError):
+        raise  # said in one line already
+      except Exception as error:  # orbax raises an earlier background write's failure here
+        raise checkpoint.save_failed(mgr, error, state_bytes) from None
+      if preemption.requested is not None:
         logging.warning("%s: saved step %d", preemption.requested, step)
         break
   finally:
-    mgr.wait_until_finished()
+    save_failure = checkpoint.finish(mgr, state_bytes)
     preemption.restore()
     writer.close()
-    mgr.close()
+  if save_failure is not None:  # (an error already on its way goes first)
+    raise save_failure
   if preemption.requested == "SIGINT":
     raise Interrupted(f"interrupted at step {step}: saved in {workdir}; the same command "
                       "resumes")
