@@ -10,7 +10,9 @@ model from the bundle's config instead, for debugging or fine-tuning.
 
 A bundle that is incomplete, of another version, damaged or inconsistent
 (`model.json` fields, variables of other shapes than the functions take, a
-serialized function that does not parse) raises `BundleError` naming the file:
+`num_codes` other than the codebook's, a serialized function that does not
+parse, a `variables.npz` whose arrays claim more memory than its size allows:
+see tree_io) raises `BundleError` naming the file:
 at load, where the functions are read and lowered, or, for damage that only
 shape refinement finds, when a function first compiles for an input shape.
 A damaged function can also parse and compute something else (one changed
@@ -57,6 +59,10 @@ _FIELDS = {
     "method": (lambda v: isinstance(v, str) and v.isidentifier(), "a method name"),
 }
 _TOKENIZER_FIELDS = ("image_size", "grid", "num_codes", "semantic")
+# Where an SGC-VQGAN bundle's variables hold its codes, [num_codes, dim]: the
+# codebook's centres in every quantizer mode, and its learned embedding in
+# `vq` mode. Nothing else tells the number of codes: decode takes any int32.
+_CODEBOOK_LEAVES = (("codebook", "codebook", "centres"), ("params", "codebook", "embedding"))
 # Bundles of the first release: SGC-VQGAN's two functions, no "method" field.
 _FIRST_RELEASE = {"method": "sgc_vqgan", "functions": ["encode", "decode"]}
 
@@ -119,8 +125,11 @@ class Tokenizer:
     path = self.file("variables.npz")
     try:
       self.variables = tree_io.load(path)
-    except Exception as error:  # np.load raises whatever a damaged file trips over.
+    except tree_io.NpzError as error:  # Refused from its headers (past its memory budget).
+      raise BundleError(str(error)) from None
+    except Exception as error:  # zipfile and numpy raise whatever a damaged file trips over.
       raise BundleError(f"{path}: unreadable ({describe(error)})") from None
+    self._check_num_codes()
     names = self.description["functions"]
     if use_model_code:
       self.functions = self._model_functions(names)
@@ -172,6 +181,25 @@ class Tokenizer:
       if tree_io.file_sha256(path) != listed:
         raise BundleError(f"{path}: damaged (its SHA-256 differs from the one model.json lists)")
     return path
+
+  def _check_num_codes(self) -> None:
+    """model.json's num_codes against the codebook the variables hold: decode's
+    range check, and every user of the tokens, trusts num_codes. (grid and
+    image_size: against the exported functions' signatures, in `_exported`.)"""
+    if self.num_codes is None or self.method != "sgc_vqgan":
+      return
+    for leaf in _CODEBOOK_LEAVES:
+      node = self.variables
+      for key in leaf:
+        node = node.get(key) if isinstance(node, dict) else None
+      if node is None:
+        continue  # Absent: _check_variables names it against the functions.
+      shape = np.shape(node)
+      if not shape or shape[0] != self.num_codes:
+        raise BundleError(
+            f"{os.path.join(self.directory, 'model.json')}: num_codes is {self.num_codes}, but "
+            f"{'/'.join(leaf)} in {os.path.join(self.directory, 'variables.npz')} holds "
+            f"{shape[0] if shape else 'no'} codes ({np.asarray(node).dtype}{list(shape)})")
 
   def _check_variables(self, expected, source: str) -> None:
     """The variables' leaves against `expected` (a tree of shapes and dtypes):
