@@ -7,7 +7,9 @@ process count and this process's id are given explicitly.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import sys
 import threading
 
@@ -38,6 +40,26 @@ def detected_cluster() -> str | None:
   return None
 
 
+# HOST:PORT, the host a name or IPv4 address, or an IPv6 address in brackets.
+_ADDRESS = re.compile(r"(?:\[(?P<ipv6>[^\]]*)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>[0-9]{1,5})")
+
+
+def check_coordinator_address(address: str) -> None:
+  """Raises ValueError unless `address` is HOST:PORT with a port in 1..65535:
+  JAX's client takes anything, and crashes on some (a segfault on a port that
+  is not a number, an IndexError without a colon)."""
+  match = _ADDRESS.fullmatch(address)
+  valid = match is not None and 1 <= int(match["port"]) <= 65535
+  if valid and match["ipv6"] is not None:
+    try:
+      ipaddress.IPv6Address(match["ipv6"])
+    except ValueError:
+      valid = False
+  if not valid:
+    raise ValueError(f"--coordinator_address={address}: expected HOST:PORT with a port in "
+                     "1..65535 (an IPv6 host in brackets, [::1]:1234)")
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, timeout: int = 300) -> bool:
   """Joins the run's processes; returns whether this is a multi-process run.
@@ -51,6 +73,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       raise ValueError("--coordinator_address, --num_processes and --process_id go together")
     if not 0 <= process_id < num_processes:
       raise ValueError(f"--process_id={process_id} must be in [0, {num_processes})")
+    check_coordinator_address(coordinator_address)
     where = f"{num_processes} processes at {coordinator_address}"
     kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
                   process_id=process_id)

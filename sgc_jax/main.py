@@ -22,7 +22,9 @@ from __future__ import annotations
 import re
 import sys
 
+import ml_collections
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from sgc_jax import config_lib, hugepages, logs
@@ -91,18 +93,56 @@ def validate_method(config, dataset=None):
   return method_class
 
 
+def config_problem(config) -> str | None:
+  """What makes `get_config()`'s result unusable as a config, if anything."""
+  if isinstance(config, ml_collections.ConfigDict):
+    return None
+  # ml_collections keeps a file it could not read as a stand-in config that
+  # raises OSError on any use, the reason as its cause.
+  try:
+    getattr(config, "data", None)
+  except OSError as error:
+    return f"cannot read it ({_last_line(error.__cause__ or error)})"
+  shown = "None" if config is None else f"{type(config).__name__} {_brief(repr(config))}"
+  return f"get_config() returned {shown}, expected an ml_collections.ConfigDict"
+
+
+def _last_line(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  return lines[-1].strip() if lines else type(error).__name__
+
+
+def _brief(text: str, limit: int = 60) -> str:
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _missing_field(error: BaseException) -> str:
+  """The field a ConfigDict's KeyError (or the AttributeError around one) names."""
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  name = str(error.args[0]) if error.args else str(error)
+  return name.splitlines()[0].strip("'\"") if name else "?"
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logs.quiet_libraries()
   config = _CONFIG.value
-  if config is None:
+  if config is None and not flags.FLAGS["config"].present:
     sys.exit("error: --config is required")
+  config_file = f"--config={flags.FLAGS['config'].config_filename}"
+  problem = config_problem(config)
+  if problem:
+    sys.exit(f"config error: {config_file}: {problem}")
   try:
     validate(config)
     validate_method(config)
   except config_lib.ConfigError as error:
     sys.exit(f"config error: {error}")
+  except (KeyError, AttributeError) as error:  # A ConfigDict's missing field.
+    sys.exit(f"config error: {config_file}: no field {_missing_field(error)}, which sgc_jax "
+             "configs have")
   # Heavy imports after validation, so that a bad config fails fast.
   from sgc_jax import distributed, preview
   try:
@@ -162,10 +202,31 @@ def run_mode(mode: str, config, workdir: str) -> None:
     print(f"wrote the pseudo-labelled data set {directory}")
 
 
+def _config_file_argument(argv: list[str]) -> str:
+  """`--config=VALUE` as given in argv (the last, as absl takes it)."""
+  value = "?"
+  for i, arg in enumerate(argv):
+    if re.match(r"--?config=", arg):
+      value = arg.split("=", 1)[1]
+    elif arg in ("--config", "-config") and i + 1 < len(argv):
+      value = argv[i + 1]
+  return f"--config={value}"
+
+
 def _config_error_message(error: Exception, argv: list[str]) -> str:
   text = " ".join(str(error).replace("\\n", " ").split())
   if "ConfigError: " in text:  # raised inside get_config, reported as a traceback
     return text.rsplit("ConfigError: ", 1)[1]
+  # An override of a config file that could not be read: the stand-in config
+  # raises on use, the reason as its cause.
+  if isinstance(error, OSError) and "earlier failure to load" in text:
+    return (f"{_config_file_argument(argv)}: cannot read it "
+            f"({_last_line(error.__cause__ or error)})")
+  if isinstance(error, AttributeError) and "has no attribute 'get_config'" in text:
+    return f"{_config_file_argument(argv)}: no get_config function"
+  # Any other exception of get_config, wrapped with its traceback as text.
+  if "Error whilst parsing config file" in text:
+    return f"{_config_file_argument(argv)}: {_last_line(error)}"
   if "Did you mean" in text or isinstance(error, (AttributeError, KeyError)):
     quoted = re.search(r"[\"'\\]+(\w+)[\"'\\]+", text)
     unknown = quoted.group(1) if quoted else text
@@ -179,10 +240,17 @@ def _config_error_message(error: Exception, argv: list[str]) -> str:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, with config errors (unknown field, wrong type) on one line."""
+  # ml_collections warns of a get_config that returns None; `main` says so
+  # itself, on the one line of its error.
+  def returned_none(record) -> bool:
+    return "get_config() returned None" not in record.getMessage()
+  absl_logging.get_absl_logger().addFilter(returned_none)
   try:
     return flags.FLAGS(argv)
   except Exception as error:  # config_flags wraps field errors in several types
     sys.exit(f"config error: {_config_error_message(error, argv)}")
+  finally:
+    absl_logging.get_absl_logger().removeFilter(returned_none)
 
 
 def run():

@@ -199,6 +199,25 @@ class Dataset:
                          f"{self.name} {split}")
 
 
+def _check_scenes_name(name: str, builder) -> None:
+  """Raises DataError unless `name` is sgc_scenes[/CONFIG[:VERSION]]: tfds
+  reports an unknown config in a traceback, and a name that only starts with
+  sgc_scenes would build the default config."""
+  configs = [c.name for c in builder.BUILDER_CONFIGS]
+  base, slash, config_name = name.partition("/")
+  config_name, colon, version = config_name.partition(":")
+  if base != "sgc_scenes":
+    problem = "not sgc_scenes/CONFIG"
+  elif slash and config_name not in configs:
+    problem = f"sgc_scenes has no config {config_name!r}"
+  elif colon and version != str(builder.VERSION):
+    problem = f"sgc_scenes is version {builder.VERSION}, not {version!r}"
+  else:
+    return
+  raise DataError(f"config.data.name={name!r}: {problem}; known: "
+                  + ", ".join(f"sgc_scenes/{c}" for c in configs))
+
+
 def open_dataset(name: str, data_dir: str | None) -> Dataset:
   """Opens a prepared data set; the embedded `sgc_scenes` is built if missing.
 
@@ -207,6 +226,8 @@ def open_dataset(name: str, data_dir: str | None) -> Dataset:
   the common features, or `folder:<dir>` for a directory prepared by
   `sgc_jax.data.folder`. Nothing is downloaded.
   """
+  if not isinstance(name, str) or not name:
+    raise DataError(f"config.data.name={name!r}: expected a data set name")
   if name.startswith("folder:"):
     path = name[len("folder:"):]
     if not os.path.isdir(path):
@@ -217,6 +238,7 @@ def open_dataset(name: str, data_dir: str | None) -> Dataset:
   else:
     if name.startswith("sgc_scenes"):
       from sgc_jax.data import sgc_scenes  # registers the builder
+      _check_scenes_name(name, sgc_scenes.SgcScenes)
       builder = sgc_scenes.build(name.split("/", 1)[1] if "/" in name else "res64",
                                  data_dir)
     else:
