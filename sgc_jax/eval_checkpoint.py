@@ -1,6 +1,7 @@
 """`--mode=eval`: every evaluator of the config on WORKDIR's latest checkpoint,
 with every metric (linear probe, LPIPS and rFID with their weights) and every
-picture, written as WORKDIR/eval/eval.json, eval.md and PNGs."""
+picture, written as WORKDIR/eval/eval.json, eval.md and PNGs (the folder whole
+or not at all: a failed write leaves the previous one)."""
 
 from __future__ import annotations
 
@@ -78,25 +79,30 @@ def evaluate_checkpoint(config, workdir: str, initial: bool = False) -> dict:
   """Restores WORKDIR's latest checkpoint, evaluates it, writes the results.
   `initial`: the method's initial state instead (random init, or `init_from`'s
   weights): the untrained baseline of the same protocol."""
+  directory = os.path.join(workdir, "eval")
+  if jax.process_index() == 0:
+    # Before the restore and the evaluation: a workdir that is a file, or one
+    # that cannot be written, is one line, not a traceback after all the work.
+    report.check_output_folder(directory)
   if initial:
     dataset = sources.open_dataset(config.data.name, config.data.data_dir)
     method = train.build_method(config, dataset)
     state, step = method.initial_state(method.create_train_state(config.seed)), 0
   else:
     dataset, method, state, step = train.restore_latest(config, workdir)
-  directory = os.path.join(workdir, "eval")
   pictures = {}
   metrics = evaluate(config, dataset, method, state, step, pictures.__setitem__)
   results = {"step": step, "method": method.name, **method.summary(), **metrics}
   if jax.process_index() == 0:
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "eval.json"), "w") as f:
-      json.dump(results, f, indent=1)
-    with open(os.path.join(directory, "eval.md"), "w") as f:
-      described = ", ".join(f"{k} {v}" for k, v in method.summary().items())
-      f.write(f"Step {step}, {method.name}{', ' + described if described else ''}, "
-              f"{int(results.get('images', 0))} images of {config.data.name}:"
-              f"{config.data.eval_split}\n\n" + markdown(results))
-    for name, image in pictures.items():
-      viz.save_png(image, os.path.join(directory, f"{name}.png"))
+    # Whole or not at all: the table never describes pictures of another step.
+    with report.replacing_folder(directory) as partial:
+      with open(os.path.join(partial, "eval.json"), "w") as f:
+        json.dump(results, f, indent=1)
+      with open(os.path.join(partial, "eval.md"), "w") as f:
+        described = ", ".join(f"{k} {v}" for k, v in method.summary().items())
+        f.write(f"Step {step}, {method.name}{', ' + described if described else ''}, "
+                f"{int(results.get('images', 0))} images of {config.data.name}:"
+                f"{config.data.eval_split}\n\n" + markdown(results))
+      for name, image in pictures.items():
+        viz.save_png(image, os.path.join(partial, f"{name}.png"))
   return results

@@ -160,7 +160,12 @@ def main(argv):
   elif not _WORKDIR.value:
     sys.exit(f"error: --workdir is required for --mode={_MODE.value}")
   elif _MODE.value == "preview":
-    for path in preview.write_previews(config, dataset, _WORKDIR.value):
+    from sgc_jax import report
+    try:
+      paths = preview.write_previews(config, dataset, _WORKDIR.value)
+    except report.OutputError as error:
+      sys.exit(f"error: {error}")
+    for path in paths:
       print(f"wrote {path}")
   else:
     from sgc_jax import report
@@ -176,7 +181,7 @@ def main(argv):
       sys.exit(f"config error: {error}")
     except (FileNotFoundError, torch_file.WeightFileError, loop.NonFiniteLoss,
             checkpoint.NonFiniteState, checkpoint.CheckpointError,
-            report.WorkdirBusy) as error:
+            report.WorkdirBusy, report.OutputError) as error:
       sys.exit(f"error: {error}")
     except loop.Interrupted as error:
       print(str(error), file=sys.stderr)

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from sgc_jax import viz
+from sgc_jax import report, viz
 from sgc_jax.data import pipeline, sources, views
 
 
@@ -32,8 +32,18 @@ def _instance_colours(instances: np.ndarray) -> np.ndarray:
 
 def write_previews(config, dataset: sources.Dataset, workdir: str) -> list[str]:
   """data.png: image | classes | instances; views.png: the training views;
-  examples/NNNN.png: the example images themselves (to try sgc-tokenize on)."""
+  examples/NNNN.png: the example images themselves (to try sgc-tokenize on),
+  in WORKDIR/preview, written whole (report.replacing_folder)."""
   out_dir = os.path.join(workdir, "preview")
+  # A workdir that is a file or cannot be written: one line (report.OutputError)
+  # before any work; a failed write leaves the previous previews.
+  with report.replacing_folder(out_dir) as partial:
+    _write_previews(config, dataset, partial)
+  return [os.path.join(out_dir, "data.png"), os.path.join(out_dir, "views.png"),
+          os.path.join(out_dir, "examples")]
+
+
+def _write_previews(config, dataset: sources.Dataset, out_dir: str) -> None:
   examples_dir = os.path.join(out_dir, "examples")
   os.makedirs(examples_dir, exist_ok=True)
   source = dataset.split(config.data.eval_split)
@@ -52,8 +62,8 @@ def write_previews(config, dataset: sources.Dataset, workdir: str) -> list[str]:
               viz.colour_classes(view["segmentation"][0], dataset.num_classes),
               _instance_colours(view["instances"][0])]
     rows.append(row)
-  data_path = os.path.join(out_dir, "data.png")
-  viz.save_png(_with_legend(viz.grid(rows), dataset.class_names), data_path)
+  viz.save_png(_with_legend(viz.grid(rows), dataset.class_names),
+               os.path.join(out_dir, "data.png"))
 
   crop = views.CropSpec(**config.data.crop)
   train_views = pipeline.MakeViews(size, config.data.num_views, crop)
@@ -62,6 +72,5 @@ def write_previews(config, dataset: sources.Dataset, workdir: str) -> list[str]:
     example = train_views.random_map(source[index], np.random.default_rng(index))
     rows.append([viz.to_uint8(v) for v in example["image"]] +
                 [viz.colour_classes(s, dataset.num_classes) for s in example["segmentation"]])
-  views_path = os.path.join(out_dir, "views.png")
-  viz.save_png(_with_legend(viz.grid(rows), dataset.class_names), views_path)
-  return [data_path, views_path, examples_dir]
+  viz.save_png(_with_legend(viz.grid(rows), dataset.class_names),
+               os.path.join(out_dir, "views.png"))

@@ -8,7 +8,7 @@ written as a user-folder data set that any method trains on unchanged:
 (the config's train and evaluation splits, in their order). Images are the
 centred views at `data.image_size` the method segmented, so every label map
 lies exactly on its image. The folder appears whole or not at all: it is
-written beside and renamed into place.
+written beside and renamed into place (a failed run leaves the previous one).
 
     python -m sgc_jax.data.folder WORKDIR/pseudo_labels --data_dir DATA
 
@@ -17,15 +17,15 @@ prepares it (`folder:...` is the data.name to train on).
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 
 import jax
 import numpy as np
 import PIL.Image
 import tqdm
 
-from sgc_jax import train
+from sgc_jax import report, train
 from sgc_jax.config_lib import ConfigError
 from sgc_jax.core import loop, sharding
 from sgc_jax.data import pipeline
@@ -35,6 +35,13 @@ FOLDERS = (("train_split", "train"), ("eval_split", "validation"))
 
 def write_pseudo_labels(config, workdir: str, directory: str | None = None) -> str:
   """WORKDIR's latest checkpoint segments both splits -> a folder data set."""
+  directory = directory or os.path.join(workdir, "pseudo_labels")
+  main = jax.process_index() == 0
+  if main:
+    # Before the restore and the segmentation: a workdir that is a file, or an
+    # output folder that cannot be written, is one line, not a traceback later.
+    report.check_workdir(workdir)
+    report.check_output_folder(directory)
   dataset, method, state, _ = train.restore_latest(config, workdir)
   names = method.segment_names()
   if not names:
@@ -44,30 +51,25 @@ def write_pseudo_labels(config, workdir: str, directory: str | None = None) -> s
     raise ConfigError(f"{method.name}: {len(names)} segments do not fit 8-bit label maps "
                       "(at most 255; 255 is 'ignore')")
   variables = loop.prediction_variables(method, state, dataset, config)
-  directory = directory or os.path.join(workdir, "pseudo_labels")
-  partial = directory + ".partial"
-  main = jax.process_index() == 0
-  if main:
-    shutil.rmtree(partial, ignore_errors=True)
   segment = jax.jit(method.segment)
-  for field, folder in FOLDERS:
-    source = dataset.split(config.data[field])
-    batches = pipeline.evaluation_pipeline(source, config, method.mesh)
-    written = 0
-    for batch in tqdm.tqdm(batches, total=batches.num_batches, unit="batch",
-                           desc=f"pseudo-labels of {folder} ({len(source)} images)",
-                           disable=not main, mininterval=2.0):
-      images, labels = sharding.gather_examples(
-          batch["mask"], (batch["image"][:, 0], segment(variables, batch["image"][:, 0])))
-      if main:
-        _write(os.path.join(partial, folder), written, images, labels,
-               config.data.get("normalization", "symmetric"))
-      written += len(labels)
-  if main:
-    with open(os.path.join(partial, "classes.txt"), "w") as f:
-      f.write("".join(name + "\n" for name in names))
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(partial, directory)
+  # Only process 0 writes; every process segments its share of each batch.
+  with report.replacing_folder(directory) if main else contextlib.nullcontext() as partial:
+    for field, folder in FOLDERS:
+      source = dataset.split(config.data[field])
+      batches = pipeline.evaluation_pipeline(source, config, method.mesh)
+      written = 0
+      for batch in tqdm.tqdm(batches, total=batches.num_batches, unit="batch",
+                             desc=f"pseudo-labels of {folder} ({len(source)} images)",
+                             disable=not main, mininterval=2.0):
+        images, labels = sharding.gather_examples(
+            batch["mask"], (batch["image"][:, 0], segment(variables, batch["image"][:, 0])))
+        if main:
+          _write(os.path.join(partial, folder), written, images, labels,
+                 config.data.get("normalization", "symmetric"))
+        written += len(labels)
+    if main:
+      with open(os.path.join(partial, "classes.txt"), "w") as f:
+        f.write("".join(name + "\n" for name in names))
   return directory
 
 

@@ -5,10 +5,13 @@ Only process 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import shutil
 import socket
+import tempfile
 import time
 
 import jax
@@ -22,6 +25,115 @@ class WorkdirBusy(RuntimeError):
   """Another trainer holds the workdir."""
 
 
+class OutputError(OSError):
+  """A workdir or output folder that cannot be written: the message names the
+  path and the problem, for a one-line error (an OSError, so that code that
+  catches those catches it)."""
+
+
+def check_workdir(path: str) -> str:
+  """Raises OutputError if a file is where the folder `path`, or a folder
+  above it, should be; returns the nearest part of `path` that exists."""
+  path = os.path.normpath(path)
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing) or "."
+  if not os.path.isdir(existing):
+    raise OutputError(f"{path}: exists and is a file, not a folder" if existing == path else
+                      f"{path}: cannot be made, {existing} is a file, not a folder")
+  return existing
+
+
+def check_folder(path: str) -> None:
+  """Raises OutputError unless `path` is a folder this process may write, or
+  can be made one (nothing is created: a mode checks its outputs before its
+  work, and one that fails leaves nothing behind)."""
+  existing = check_workdir(path)
+  try:
+    # A file made and removed: permissions, a read-only mount, ACLs and root all
+    # answer as a real write would (os.access is wrong for some of them).
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as error:
+    where = "" if existing == os.path.normpath(path) else f" in {existing}"
+    raise OutputError(f"{os.path.normpath(path)}: not writable "
+                      f"({error.strerror or error}{where})") from None
+
+
+def check_output_folder(directory: str) -> None:
+  """Raises OutputError unless `replacing_folder(directory)` can write: a
+  folder or nothing at `directory`, and a writable folder (or one that can be
+  made) above it, where the new folder is written before it takes the place."""
+  name = os.path.basename(os.path.normpath(directory))
+  if name in ("", ".", ".."):
+    raise OutputError(f"{directory}: names no folder to write (an output folder is "
+                      "written beside and renamed into place)")
+  if os.path.exists(directory) and not os.path.isdir(directory):
+    raise OutputError(f"{directory}: exists and is a file, not a folder")
+  check_folder(os.path.dirname(os.path.normpath(directory)) or ".")
+
+
+def _remove(path: str) -> None:
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path, ignore_errors=True)
+  elif os.path.lexists(path):
+    os.remove(path)
+
+
+def _reason(error: OSError) -> str:
+  reason = error.strerror or str(error) or type(error).__name__
+  return f"{reason}: {error.filename}" if error.filename else reason
+
+
+@contextlib.contextmanager
+def replacing_folder(directory: str):
+  """Yields a new folder, DIRECTORY.partial, to write what `directory` will
+  hold; when the block ends without an error, it takes `directory`'s place.
+
+  A reader (or a failed or killed writer) finds the old folder whole or the
+  new one whole, never a mix: the old one is renamed to DIRECTORY.old, the new
+  one into place (renames within one folder, atomic), and only then is the old
+  one deleted. A crash between the two renames leaves DIRECTORY.old, which the
+  next call puts back. On an error the new folder is deleted and the old one
+  left as it was; an OSError (disk full, a file size limit, permissions)
+  becomes an OutputError naming `directory`."""
+  directory = os.path.normpath(directory)
+  check_output_folder(directory)
+  partial, aside = directory + ".partial", directory + ".old"
+  try:
+    if os.path.lexists(aside):
+      if os.path.lexists(directory):
+        _remove(aside)  # the previous call was stopped after its new folder took the place
+      else:
+        os.rename(aside, directory)  # ... or between its renames: the old one comes back
+    _remove(partial)  # a stopped call's half
+  except OSError as error:
+    raise OutputError(f"{directory}: cannot clear the last write's {error.filename or aside} "
+                      f"({error.strerror or error})") from error
+  had = os.path.isdir(directory)
+  kept = "the previous one is unchanged" if had else "nothing was left there"
+  try:
+    os.makedirs(partial)
+    yield partial
+  except BaseException as error:
+    _remove(partial)
+    if isinstance(error, OSError) and not isinstance(error, OutputError):
+      raise OutputError(f"{directory}: could not be written ({_reason(error)}); {kept}") \
+          from error
+    raise
+  try:
+    if had:
+      os.rename(directory, aside)
+    os.rename(partial, directory)
+  except OSError as error:
+    if had and not os.path.lexists(directory) and os.path.lexists(aside):
+      os.rename(aside, directory)
+    _remove(partial)
+    raise OutputError(f"{directory}: could not be put in place ({_reason(error)}); "
+                      f"{kept}") from error
+  _remove(aside)
+
+
 class WorkdirLock:
   """An exclusive lock on a workdir while a trainer writes it (process 0).
 
@@ -33,9 +145,15 @@ class WorkdirLock:
     self._file = None
     if jax.process_index() != 0:
       return
-    os.makedirs(workdir, exist_ok=True)
+    # The first use of the workdir: a file in its place or a read-only mount
+    # stops here in one line, before the data set or the model is built.
+    check_folder(workdir)
     path = os.path.join(workdir, ".lock")
-    handle = open(path, "a+")
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      handle = open(path, "a+")
+    except OSError as error:
+      raise OutputError(f"{workdir}: not writable ({_reason(error)})") from None
     try:
       fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
