@@ -18,6 +18,7 @@ from sgc_jax import eval_checkpoint, export, inference, preview, pseudo_labels, 
     train, tree_io
 from sgc_jax.core import checkpoint
 from sgc_jax.data import pipeline, views
+from test_bundle_faults import one_line_error
 from test_train import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,16 +33,6 @@ def _main(*args, file_size_limit=None):
     command = ["bash", "-c", f"ulimit -f {file_size_limit // 1024} && exec \"$@\"", "bash",
                *command]
   return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-
-
-def one_line_error(result, *names) -> str:
-  """The command failed with exit status 1 and one line `error: ...` naming `names`."""
-  assert result.returncode == 1, result.stderr[-3000:]
-  lines = result.stderr.splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
-  for name in names:
-    assert str(name) in lines[0], lines[0]
-  return lines[0]
 
 
 def contents(directory) -> dict[str, str]:

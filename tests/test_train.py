@@ -4,7 +4,6 @@ import copy
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -169,18 +168,23 @@ def test_checkpoints_without_the_dead_code_counts_still_resume(data_dir, scenes6
   assert metrics["step"] == 3 and metrics["last_checkpoint"] == 3
 
 
+def _train_command(data_dir, workdir, *extra):
+  """`--mode=train` of a tiny SGC-VQGAN that saves every step."""
+  return [sys.executable, "-m", "sgc_jax.main", "--mode=train",
+          "--config=configs/sgc_scenes.py:size=32", f"--workdir={workdir}",
+          f"--config.data.data_dir={data_dir}", "--config.data.name=sgc_scenes/smoke64",
+          "--config.data.batch_size=8", "--config.data.worker_count=0",
+          "--config.model.ch_mult=(1,2,2)", "--config.model.codebook.num_codes=64",
+          "--config.checkpoint.every=1", *extra]
+
+
 def test_sigterm_in_the_first_compile_and_kill_9_in_a_save_both_resume(data_dir, scenes64,
                                                                         tmp_path):
   """SIGTERM while the first step compiles: step 1 is saved, exit 0. kill -9
   while checkpoints are being written asynchronously: the next run resumes
   from the newest complete one and finishes."""
   workdir = tmp_path / "work"
-  args = [sys.executable, "-m", "sgc_jax.main", "--mode=train",
-          "--config=configs/sgc_scenes.py:size=32", f"--workdir={workdir}",
-          f"--config.data.data_dir={data_dir}", "--config.data.name=sgc_scenes/smoke64",
-          "--config.data.batch_size=8", "--config.data.worker_count=0",
-          "--config.model.ch_mult=(1,2,2)", "--config.model.codebook.num_codes=64",
-          "--config.log_every=1", "--config.checkpoint.every=1"]
+  args = _train_command(data_dir, workdir, "--config.log_every=1")
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   metrics_file = workdir / "metrics.jsonl"
 
@@ -304,15 +308,10 @@ def test_a_save_that_fails_stops_the_run_in_one_line(data_dir, scenes64, tmp_pat
   # A file size limit makes orbax's writer threads fail as a full disk does
   # that the free-space check cannot see (another process filling it).
   workdir = tmp_path / "work"
-  args = [sys.executable, "-m", "sgc_jax.main", "--mode=train",
-          "--config=configs/sgc_scenes.py:size=32", f"--workdir={workdir}",
-          f"--config.data.data_dir={data_dir}", "--config.data.name=sgc_scenes/smoke64",
-          "--config.data.batch_size=8", "--config.data.worker_count=0",
-          "--config.model.ch_mult=(1,2,2)", "--config.model.codebook.num_codes=64",
-          "--config.total_steps=3", "--config.checkpoint.every=1", "--config.evals={}"]
-  limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, 2_000_000))  # noqa: E731
-  done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                        preexec_fn=limit)
+  args = _train_command(data_dir, workdir, "--config.total_steps=3", "--config.evals={}")
+  # `ulimit -f` (2000 KiB) set by a shell: no preexec_fn in a process with JAX threads.
+  done = subprocess.run(["bash", "-c", 'ulimit -f 2000 && exec "$@"', "bash", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
   assert done.returncode == 1, done.stderr[-3000:]
   last = done.stderr.strip().splitlines()[-1]
   assert re.fullmatch(
