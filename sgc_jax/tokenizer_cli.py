@@ -39,7 +39,7 @@ import numpy as np
 import PIL.Image
 import tqdm
 
-from sgc_jax import inference, tree_io, viz
+from sgc_jax import inference, report, tree_io, viz
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAX_ASPECT = 64  # Long side : short side; why 64, see the module docstring.
@@ -357,8 +357,9 @@ def _parser(description: str, source: str) -> argparse.ArgumentParser:
 
 def _run(function, args) -> None:
   try:
+    report.check_folder(args[2])  # --out: before any work (a file there, read-only ...)
     count = function(*args)
-  except (InputError, inference.BundleError) as error:
+  except (InputError, inference.BundleError, OSError) as error:
     sys.exit("error: " + " ".join(str(error).splitlines()))  # One line, whatever it quotes.
   print(f"wrote {count} files to {args[2]}")
 

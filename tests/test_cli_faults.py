@@ -114,6 +114,15 @@ def test_tokenize_and_detokenize_refuse_a_bundle_without_encode_decode(
   assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", ["tokenize", "detokenize", "segment"])
+def test_an_out_that_is_a_file_is_one_line(command, bundle, images_dir, tmp_path):
+  out = tmp_path / "out"
+  out.write_text("a user's file")
+  line = one_line_error(cli(command, images_dir, bundle, out), out)
+  assert line == f"error: {out}: exists and is a file, not a folder"
+  assert out.read_text() == "a user's file"
+
+
 def test_segment_refuses_a_bundle_without_segment(bundle, images_dir, tmp_path):
   line = one_line_error(cli("segment", images_dir, bundle, tmp_path / "out"), bundle)
   assert "a sgc_vqgan bundle has no segment function" in line
