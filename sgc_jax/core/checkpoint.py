@@ -68,8 +68,9 @@ class CheckpointError(RuntimeError):
   """No checkpoint of a workdir can be restored."""
 
 
-def _brief(error: BaseException) -> str:
-  return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+def one_line(error: BaseException, limit: int = 300) -> str:
+  """An orbax error (often many lines) as 'Type: text' on one line."""
+  return f"{type(error).__name__}: {' '.join(str(error).split())[:limit]}"
 
 
 def state_size(state) -> int:
@@ -112,7 +113,7 @@ def save_failed(mgr: ocp.CheckpointManager, error: BaseException, state_bytes: i
   free = _free_bytes(mgr)
   space = "" if free is None else (f"; {free / 2**20:.0f} MiB free there, a checkpoint of "
                                    f"this state takes about {state_bytes / 2**20:.0f} MiB")
-  return CheckpointError(f"saving a checkpoint in {mgr.directory} failed ({_brief(error)})"
+  return CheckpointError(f"saving a checkpoint in {mgr.directory} failed ({one_line(error)})"
                          f"{space}; the same command resumes from {_newest(mgr)}")
 
 

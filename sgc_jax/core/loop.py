@@ -127,9 +127,8 @@ def restore_newest(method: Method, mgr, with_data: bool = True, set_aside: bool 
       state, data = restore_state(method, mgr, step, with_data)
     except Exception as error:  # a damaged checkpoint fails in many ways, all inside orbax
       aside = checkpoint.set_aside(mgr, step) if set_aside else None
-      logging.warning("checkpoint %s/%d does not restore (%s: %s)%s; trying an earlier one",
-                      mgr.directory, step, type(error).__name__,
-                      " ".join(str(error).split())[:200],
+      logging.warning("checkpoint %s/%d does not restore (%s)%s; trying an earlier one",
+                      mgr.directory, step, checkpoint.one_line(error, 200),
                       f"; moved to {aside}" if aside else "")
       continue
     return state, data, step
