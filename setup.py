@@ -62,8 +62,8 @@ setuptools.setup(
     entry_points={"console_scripts": [
         "sgc-jax=sgc_jax.main:run",
         "sgc-prepare-folder=sgc_jax.data.folder:run",
-        "sgc-tokenize=sgc_jax.tokenizer_cli:tokenize_main",
-        "sgc-detokenize=sgc_jax.tokenizer_cli:detokenize_main",
-        "sgc-segment=sgc_jax.tokenizer_cli:segment_main",
+        "sgc-tokenize=sgc_jax.bundle.cli:tokenize_main",
+        "sgc-detokenize=sgc_jax.bundle.cli:detokenize_main",
+        "sgc-segment=sgc_jax.bundle.cli:segment_main",
     ]},
 )

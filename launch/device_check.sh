@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The check a lent GPU machine runs first, as it is, in ONE device call of at
-# most 9 minutes (sgc_jax/device_check.py says what it measures):
+# most 9 minutes (sgc_jax/tools/device_check.py says what it measures):
 #
 #   here, once:   launch/device_wheels.sh        (the wheels the GPU image lacks -> .whl/)
 #   device call:  run(command="bash launch/device_check.sh", carry=[".whl"], timeout_s=600)
@@ -13,7 +13,7 @@
 #
 #   launch/device_check.sh --dry-run   the same code path on this CPU, tiny shapes
 #                                      (under 3 minutes; CI runs it)
-# Other arguments go to `python -m sgc_jax.device_check` (--budget=SECONDS ...).
+# Other arguments go to `python -m sgc_jax.tools.device_check` (--budget=SECONDS ...).
 # Environment: PYTHON (python3: on the GPU machine, the one that holds JAX), OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,7 @@ for arg in "$@"; do
   if [ "$arg" = --dry-run ]; then DRY_RUN=1; else ARGS+=("$arg"); fi
 done
 if [ "$DRY_RUN" = 1 ]; then
-  exec env JAX_PLATFORMS=cpu "$PYTHON" -m sgc_jax.device_check --out="$OUT" --dry_run \
+  exec env JAX_PLATFORMS=cpu "$PYTHON" -m sgc_jax.tools.device_check --out="$OUT" --dry_run \
     ${ARGS[@]+"${ARGS[@]}"}
 fi
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -35,4 +35,4 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 source launch/gpu_env.sh
-exec "$PYTHON" -m sgc_jax.device_check --out="$OUT" ${ARGS[@]+"${ARGS[@]}"}
+exec "$PYTHON" -m sgc_jax.tools.device_check --out="$OUT" ${ARGS[@]+"${ARGS[@]}"}

@@ -7,7 +7,7 @@
 # then every run is evaluated against the TRUE labels of sgc_scenes (the
 # pseudo-classes matched to the true classes, Hungarian) beside `ema` (no
 # labels) and label-guided `sgc` (launch/compare.sh's runs, trained here if
-# missing), and the table goes into README.md between the
+# missing), and the table goes into docs/methods/acseg.md between the
 # `quality-table-label-free` markers. A finished stage is not redone (training
 # resumes from its last checkpoint, already at its last step).
 # Environment: STEPS (300), SLOTCON_STEPS (2000), ACSEG_STEPS (1000), WORKDIR
@@ -62,6 +62,6 @@ for quantizer in ema sgc; do
     sgc $quantizer --workdir="$COMPARE_DIR/$quantizer" --mode=$mode "${@:1}"
   done
 done
-"$PY" -m sgc_jax.compare "$COMPARE_DIR/ema" "$WORKDIR/sgc_pseudo" "$COMPARE_DIR/sgc" \
+"$PY" -m sgc_jax.tools.compare "$COMPARE_DIR/ema" "$WORKDIR/sgc_pseudo" "$COMPARE_DIR/sgc" \
   --names "ema (no labels),sgc on ACSeg pseudo-labels (no labels),sgc (true labels)" \
-  --readme README.md --table label-free
+  --readme docs/methods/acseg.md --table label-free

@@ -3,7 +3,7 @@
 # SlotCon trained STEPS steps, the same network untrained (random init, the
 # same seed), and SGC-VQGAN's sgc codebook (its run of launch/compare.sh, where
 # that workdir exists), each through --mode=eval's protocol; the table goes into
-# README.md between the `quality-table-slotcon` markers.
+# docs/methods/slotcon.md between the `quality-table-slotcon` markers.
 # Environment: STEPS (2000), WORKDIR (workdir/slotcon_table), SGC_WORKDIR
 # (workdir/compare/sgc), DATA_DIR (data), VENV. Extra arguments go to every run.
 set -euo pipefail
@@ -25,4 +25,4 @@ echo "== random init --mode=eval --eval_initial"
 run --workdir="$WORKDIR/random_init" --mode=eval --eval_initial "${@:1}"
 runs=("$WORKDIR/slotcon" "$WORKDIR/random_init")
 [ -f "$SGC_WORKDIR/eval/eval.json" ] && runs+=("$SGC_WORKDIR")
-"$PY" -m sgc_jax.compare "${runs[@]}" --readme README.md --table slotcon
+"$PY" -m sgc_jax.tools.compare "${runs[@]}" --readme docs/methods/slotcon.md --table slotcon

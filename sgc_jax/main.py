@@ -10,7 +10,7 @@ Modes:
   eval     every metric of WORKDIR's latest checkpoint -> WORKDIR/eval/
   export   WORKDIR's latest checkpoint -> an inference bundle in WORKDIR/bundle
   pseudo_labels  a segmenting method's (ACSeg's) maps of both splits -> a
-           user-folder data set in WORKDIR/pseudo_labels (see sgc_jax.pseudo_labels)
+           user-folder data set in WORKDIR/pseudo_labels (see sgc_jax.modes.pseudo_labels)
 `config.method` names the method (default sgc_vqgan). The config is validated
 (the core's fields, the method's, the evaluators') before anything is built or
 compiled; a bad field is a one-line error that names it. Library logs stay at WARNING; `--verbosity=0`
@@ -27,7 +27,9 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from sgc_jax import config_lib, hugepages, logs
+from sgc_jax import config_lib
+from sgc_jax.runtime import hugepages
+from sgc_jax.utils import logs
 
 MODES = ("data", "preview", "train", "eval", "export", "pseudo_labels")
 
@@ -84,12 +86,13 @@ def validate(config) -> None:
 def validate_method(config, dataset=None):
   """The method's own fields (with the data set: those that depend on it) and
   the evaluators'; returns the method's class."""
-  from sgc_jax import evaluators, methods
+  from sgc_jax import methods
+  from sgc_jax.core import evaluation
   method_class = methods.get(methods.method_name(config))
   method_class.validate(config)
   if dataset is not None:
     method_class.validate_data(config, dataset)
-  evaluators.validate(config)
+  evaluation.validate(config)
   return method_class
 
 
@@ -144,7 +147,8 @@ def main(argv):
     sys.exit(f"config error: {config_file}: no field {_missing_field(error)}, which sgc_jax "
              "configs have")
   # Heavy imports after validation, so that a bad config fails fast.
-  from sgc_jax import distributed, preview
+  from sgc_jax.modes import preview
+  from sgc_jax.runtime import distributed
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            _INIT_TIMEOUT.value)
@@ -160,17 +164,17 @@ def main(argv):
   elif not _WORKDIR.value:
     sys.exit(f"error: --workdir is required for --mode={_MODE.value}")
   elif _MODE.value == "preview":
-    from sgc_jax import report
+    from sgc_jax.utils import run_output
     try:
       paths = preview.write_previews(config, dataset, _WORKDIR.value)
-    except report.OutputError as error:
+    except run_output.OutputError as error:
       sys.exit(f"error: {error}")
     for path in paths:
       print(f"wrote {path}")
   else:
-    from sgc_jax import report
     from sgc_jax.convert import torch_file
     from sgc_jax.core import checkpoint, loop
+    from sgc_jax.utils import run_output
     try:
       validate_method(config, dataset)
     except config_lib.ConfigError as error:
@@ -181,7 +185,7 @@ def main(argv):
       sys.exit(f"config error: {error}")
     except (FileNotFoundError, torch_file.WeightFileError, loop.NonFiniteLoss,
             checkpoint.NonFiniteState, checkpoint.CheckpointError,
-            report.WorkdirBusy, report.OutputError) as error:
+            run_output.WorkdirBusy, run_output.OutputError) as error:
       sys.exit(f"error: {error}")
     except loop.Interrupted as error:
       print(str(error), file=sys.stderr)
@@ -189,20 +193,20 @@ def main(argv):
 
 
 def run_mode(mode: str, config, workdir: str) -> None:
-  from sgc_jax import train
+  from sgc_jax.modes import train
   if mode == "train":
     metrics = train.train_and_evaluate(config, workdir)
     print("final: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
   elif mode == "eval":
-    from sgc_jax import eval_checkpoint
+    from sgc_jax.modes import eval_checkpoint
     results = eval_checkpoint.evaluate_checkpoint(config, workdir, _EVAL_INITIAL.value)
     print(eval_checkpoint.markdown(results))
     print(f"wrote {workdir}/eval/eval.json, eval.md and PNGs")
   elif mode == "export":
-    from sgc_jax import export
+    from sgc_jax.modes import export
     print(f"wrote the inference bundle {export.export_checkpoint(config, workdir)}")
   elif mode == "pseudo_labels":
-    from sgc_jax import pseudo_labels
+    from sgc_jax.modes import pseudo_labels
     directory = pseudo_labels.write_pseudo_labels(config, workdir)
     print(f"wrote the pseudo-labelled data set {directory}")
 

@@ -25,7 +25,8 @@ def main():
   here = os.path.dirname(os.path.abspath(__file__))
   sys.path[:0] = [here, os.path.dirname(here)]  # the tests and the configs
   from jax._src import distributed as jax_distributed  # the coordination client
-  from sgc_jax import distributed, train
+  from sgc_jax.modes import train
+  from sgc_jax.runtime import distributed
   from test_multihost import multihost_config
 
   distributed.initialize(f"127.0.0.1:{port}", num_processes, process_id)

@@ -12,13 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import acseg_scenes
-from sgc_jax import eval_checkpoint, export, inference, pseudo_labels, train
+from sgc_jax.bundle import inference
 from sgc_jax.config_lib import ConfigError
-from sgc_jax.core import loop, sharding
-from sgc_jax.metrics import kmeans_centres, unit_rows
+from sgc_jax.configs import acseg_scenes
+from sgc_jax.core import loop
 from sgc_jax.methods import acseg, slotcon
 from sgc_jax.models import acseg as parts
+from sgc_jax.modes import eval_checkpoint, export, pseudo_labels, train
+from sgc_jax.ops.kmeans import kmeans_centres, unit_rows
+from sgc_jax.runtime import sharding
 
 from test_slotcon_method import shrink, tiny_slotcon_config, train_batches
 
@@ -315,7 +317,8 @@ def test_trains_evaluates_exports_and_pseudo_labels_through_the_core(data_dir, s
   folder = pseudo_labels.write_pseudo_labels(config, workdir)
   names = open(os.path.join(folder, "classes.txt")).read().split()
   assert names == [f"cluster_{k}" for k in range(len(centres))]
-  from sgc_jax.data import folder as folder_lib, sources
+  from sgc_jax.data import sources
+  from sgc_jax.data import folder as folder_lib
   prepared = sources.open_dataset("folder:" + folder_lib.prepare(folder, data_dir), data_dir)
   for split, original in (("train", "train"), ("validation", "validation")):
     assert len(prepared.split(split)) == len(scenes64.split(original))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from sgc_jax import compiler
 from sgc_jax.core import checkpoint
 from sgc_jax.models import conv, vqgan
+from sgc_jax.runtime import compiler
 
 _SIGNATURE = re.compile(
     r"stablehlo\.convolution.*: \(tensor<(\w+)>, tensor<(\w+)>\) -> tensor<(\w+)>")

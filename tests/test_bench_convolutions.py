@@ -1,6 +1,6 @@
 """`bench convolutions`: one row per shape (two for an upsampling), rates > 0."""
 
-from sgc_jax import bench_convolutions
+from sgc_jax.tools import bench_convolutions
 
 
 def test_rows_per_shape_and_positive_rates(monkeypatch):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sgc_jax import bench_profile
+from sgc_jax.tools import bench_profile
 
 HLO = """HloModule jit_train_step
 ENTRY %main {

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from configs import slotcon_scenes
-from sgc_jax import bench_versus
+from sgc_jax.configs import slotcon_scenes
+from sgc_jax.tools import bench_versus_slotcon
 
 CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -24,11 +24,11 @@ flags\t\t: fpu vme sse sse2 avx avx2 fma avx512f avx512dq
 
 
 def test_the_official_args_come_from_our_config():
-  config = bench_versus.like_for_like(slotcon_scenes.get_config("size=64,steps=300"))
+  config = bench_versus_slotcon.like_for_like(slotcon_scenes.get_config("size=64,steps=300"))
   assert tuple(config.model.dilation) == (False, False, False)
   assert config.model.contrast_capacity == 0
-  args = bench_versus.official_args(config, batch_size=16)
-  assert set(bench_versus.OFFICIAL_MODEL_FIELDS) <= set(vars(args))
+  args = bench_versus_slotcon.official_args(config, batch_size=16)
+  assert set(bench_versus_slotcon.OFFICIAL_MODEL_FIELDS) <= set(vars(args))
   m = config.model
   assert (args.arch, args.dim_hidden, args.dim_out, args.num_prototypes) == (
       "resnet18", m.dim_hidden, m.dim_out, m.num_prototypes)
@@ -46,28 +46,28 @@ def test_the_official_args_come_from_our_config():
 
 
 def test_cpu_model_and_simd_flags_from_cpuinfo():
-  assert bench_versus.cpu_description(CPUINFO) == (
+  assert bench_versus_slotcon.cpu_description(CPUINFO) == (
       "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", "avx2 avx512f")
-  assert bench_versus.cpu_description("model name : Old\nflags : sse2 avx\n") == (
+  assert bench_versus_slotcon.cpu_description("model name : Old\nflags : sse2 avx\n") == (
       "Old", "neither avx2 nor avx512f")
-  assert bench_versus.cpu_description("") == ("unknown CPU", "neither avx2 nor avx512f")
+  assert bench_versus_slotcon.cpu_description("") == ("unknown CPU", "neither avx2 nor avx512f")
 
 
 def test_a_missing_or_wrong_checkout_is_one_line(tmp_path):
   with pytest.raises(SystemExit, match=r"needs --official=PATH") as missing:
-    bench_versus.check_official(None)
+    bench_versus_slotcon.check_official(None)
   with pytest.raises(SystemExit, match=r"not a SlotCon checkout: no models/slotcon.py"):
-    bench_versus.check_official(str(tmp_path))
+    bench_versus_slotcon.check_official(str(tmp_path))
   (tmp_path / "models").mkdir()
   (tmp_path / "utils").mkdir()
-  for name in bench_versus.OFFICIAL_FILES:
+  for name in bench_versus_slotcon.OFFICIAL_FILES:
     (tmp_path / name).write_text("")
-  assert bench_versus.check_official(str(tmp_path)) == str(tmp_path)
+  assert bench_versus_slotcon.check_official(str(tmp_path)) == str(tmp_path)
   assert "\n" not in str(missing.value.code)
 
 
 def test_the_subcommand_without_official_prints_one_error_line():
-  done = subprocess.run([sys.executable, "-m", "sgc_jax.bench", "versus-slotcon"],
+  done = subprocess.run([sys.executable, "-m", "sgc_jax.tools.bench", "versus-slotcon"],
                         capture_output=True, text=True, timeout=120)
   assert done.returncode == 1
   assert done.stderr.strip().splitlines() == [
@@ -85,7 +85,7 @@ def test_roi_align_stand_in_matches_ours():
                                   (5, 7), aligned=True, max_samples=(4, 4)))
   rois = torch.cat([torch.arange(len(boxes), dtype=torch.float32)[:, None],
                     torch.from_numpy(boxes)], 1)
-  got = bench_versus.roi_align_torch(torch.from_numpy(x), rois, (5, 7), aligned=True)
+  got = bench_versus_slotcon.roi_align_torch(torch.from_numpy(x), rois, (5, 7), aligned=True)
   np.testing.assert_allclose(got.numpy().transpose(0, 2, 3, 1), expected, atol=1e-5)
 
 
@@ -93,8 +93,8 @@ def test_roi_align_stand_in_matches_ours():
 
 
 def test_taming_fields_come_from_our_config():
-  from configs import bench_taming64
-  from sgc_jax import bench_versus_taming
+  from sgc_jax.configs import bench_taming64
+  from sgc_jax.tools import bench_versus_taming
   config = bench_taming64.get_config("quantizer=vq")
   fields = bench_versus_taming.taming_fields(config)
   assert fields["ddconfig"] == dict(
@@ -106,12 +106,12 @@ def test_taming_fields_come_from_our_config():
 
 
 def test_versus_taming_without_or_with_a_wrong_checkout_is_one_line(tmp_path):
-  done = subprocess.run([sys.executable, "-m", "sgc_jax.bench", "versus-taming",
+  done = subprocess.run([sys.executable, "-m", "sgc_jax.tools.bench", "versus-taming",
                          f"--official={tmp_path}"], capture_output=True, text=True, timeout=120)
   assert done.returncode == 1
   assert done.stderr.strip().splitlines() == [
       f"--official={tmp_path} is not a taming-transformers checkout: no "
       "taming/modules/diffusionmodules/model.py, taming/modules/vqvae/quantize.py"]
-  from sgc_jax import bench_versus_taming
+  from sgc_jax.tools import bench_versus_taming
   with pytest.raises(SystemExit, match=r"versus-taming needs --official=PATH"):
     bench_versus_taming.check_official(None)

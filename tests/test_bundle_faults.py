@@ -15,14 +15,15 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from sgc_jax import inference, tokenizer_cli, tree_io
+from sgc_jax.bundle import cli, inference
+from sgc_jax.utils import tree_io
 from test_export import ROOT, bundle  # noqa: F401  (`bundle`: a module-scoped fixture)
 
 
-def cli(command, source, bundle_dir, out, *options):
+def run_cli(command, source, bundle_dir, out, *options):
   return subprocess.run(
-      [sys.executable, "-c", "import sys; from sgc_jax import tokenizer_cli; "
-       f"tokenizer_cli.{command}_main(sys.argv[1:])", str(source), "--bundle", str(bundle_dir),
+      [sys.executable, "-c", "import sys; from sgc_jax.bundle import cli; "
+       f"cli.{command}_main(sys.argv[1:])", str(source), "--bundle", str(bundle_dir),
        "--out", str(out), *options], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -116,7 +117,7 @@ def test_damaged_bundle_is_one_bundle_error_naming_the_file(bundle, images_dir, 
   assert str(directory / name) in str(error.value)
   if fault in ("encode_truncated", "variables_truncated", "variables_reshaped", "json_no_grid",
                "json_bad"):  # Tracebacks through the CLI before.
-    result = cli("tokenize", images_dir, directory, tmp_path / "out")
+    result = run_cli("tokenize", images_dir, directory, tmp_path / "out")
     one_line_error(result, directory / name)
     assert not (tmp_path / "out").exists()
 
@@ -158,7 +159,7 @@ def test_missing_files_and_other_versions_stay_one_line(bundle, images_dir, tmp_
   with pytest.raises(inference.BundleError, match="bundle without decode.jax_export"):
     inference.load(str(directory))
   edit_json(lambda d: d.update(version=2))(directory / "model.json")
-  one_line_error(cli("tokenize", images_dir, directory, tmp_path / "out"),
+  one_line_error(run_cli("tokenize", images_dir, directory, tmp_path / "out"),
                  directory / "model.json", "bundle version 2")
   assert not (tmp_path / "out").exists()
 
@@ -230,10 +231,10 @@ def test_clashing_stems_and_batch_sizes_are_refused_before_any_work(bundle, tmp_
   for name in ("ok.png", "ok.jpg"):
     PIL.Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(images / name)
   out = tmp_path / "out"
-  one_line_error(cli("tokenize", images, bundle, out), images / "ok.jpg", images / "ok.png")
+  one_line_error(run_cli("tokenize", images, bundle, out), images / "ok.jpg", images / "ok.png")
   os.remove(images / "ok.jpg")
   for batch_size in ("-1", "0"):
-    line = one_line_error(cli("tokenize", images, bundle, out, f"--batch_size={batch_size}"))
+    line = one_line_error(run_cli("tokenize", images, bundle, out, f"--batch_size={batch_size}"))
     assert f"--batch_size {batch_size}" in line
   assert not out.exists()
   # The same output name from .npz and .NPZ tokens.
@@ -241,8 +242,8 @@ def test_clashing_stems_and_batch_sizes_are_refused_before_any_work(bundle, tmp_
   tokens.mkdir()
   np.savez(tokens / "t.npz", indices=np.zeros((8, 8), np.int32))
   shutil.copy(tokens / "t.npz", tokens / "t.NPZ")
-  with pytest.raises(tokenizer_cli.InputError, match="both would write t"):
-    tokenizer_cli.detokenize(str(tokens), bundle, str(out))
+  with pytest.raises(cli.InputError, match="both would write t"):
+    cli.detokenize(str(tokens), bundle, str(out))
 
 
 def png_claiming(path, width, height):
@@ -260,22 +261,22 @@ def test_huge_and_extreme_images_are_refused_by_their_header(bundle, tmp_path):
   png_claiming(images / "bomb.png", 30000, 30000)
   PIL.Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(images / "a_ok.png")
   out = tmp_path / "out"
-  one_line_error(cli("tokenize", images, bundle, out), images / "bomb.png", "decompression bomb")
+  one_line_error(run_cli("tokenize", images, bundle, out), images / "bomb.png", "decompression bomb")
   os.remove(images / "bomb.png")
   PIL.Image.new("L", (1, 150000)).save(images / "thin.png")  # Was 3.1 GB resized.
-  one_line_error(cli("tokenize", images, bundle, out), images / "thin.png",
+  one_line_error(run_cli("tokenize", images, bundle, out), images / "thin.png",
                  "1x150000 pixels, an aspect ratio past 64:1")
   assert not out.exists()
   # Past Pillow's warning limit (below its error limit) is refused too, and
   # 64:1 is the last aspect ratio read.
   png_claiming(tmp_path / "large.png", 10000, 10000)
-  with pytest.raises(tokenizer_cli.InputError, match="large.png: refused"):
-    tokenizer_cli.read_image(str(tmp_path / "large.png"), 32)
+  with pytest.raises(cli.InputError, match="large.png: refused"):
+    cli.read_image(str(tmp_path / "large.png"), 32)
   PIL.Image.new("RGB", (64, 1)).save(tmp_path / "wide.png")
-  assert tokenizer_cli.read_image(str(tmp_path / "wide.png"), 32).shape == (32, 32, 3)
+  assert cli.read_image(str(tmp_path / "wide.png"), 32).shape == (32, 32, 3)
   PIL.Image.new("RGB", (65, 1)).save(tmp_path / "wide.png")
-  with pytest.raises(tokenizer_cli.InputError, match="65x1 pixels"):
-    tokenizer_cli.read_image(str(tmp_path / "wide.png"), 32)
+  with pytest.raises(cli.InputError, match="65x1 pixels"):
+    cli.read_image(str(tmp_path / "wide.png"), 32)
 
 
 TOKEN_FAULTS = {  # id: (write bad.npz, what the message says)
@@ -295,7 +296,7 @@ def test_bad_token_file_is_one_line_naming_it(bundle, tokens_dir, tmp_path, faul
   tokens = shutil.copytree(tokens_dir, tmp_path / "tokens")
   write(tokens / "bad.npz")
   out = tmp_path / "out"
-  line = one_line_error(cli("detokenize", tokens, bundle, out), tokens / "bad.npz")
+  line = one_line_error(run_cli("detokenize", tokens, bundle, out), tokens / "bad.npz")
   assert "ok.npz" not in line and re.search(message, line), line
   assert not out.exists()
 
@@ -305,11 +306,11 @@ def test_token_files_checked_in_process(tmp_path):
   for content, message in ((b"PK\x03\x04 cut", "not a readable .npz"),
                            (b"\x93NUMPY garbage", "not a readable .npz")):
     path.write_bytes(content)
-    with pytest.raises(tokenizer_cli.InputError, match=message):
-      tokenizer_cli.read_tokens(str(path), 8, 64)
+    with pytest.raises(cli.InputError, match=message):
+      cli.read_tokens(str(path), 8, 64)
   np.savez(path, other=np.zeros(3))
-  with pytest.raises(tokenizer_cli.InputError, match="no 'indices' array"):
-    tokenizer_cli.read_tokens(str(path), 8, 64)
+  with pytest.raises(cli.InputError, match="no 'indices' array"):
+    cli.read_tokens(str(path), 8, 64)
   np.savez(path, indices=np.full((8, 8), -1))
-  with pytest.raises(tokenizer_cli.InputError, match=r"in \[-1, -1\]"):
-    tokenizer_cli.read_tokens(str(path), 8, 64)
+  with pytest.raises(cli.InputError, match=r"in \[-1, -1\]"):
+    cli.read_tokens(str(path), 8, 64)

@@ -15,9 +15,10 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from sgc_jax import distributed, export, inference, tokenizer_cli
-from sgc_jax.core import sharding
+from sgc_jax.bundle import cli, inference
 from sgc_jax.methods import acseg, pat, slotcon
+from sgc_jax.modes import export
+from sgc_jax.runtime import distributed, sharding
 
 from test_acseg import tiny_acseg_config
 from test_export import ROOT, bundle  # noqa: F401  (`bundle`: SGC-VQGAN's, module-scoped)
@@ -37,10 +38,10 @@ def one_line_error(result, *names) -> str:
   return lines[0]
 
 
-def cli(command, source, bundle_dir, out, *options):
+def run_cli(command, source, bundle_dir, out, *options):
   return subprocess.run(
-      [sys.executable, "-c", "import sys; from sgc_jax import tokenizer_cli; "
-       f"tokenizer_cli.{command}_main(sys.argv[1:])", str(source), "--bundle", str(bundle_dir),
+      [sys.executable, "-c", "import sys; from sgc_jax.bundle import cli; "
+       f"cli.{command}_main(sys.argv[1:])", str(source), "--bundle", str(bundle_dir),
        "--out", str(out), *options], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -107,9 +108,9 @@ def test_tokenize_and_detokenize_refuse_a_bundle_without_encode_decode(
   tokens = tmp_path / "tokens"
   tokens.mkdir()
   np.savez(tokens / "a.npz", indices=np.zeros((16, 16), np.int32))
-  line = one_line_error(cli("tokenize", images_dir, directory, tmp_path / "out"), directory)
+  line = one_line_error(run_cli("tokenize", images_dir, directory, tmp_path / "out"), directory)
   assert f"a {method} bundle has no encoder: sgc-tokenize needs encode" in line
-  line = one_line_error(cli("detokenize", tokens, directory, tmp_path / "out"), directory)
+  line = one_line_error(run_cli("detokenize", tokens, directory, tmp_path / "out"), directory)
   assert f"a {method} bundle has no decoder: sgc-detokenize needs decode" in line
   assert not (tmp_path / "out").exists()
 
@@ -118,13 +119,13 @@ def test_tokenize_and_detokenize_refuse_a_bundle_without_encode_decode(
 def test_an_out_that_is_a_file_is_one_line(command, bundle, images_dir, tmp_path):
   out = tmp_path / "out"
   out.write_text("a user's file")
-  line = one_line_error(cli(command, images_dir, bundle, out), out)
+  line = one_line_error(run_cli(command, images_dir, bundle, out), out)
   assert line == f"error: {out}: exists and is a file, not a folder"
   assert out.read_text() == "a user's file"
 
 
 def test_segment_refuses_a_bundle_without_segment(bundle, images_dir, tmp_path):
-  line = one_line_error(cli("segment", images_dir, bundle, tmp_path / "out"), bundle)
+  line = one_line_error(run_cli("segment", images_dir, bundle, tmp_path / "out"), bundle)
   assert "a sgc_vqgan bundle has no segment function" in line
   assert not (tmp_path / "out").exists()
 
@@ -136,16 +137,16 @@ def test_segment_on_a_bundle_that_segments_images_alone(method, unit, count, slo
   """SlotCon's and ACSeg's `segment` take images only: each pixel's prototype
   or cluster, named `prototype_k` / `cluster_k`; class names are refused."""
   directory = {"slotcon": slotcon_bundle, "acseg": acseg_bundle}[method]
-  line = one_line_error(cli("segment", images_dir, directory, tmp_path / "bad", "--classes",
+  line = one_line_error(run_cli("segment", images_dir, directory, tmp_path / "bad", "--classes",
                             "sky,water"), "--classes")
   assert f"a {method} bundle segments into its {count} {unit}s" in line
   assert not (tmp_path / "bad").exists()
   out = tmp_path / "out"
-  assert tokenizer_cli.segment(str(images_dir), directory, str(out), batch_size=1) == 2
+  assert cli.segment(str(images_dir), directory, str(out), batch_size=1) == 2
   assert (out / "classes.txt").read_text().splitlines() == [f"{unit}_{k}" for k in range(count)]
   model = inference.load(directory)
   for name in ("a", "b"):
-    image = tokenizer_cli.read_image(str(images_dir / f"{name}.png"), 32)
+    image = cli.read_image(str(images_dir / f"{name}.png"), 32)
     want = model.call("segment", image[None])[0]
     np.testing.assert_array_equal(np.asarray(PIL.Image.open(out / f"{name}_classes.png")), want)
     assert np.asarray(PIL.Image.open(out / f"{name}.png")).shape == (32, 32, 3)
@@ -164,15 +165,15 @@ def test_segment_past_256_classes_writes_16_bit_maps_and_checks_the_count(
 
   set_prototypes(300)
   out = tmp_path / "out"
-  assert tokenizer_cli.segment(str(images_dir), str(directory), str(out), batch_size=1) == 2
+  assert cli.segment(str(images_dir), str(directory), str(out), batch_size=1) == 2
   assert len((out / "classes.txt").read_text().splitlines()) == 300
   with PIL.Image.open(out / "a_classes.png") as written:
     assert written.mode.startswith("I")  # 16-bit
-    image = tokenizer_cli.read_image(str(images_dir / "a.png"), 32)
+    image = cli.read_image(str(images_dir / "a.png"), 32)
     np.testing.assert_array_equal(np.asarray(written),
                                   inference.load(slotcon_bundle).call("segment", image[None])[0])
   set_prototypes("8")
-  line = one_line_error(cli("segment", images_dir, directory, tmp_path / "bad"),
+  line = one_line_error(run_cli("segment", images_dir, directory, tmp_path / "bad"),
                         directory / "model.json")
   assert "slotcon.num_prototypes is '8', expected a positive integer" in line
 
@@ -183,9 +184,9 @@ def test_pat_tokenizes_every_level_and_detokenizes_them(pat_bundle, images_dir, 
   model = inference.load(pat_bundle)
   grids = model.description["grids"]
   tokens = tmp_path / "tokens"
-  assert tokenizer_cli.tokenize(str(images_dir), pat_bundle, str(tokens), batch_size=1) == 2
+  assert cli.tokenize(str(images_dir), pat_bundle, str(tokens), batch_size=1) == 2
   assert sorted(os.listdir(tokens)) == ["a.npz", "b.npz"]
-  image = tokenizer_cli.read_image(str(images_dir / "a.png"), 32)
+  image = cli.read_image(str(images_dir / "a.png"), 32)
   want = model.call("encode", image[None])
   with np.load(tokens / "a.npz") as data:
     assert sorted(data.files) == [f"indices_{level}" for level in range(len(grids))]
@@ -193,7 +194,7 @@ def test_pat_tokenizes_every_level_and_detokenizes_them(pat_bundle, images_dir, 
       assert data[f"indices_{level}"].shape == (grid, grid)
       np.testing.assert_array_equal(data[f"indices_{level}"], want[level][0])
   out = tmp_path / "decoded"
-  assert tokenizer_cli.detokenize(str(tokens), pat_bundle, str(out)) == 2
+  assert cli.detokenize(str(tokens), pat_bundle, str(out)) == 2
   decoded = model.call("decode", tuple(level for level in want))[0]
   np.testing.assert_array_equal(np.asarray(PIL.Image.open(out / "a.png")),
                                 np.clip(np.rint((decoded + 1) * 127.5), 0, 255))
@@ -207,17 +208,17 @@ def test_pat_detokenize_checks_each_level(pat_bundle, tmp_path):
   levels = {f"indices_{l}": np.zeros((g, g), np.int32) for l, g in enumerate(grids)}
   np.savez(tokens / "ok.npz", **levels)
   np.savez(tokens / "small.npz", **{**levels, "indices_1": np.zeros((2, 2), np.int32)})
-  line = one_line_error(cli("detokenize", tokens, pat_bundle, tmp_path / "out"),
+  line = one_line_error(run_cli("detokenize", tokens, pat_bundle, tmp_path / "out"),
                         tokens / "small.npz")
   assert f"indices_1: token grid (2, 2), the bundle decodes ({grids[1]}, {grids[1]})" in line
   os.remove(tokens / "small.npz")
   np.savez(tokens / "range.npz", **{**levels, "indices_0": np.full((grids[0],) * 2, codes[0])})
-  line = one_line_error(cli("detokenize", tokens, pat_bundle, tmp_path / "out"),
+  line = one_line_error(run_cli("detokenize", tokens, pat_bundle, tmp_path / "out"),
                         tokens / "range.npz")
   assert f"indices_0: token indices in [{codes[0]}, {codes[0]}], the bundle has {codes[0]}" in line
   os.remove(tokens / "range.npz")
   np.savez(tokens / "flat.npz", indices=np.zeros((grids[0],) * 2, np.int32))
-  line = one_line_error(cli("detokenize", tokens, pat_bundle, tmp_path / "out"),
+  line = one_line_error(run_cli("detokenize", tokens, pat_bundle, tmp_path / "out"),
                         tokens / "flat.npz")
   assert "no 'indices_0' array" in line
   assert not (tmp_path / "out").exists()
@@ -227,10 +228,10 @@ def test_pat_segments_into_its_own_classes(pat_bundle, scenes64, images_dir, tmp
   """An untrained PAT's class maps are rounding noise (its tokens' maps are
   flat, GroupNorm scales them up): compared at one batch size."""
   out = tmp_path / "out"
-  assert tokenizer_cli.segment(str(images_dir), pat_bundle, str(out), batch_size=1) == 2
+  assert cli.segment(str(images_dir), pat_bundle, str(out), batch_size=1) == 2
   assert (out / "classes.txt").read_text().splitlines() == list(scenes64.class_names)
   model = inference.load(pat_bundle)
-  image = tokenizer_cli.read_image(str(images_dir / "b.png"), 32)
+  image = cli.read_image(str(images_dir / "b.png"), 32)
   np.testing.assert_array_equal(np.asarray(PIL.Image.open(out / "b_classes.png")),
                                 model.call("segment", (image[None], model.variables["text"]))[0])
 
@@ -279,7 +280,7 @@ def config_files(tmp_path_factory):
            "no_get_config": "CONFIG = 1\n",
            "empty": "import ml_collections\ndef get_config():\n"
                     "  return ml_collections.ConfigDict()\n",
-           "no_argument": "from configs import sgc_scenes\ndef get_config():\n"
+           "no_argument": "from sgc_jax.configs import sgc_scenes\ndef get_config():\n"
                           "  return sgc_scenes.get_config()\n",
            "raises": "def get_config():\n  raise RuntimeError('boom')\n",
            "bad_import": "import sgc_jax_no_such_module\n"}

@@ -24,10 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sgc_jax.convert import clip as convert_clip
 from sgc_jax.convert import torch_file
-from sgc_jax.models import clip
-from sgc_jax.models import clip_tokenizer
+from sgc_jax.convert import clip as convert_clip
+from sgc_jax.models import clip, clip_tokenizer
 from test_vit_dino import torch_bicubic
 from test_weight_files import ROOT, Op, _run, encode, global_, tensor
 

@@ -3,8 +3,8 @@ folder data set, tests/real_textures.py), a short run uses every code."""
 
 import pytest
 
-from sgc_jax import train
 from sgc_jax.data import folder
+from sgc_jax.modes import train
 from test_train import tiny_config
 import real_textures
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from sgc_jax import compare
+from sgc_jax.tools import compare
 
 
 def _run(tmp_path, name, quantizer, miou, **more):

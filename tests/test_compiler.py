@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from sgc_jax import synthetic
-from sgc_jax import compiler
+from sgc_jax.runtime import compiler
+from sgc_jax.tools import synthetic
 from tests.test_train import tiny_config
 
 _DN = ("NHWC", "HWIO", "NHWC")

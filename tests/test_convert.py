@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 import torch_reference as ref
-from sgc_jax import tree_io
+from sgc_jax.convert import taming, torch_file
 from sgc_jax.convert import inception as inception_convert
 from sgc_jax.convert import lpips as lpips_convert
-from sgc_jax.convert import taming, torch_file
 from sgc_jax.models import inception, vqgan
 from sgc_jax.models.lpips import LPIPS
+from sgc_jax.utils import tree_io
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "data", "tiny_checkpoint.pt")
 
@@ -204,8 +204,8 @@ def test_inception_import_layer_by_layer(tmp_path):
 
 
 def test_training_starts_from_imported_taming_weights(data_dir, tmp_path):
-  from sgc_jax import synthetic
-  from sgc_jax.core import sharding
+  from sgc_jax.runtime import sharding
+  from sgc_jax.tools import synthetic
   from test_train import tiny_config
   sd = ref.taming_state_dict(**TINY)
   path = str(tmp_path / "vqgan.npz")

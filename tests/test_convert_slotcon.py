@@ -14,12 +14,12 @@ import pytest
 from flax import traverse_util
 from scipy.special import erf
 
-from configs import slotcon_scenes
-from sgc_jax.convert import slotcon as convert_lib
+from sgc_jax.configs import slotcon_scenes
 from sgc_jax.convert import torch_file
-from sgc_jax.core import sharding
+from sgc_jax.convert import slotcon as convert_lib
 from sgc_jax.methods import slotcon
 from sgc_jax.models import slotcon as parts
+from sgc_jax.runtime import sharding
 from test_resnet import NumpyResNet, torchvision_state_dict
 from test_weight_files import Op, _run, encode, global_, ordered_dict, tensor, write
 
@@ -184,10 +184,10 @@ def _close(got, want, rtol=2e-4):
 
 def test_converted_teacher_and_predictor_match_numpy_forwards(sd, converted):
   config = model_config()
-  net = slotcon.SlotConNet(DEPTH, tuple(config.dilation), HIDDEN, OUT, K, config.teacher_temp)
+  net = parts.SlotConNet(DEPTH, tuple(config.dilation), HIDDEN, OUT, K, config.teacher_temp)
   images = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
   variables = {"params": converted["teacher_params"], "batch_stats": converted["teacher_stats"]}
-  features = jax.jit(lambda v, x: net.apply(v, x, method=slotcon.SlotConNet.features))(
+  features = jax.jit(lambda v, x: net.apply(v, x, method=parts.SlotConNet.features))(
       variables, images)
   slots, dots = jax.jit(net.apply)(variables, images)
 
@@ -299,9 +299,9 @@ def test_cli_ends_a_bad_file_with_one_error_line(tmp_path):
 
 
 def test_init_from_starts_every_part_from_the_converted_checkpoint(tmp_path, converted):
-  from sgc_jax import tree_io
-  from sgc_jax.core import sharding
   from sgc_jax.methods.slotcon import SlotConMethod
+  from sgc_jax.runtime import sharding
+  from sgc_jax.utils import tree_io
   path = str(tmp_path / "slotcon.npz")
   tree_io.save(converted, path)
   config = slotcon_scenes.get_config("size=32")

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sgc_jax import metrics
 from sgc_jax.evaluators import segmentation
+from sgc_jax.ops import metrics
 
 NUM_CLASSES, GRID, PATCH, DIM = 4, 4, 2, 6
 OPTIONS = dict(every=1, label_threshold=0.5, probe_images=64, probe_steps=300,

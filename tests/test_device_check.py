@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from sgc_jax import device_check
+from sgc_jax.tools import device_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +48,7 @@ def test_the_dry_run_runs_every_stage_and_brings_back_a_bundle_that_loads(tmp_pa
   assert len(os.listdir(out)) <= 8  # what a device session brings back
   subprocess.run(["sh", str(out / "join_slotcon_bundle.sh"), str(tmp_path / "home")],
                  check=True, capture_output=True)
-  from sgc_jax import inference
+  from sgc_jax.bundle import inference
   bundle = inference.load(str(tmp_path / "home" / "slotcon_bundle"))
   features = bundle.call("features", np.zeros((1, 64, 64, 3), np.float32))
   assert np.isfinite(features).all()
@@ -75,7 +75,7 @@ def test_parts_join_to_the_same_files(tmp_path, monkeypatch):
 
 
 def test_without_a_gpu_the_check_stops_in_one_line(tmp_path):
-  done = subprocess.run([sys.executable, "-m", "sgc_jax.device_check", f"--out={tmp_path}",
+  done = subprocess.run([sys.executable, "-m", "sgc_jax.tools.device_check", f"--out={tmp_path}",
                          "--budget=120"], cwd=ROOT, env=_env(JAX_PLATFORMS="cpu"),
                         capture_output=True, text=True, timeout=300)
   assert done.returncode == 1
@@ -89,7 +89,7 @@ def test_without_a_gpu_the_check_stops_in_one_line(tmp_path):
 def test_an_out_that_is_a_file_is_one_line(tmp_path):
   path = tmp_path / "file"
   path.write_text("")
-  done = subprocess.run([sys.executable, "-m", "sgc_jax.device_check", f"--out={path}"],
+  done = subprocess.run([sys.executable, "-m", "sgc_jax.tools.device_check", f"--out={path}"],
                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
   assert (done.returncode, done.stderr.strip()) == (
       1, f"error: --out={path} is a file, not a folder")

@@ -4,12 +4,14 @@ import jax
 import numpy as np
 import pytest
 
-from sgc_jax import metrics, train
+from sgc_jax.core import evaluation as base
 from sgc_jax.data import pipeline
-from sgc_jax.evaluators import base, reconstruction
+from sgc_jax.evaluators import reconstruction
 from sgc_jax.evaluators.segmentation import linear_probe
 from sgc_jax.models import inception as inception_lib
 from sgc_jax.models import lpips as lpips_lib
+from sgc_jax.modes import train
+from sgc_jax.ops import metrics
 from test_train import tiny_config
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from sgc_jax import export, inference, tokenizer_cli, train
+from sgc_jax.bundle import cli, inference
+from sgc_jax.modes import export, train
 from test_train import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +31,7 @@ def test_bundle_runs_without_the_model_code_and_matches_it(bundle, tmp_path):
   script = f"""
 import sys
 import numpy as np
-from sgc_jax import inference
+from sgc_jax.bundle import inference
 tokenizer = inference.load({bundle!r})
 images = np.load({str(tmp_path / "images.npy")!r})
 indices, semantic = tokenizer.encode(images)
@@ -39,7 +40,7 @@ assert (one == indices[:1]).all()
 np.savez({str(tmp_path / "out.npz")!r}, indices=indices, semantic=semantic,
          decoded=tokenizer.decode(indices))
 loaded = sorted(m for m in sys.modules if m.startswith(("sgc_jax", "flax", "optax", "orbax")))
-assert loaded == ["sgc_jax", "sgc_jax.compiler", "sgc_jax.inference", "sgc_jax.tree_io"], loaded
+assert loaded == ["sgc_jax", "sgc_jax.runtime.compiler", "sgc_jax.bundle.inference", "sgc_jax.utils.tree_io"], loaded
 """
   result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
@@ -72,34 +73,34 @@ def test_tokenize_and_detokenize_cli(bundle, tmp_path):
     PIL.Image.fromarray(rng.integers(0, 255, size + (3,), dtype=np.uint8)).save(images_dir / name)
   (images_dir / "broken.png").write_bytes(b"not a png")
 
-  def cli(*args):
+  def run_cli(*args):
     return subprocess.run([sys.executable, "-c",
-                           "import sys; from sgc_jax import tokenizer_cli; "
-                           f"tokenizer_cli.{args[0]}(sys.argv[1:])", *args[1:]],
+                           "import sys; from sgc_jax.bundle import cli; "
+                           f"cli.{args[0]}(sys.argv[1:])", *args[1:]],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
 
-  result = cli("tokenize_main", str(images_dir), "--bundle", bundle, "--out", str(tmp_path / "t"))
+  result = run_cli("tokenize_main", str(images_dir), "--bundle", bundle, "--out", str(tmp_path / "t"))
   assert result.returncode != 0
   assert result.stderr.strip().endswith(f"error: {images_dir / 'broken.png'}: not a readable "
                                         "image (cannot identify image file "
                                         f"'{images_dir / 'broken.png'}')")
   os.remove(images_dir / "broken.png")
   tokens = tmp_path / "tokens"
-  assert tokenizer_cli.tokenize(str(images_dir), bundle, str(tokens), batch_size=2) == 3
+  assert cli.tokenize(str(images_dir), bundle, str(tokens), batch_size=2) == 3
   assert sorted(os.listdir(tokens)) == ["a.npz", "a_semantic.png", "b.npz", "b_semantic.png",
                                         "c.npz", "c_semantic.png"]
   assert np.load(tokens / "a.npz")["indices"].shape == (8, 8)
   assert np.asarray(PIL.Image.open(tokens / "a_semantic.png")).shape == (32, 32, 3)
   # The CLI's tokens are the tokenizer's tokens of the resized, cropped image.
   direct, _ = inference.load(bundle).encode(
-      tokenizer_cli.read_image(str(images_dir / "c.png"), 32)[None])
+      cli.read_image(str(images_dir / "c.png"), 32)[None])
   np.testing.assert_array_equal(np.load(tokens / "c.npz")["indices"], direct[0])
 
   out = tmp_path / "decoded"
-  assert tokenizer_cli.detokenize(str(tokens), bundle, str(out)) == 3
+  assert cli.detokenize(str(tokens), bundle, str(out)) == 3
   assert np.asarray(PIL.Image.open(out / "b.png")).shape == (32, 32, 3)
   np.savez(tokens / "d.npz", indices=np.zeros((4, 4), np.int32))
-  result = cli("detokenize_main", str(tokens), "--bundle", bundle, "--out", str(out))
+  result = run_cli("detokenize_main", str(tokens), "--bundle", bundle, "--out", str(out))
   assert result.returncode != 0
   assert f"error: {tokens / 'd.npz'}: token grid (4, 4), the bundle decodes (8, 8)" in result.stderr
 
@@ -109,7 +110,7 @@ def test_the_bundle_features_are_the_encoders_tokens_and_make_an_acseg_backbone(
   """SGC-VQGAN's bundle holds `features` (the tokens z the method predicts), so
   ACSeg can take it as a frozen backbone (kind=bundle, symmetric inputs)."""
   import jax
-  from sgc_jax.models import backbones
+  from sgc_jax.core import backbones
   from test_acseg import tiny_acseg_config
   config = tiny_config(data_dir)
   method = train.build_method(config, scenes64)

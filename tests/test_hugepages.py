@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sgc_jax import hugepages
+from sgc_jax.runtime import hugepages
 
 
 def test_the_tunable_is_added_to_what_the_user_set_and_a_users_choice_is_kept():
@@ -22,7 +22,7 @@ def test_the_tunable_is_added_to_what_the_user_set_and_a_users_choice_is_kept():
           == "glibc.malloc.hugetlbx=1:glibc.malloc.hugetlb=1")
 
 
-PROBE = ("import os, sys; from sgc_jax import hugepages; "
+PROBE = ("import os, sys; from sgc_jax.runtime import hugepages; "
          "print('before', os.getpid(), flush=True); hugepages.reexec_with_huge_pages(); "
          "print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:], os.getpid())")
 

@@ -19,10 +19,10 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from sgc_jax import inference, tree_io
-from sgc_jax.convert import clip, dino, inception, slotcon, taming, torch_file
-from sgc_jax.models import lpips
-from test_bundle_faults import cli, copy_bundle, edit_json, one_line_error
+from sgc_jax.bundle import inference
+from sgc_jax.convert import clip, dino, inception, lpips, slotcon, taming, torch_file
+from sgc_jax.utils import tree_io
+from test_bundle_faults import run_cli, copy_bundle, edit_json, one_line_error
 from test_export import ROOT, bundle  # noqa: F401  (`bundle`: a module-scoped fixture)
 
 BOMB_SHAPE = (2 ** 29,)  # float32: 2 GiB, past the 1 GiB floor of a small file's budget.
@@ -273,8 +273,8 @@ def test_detokenize_refuses_a_token_bomb_in_bounded_memory(bundle, tmp_path):  #
   path = write_bomb(tokens / "bomb.npz", "indices")
   out = tmp_path / "out"
   result, rss = run_measured([
-      sys.executable, "-c", "import sys; from sgc_jax import tokenizer_cli; "
-      "tokenizer_cli.detokenize_main(sys.argv[1:])", str(tokens), "--bundle", bundle,
+      sys.executable, "-c", "import sys; from sgc_jax.bundle import cli; "
+      "cli.detokenize_main(sys.argv[1:])", str(tokens), "--bundle", bundle,
       "--out", str(out)])
   line = one_line_error(result, path)
   assert "memory budget" in line and rss < MAX_RSS, (rss, line)
@@ -288,8 +288,8 @@ def test_tokenize_refuses_a_variables_bomb_in_bounded_memory(bundle, tmp_path): 
   images.mkdir()
   PIL.Image.fromarray(np.full((32, 32, 3), 100, np.uint8)).save(images / "a.png")
   result, rss = run_measured([
-      sys.executable, "-c", "import sys; from sgc_jax import tokenizer_cli; "
-      "tokenizer_cli.tokenize_main(sys.argv[1:])", str(images), "--bundle", str(directory),
+      sys.executable, "-c", "import sys; from sgc_jax.bundle import cli; "
+      "cli.tokenize_main(sys.argv[1:])", str(images), "--bundle", str(directory),
       "--out", str(tmp_path / "out")])
   line = one_line_error(result, directory / "variables.npz")
   assert "memory budget" in line and rss < MAX_RSS, (rss, line)
@@ -310,7 +310,7 @@ def test_num_codes_other_than_the_codebook_is_refused_at_load(bundle, tmp_path):
   tokens = tmp_path / "tokens"  # The commands: one line naming model.json, before any output.
   tokens.mkdir()
   np.savez(tokens / "a.npz", indices=np.zeros((8, 8), np.int32))
-  result = cli("detokenize", tokens, directory, tmp_path / "out")
+  result = run_cli("detokenize", tokens, directory, tmp_path / "out")
   one_line_error(result, directory / "model.json")
   assert not (tmp_path / "out").exists()
 

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from sgc_jax import distributed
+from sgc_jax.runtime import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POD = ["bash", "launch/tpu_pod.sh"]

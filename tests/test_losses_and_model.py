@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sgc_jax import losses, synthetic
-from sgc_jax.core import sharding
-from sgc_jax.models import codebook as cb
 from sgc_jax.models import vqgan
+from sgc_jax.models import codebook as cb
+from sgc_jax.ops import losses
+from sgc_jax.runtime import sharding
+from sgc_jax.tools import synthetic
 from test_train import tiny_config
 
 # ----------------------------------------------------------- NumPy references

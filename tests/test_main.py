@@ -87,8 +87,8 @@ def test_data_and_preview_modes(tmp_path):
 def test_reading_and_augmenting_never_imports_tensorflow(data_dir, scenes64):
   script = f"""
 import sys
-from sgc_jax.core import sharding
 from sgc_jax.data import pipeline, sources
+from sgc_jax.runtime import sharding
 dataset = sources.open_dataset("sgc_scenes/smoke64", {data_dir!r})
 spec = pipeline.PipelineSpec(split="train", global_batch_size=8, image_size=32,
                              train=True, num_views=2)
@@ -121,7 +121,7 @@ def test_a_missing_peer_ends_in_one_line_after_the_init_timeout(data_dir, scenes
 def test_orbax_error_logs_stay_out_of_a_commands_output():
   # Orbax logs (with tracebacks) errors it also raises; the command says them in one line.
   import logging as std_logging
-  from sgc_jax import logs
+  from sgc_jax.utils import logs
   logs.quiet_libraries()
   absl_logger = std_logging.getLogger("absl")
 

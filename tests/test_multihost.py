@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from sgc_jax import train
 from sgc_jax.core import checkpoint, loop
+from sgc_jax.modes import train
 from test_train import tiny_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -14,10 +14,11 @@ import tempfile
 import numpy as np
 import pytest
 
-from sgc_jax import eval_checkpoint, export, inference, preview, pseudo_labels, report, \
-    train, tree_io
+from sgc_jax.bundle import inference
 from sgc_jax.core import checkpoint
 from sgc_jax.data import pipeline, views
+from sgc_jax.modes import eval_checkpoint, export, preview, pseudo_labels, train
+from sgc_jax.utils import run_output, tree_io
 from test_bundle_faults import one_line_error
 from test_train import tiny_config
 
@@ -66,29 +67,29 @@ def failing_after(count: int, under, error=errno.ENOSPC):
 
 def test_a_failed_rewrite_keeps_the_old_folder_and_a_failed_first_write_leaves_none(tmp_path):
   target = tmp_path / "out"
-  with report.replacing_folder(str(target)) as partial:
+  with run_output.replacing_folder(str(target)) as partial:
     (tmp_path / "out.partial" / "a").write_text("old")
     assert partial == str(tmp_path / "out.partial") and not target.exists()
   assert contents(target) == {"a": hashlib.sha256(b"old").hexdigest()}
   before = contents(target)
-  with pytest.raises(report.OutputError, match=(
+  with pytest.raises(run_output.OutputError, match=(
       rf"^{target}: could not be written \(File too large\); the previous one is "
       r"unchanged$")):
-    with report.replacing_folder(str(target)) as partial:
+    with run_output.replacing_folder(str(target)) as partial:
       open(os.path.join(partial, "a"), "w").write("half")
       raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
   assert contents(target) == before
   assert sorted(os.listdir(tmp_path)) == ["out"]
   fresh = tmp_path / "fresh"
-  with pytest.raises(report.OutputError, match=(
+  with pytest.raises(run_output.OutputError, match=(
       rf"^{fresh}: could not be written \(No space left on device: .*b\); nothing was left "
       r"there$")):
-    with report.replacing_folder(str(fresh)) as partial:
+    with run_output.replacing_folder(str(fresh)) as partial:
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(partial, "b"))
   assert sorted(os.listdir(tmp_path)) == ["out"]
   # Not an OSError: passed on as it is, the old folder kept all the same.
   with pytest.raises(KeyError):
-    with report.replacing_folder(str(target)):
+    with run_output.replacing_folder(str(target)):
       raise KeyError("x")
   assert contents(target) == before and sorted(os.listdir(tmp_path)) == ["out"]
 
@@ -100,13 +101,13 @@ def test_a_writer_killed_between_the_renames_loses_nothing(tmp_path):
   (tmp_path / "out.old").mkdir()
   (tmp_path / "out.old" / "a").write_text("old")
   (tmp_path / "out.partial").mkdir()  # the killed writer's half
-  with pytest.raises(report.OutputError):
-    with report.replacing_folder(str(target)):
+  with pytest.raises(run_output.OutputError):
+    with run_output.replacing_folder(str(target)):
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
   assert (target / "a").read_text() == "old" and sorted(os.listdir(tmp_path)) == ["out"]
   # Killed after the new one came in: the aside one is stale.
   (tmp_path / "out.old").mkdir()
-  with report.replacing_folder(str(target)) as partial:
+  with run_output.replacing_folder(str(target)) as partial:
     open(os.path.join(partial, "a"), "w").write("new")
   assert (target / "a").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["out"]
 
@@ -114,16 +115,16 @@ def test_a_writer_killed_between_the_renames_loses_nothing(tmp_path):
 def test_output_paths_that_are_files_or_not_writable_are_named(tmp_path, monkeypatch):
   a_file = tmp_path / "a_file"
   a_file.write_text("not a folder")
-  with pytest.raises(report.OutputError, match=rf"^{a_file}: exists and is a file, not a folder$"):
-    report.check_folder(str(a_file))
-  with pytest.raises(report.OutputError, match=(
+  with pytest.raises(run_output.OutputError, match=rf"^{a_file}: exists and is a file, not a folder$"):
+    run_output.check_folder(str(a_file))
+  with pytest.raises(run_output.OutputError, match=(
       rf"^{a_file}/sub/deeper: cannot be made, {a_file} is a file, not a folder$")):
-    report.check_folder(str(a_file / "sub" / "deeper"))
-  with pytest.raises(report.OutputError, match=rf"^{a_file}: exists and is a file, not a folder$"):
-    report.check_output_folder(str(a_file))
-  with pytest.raises(report.OutputError, match=rf"^{a_file}: exists and is a file"):
-    report.check_output_folder(str(a_file / "bundle"))
-  report.check_folder(str(tmp_path / "new" / "deeper"))  # can be made: nothing is made
+    run_output.check_folder(str(a_file / "sub" / "deeper"))
+  with pytest.raises(run_output.OutputError, match=rf"^{a_file}: exists and is a file, not a folder$"):
+    run_output.check_output_folder(str(a_file))
+  with pytest.raises(run_output.OutputError, match=rf"^{a_file}: exists and is a file"):
+    run_output.check_output_folder(str(a_file / "bundle"))
+  run_output.check_folder(str(tmp_path / "new" / "deeper"))  # can be made: nothing is made
   assert sorted(os.listdir(tmp_path)) == ["a_file"]
 
   # Tests run as root, where permissions do not stop a write: a read-only
@@ -131,16 +132,16 @@ def test_output_paths_that_are_files_or_not_writable_are_named(tmp_path, monkeyp
   def read_only(*args, **kwargs):
     raise OSError(errno.EROFS, os.strerror(errno.EROFS))
   monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
-  with pytest.raises(report.OutputError, match=(
+  with pytest.raises(run_output.OutputError, match=(
       rf"^{tmp_path}: not writable \(Read-only file system\)$")):
-    report.check_folder(str(tmp_path))
-  with pytest.raises(report.OutputError, match=(
+    run_output.check_folder(str(tmp_path))
+  with pytest.raises(run_output.OutputError, match=(
       rf"^{tmp_path}/new: not writable \(Read-only file system in {tmp_path}\)$")):
-    report.check_folder(str(tmp_path / "new"))
-  with pytest.raises(report.OutputError, match=rf"^{tmp_path}: not writable"):
-    report.check_output_folder(str(tmp_path / "bundle"))
-  with pytest.raises(report.OutputError, match=rf"^{tmp_path}: not writable"):
-    report.WorkdirLock(str(tmp_path))
+    run_output.check_folder(str(tmp_path / "new"))
+  with pytest.raises(run_output.OutputError, match=rf"^{tmp_path}: not writable"):
+    run_output.check_output_folder(str(tmp_path / "bundle"))
+  with pytest.raises(run_output.OutputError, match=rf"^{tmp_path}: not writable"):
+    run_output.WorkdirLock(str(tmp_path))
   assert sorted(os.listdir(tmp_path)) == ["a_file"]
 
 
@@ -154,9 +155,9 @@ def test_the_workdir_lock_names_a_workdir_it_cannot_write(tmp_path, monkeypatch)
       raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
     return real_open(file, *args, **kwargs)
   monkeypatch.setattr("builtins.open", denied)
-  with pytest.raises(report.OutputError, match=(
+  with pytest.raises(run_output.OutputError, match=(
       rf"^{tmp_path}: not writable \(Permission denied: {tmp_path}/.lock\)$")):
-    report.WorkdirLock(str(tmp_path))
+    run_output.WorkdirLock(str(tmp_path))
 
 
 # ------------------------------------------------------------------ a workdir with a checkpoint
@@ -203,7 +204,7 @@ def test_a_failed_export_keeps_the_old_bundle_or_leaves_none(workdir, monkeypatc
   variables = method.eval_variables(state)
   # The disk fills while the re-export writes its second file.
   monkeypatch.setattr("builtins.open", failing_after(1, bundle + ".partial"))
-  with pytest.raises(report.OutputError, match=(
+  with pytest.raises(run_output.OutputError, match=(
       rf"^{bundle}: could not be written \(No space left on device: {bundle}.partial/\w+"
       r"\.jax_export\); the previous one is unchanged$")):
     export.write_bundle(bundle, method, variables, {"step": 2}, CPU_ONLY)
@@ -215,7 +216,7 @@ def test_a_failed_export_keeps_the_old_bundle_or_leaves_none(workdir, monkeypatc
   first = os.path.join(directory, "first")
   monkeypatch.setattr(tree_io, "save", lambda tree, path: (_ for _ in ()).throw(
       OSError(errno.EFBIG, os.strerror(errno.EFBIG), path)))
-  with pytest.raises(report.OutputError, match=(
+  with pytest.raises(run_output.OutputError, match=(
       rf"^{first}: could not be written \(File too large: {first}.partial/variables.npz\); "
       r"nothing was left there$")):
     export.write_bundle(first, method, variables, {"step": 2}, CPU_ONLY)
@@ -251,7 +252,7 @@ def test_a_failed_eval_rewrite_keeps_the_old_folder(workdir, tmp_path, monkeypat
   good = contents(work / "eval")
   assert "eval.json" in good and "p.png" in good
   monkeypatch.setattr("builtins.open", failing_after(1, f"{work}/eval.partial"))
-  with pytest.raises(report.OutputError, match=(
+  with pytest.raises(run_output.OutputError, match=(
       rf"^{work}/eval: could not be written \(No space left on device: .*eval.md\); the "
       r"previous one is unchanged$")):
     eval_checkpoint.evaluate_checkpoint(config, str(work))
@@ -272,7 +273,7 @@ def test_a_failed_pseudo_label_rewrite_keeps_the_old_folder(workdir, tmp_path, m
                       np.zeros(images.shape[:3], np.int32), raising=False)
   monkeypatch.setattr(pseudo_labels, "_write", lambda *args: (_ for _ in ()).throw(
       OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))))
-  with pytest.raises(report.OutputError, match=(
+  with pytest.raises(run_output.OutputError, match=(
       rf"^{work}/pseudo_labels: could not be written \(No space left on device\); the "
       r"previous one is unchanged$")):
     pseudo_labels.write_pseudo_labels(config, str(work))
@@ -288,25 +289,25 @@ def test_a_workdir_that_is_a_file_stops_each_mode_before_its_work(workdir, scene
   a_file = tmp_path / "a_file"
   a_file.write_text("not a folder")
   message = rf"^{a_file}: exists and is a file, not a folder$"
-  with pytest.raises(report.OutputError, match=message):
+  with pytest.raises(run_output.OutputError, match=message):
     train.train_and_evaluate(config, str(a_file))
-  with pytest.raises(report.OutputError, match=message):
+  with pytest.raises(run_output.OutputError, match=message):
     eval_checkpoint.evaluate_checkpoint(config, str(a_file))
-  with pytest.raises(report.OutputError, match=message):
+  with pytest.raises(run_output.OutputError, match=message):
     export.export_checkpoint(config, str(a_file))
-  with pytest.raises(report.OutputError, match=message):
+  with pytest.raises(run_output.OutputError, match=message):
     export.export_checkpoint(config, str(a_file), str(tmp_path / "elsewhere"))
-  with pytest.raises(report.OutputError, match=message):
+  with pytest.raises(run_output.OutputError, match=message):
     pseudo_labels.write_pseudo_labels(config, str(a_file))
-  with pytest.raises(report.OutputError, match=message):
+  with pytest.raises(run_output.OutputError, match=message):
     preview.write_previews(config, scenes64, str(a_file))
-  with pytest.raises(report.OutputError, match=rf"^{a_file}/sub: cannot be made, {a_file} is a"):
+  with pytest.raises(run_output.OutputError, match=rf"^{a_file}/sub: cannot be made, {a_file} is a"):
     train.train_and_evaluate(config, str(a_file / "sub"))
   # A good workdir, an output path that is a file.
   _, good = workdir
-  with pytest.raises(report.OutputError, match=message):
+  with pytest.raises(run_output.OutputError, match=message):
     export.export_checkpoint(config, good, str(a_file))
-  with pytest.raises(report.OutputError, match=message):
+  with pytest.raises(run_output.OutputError, match=message):
     pseudo_labels.write_pseudo_labels(config, good, str(a_file))
   assert sorted(os.listdir(tmp_path)) == ["a_file"]
   assert a_file.read_text() == "not a folder"

@@ -15,15 +15,17 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from configs import pat_scenes
-from sgc_jax import export, inference, train
+from sgc_jax.bundle import inference
 from sgc_jax.config_lib import ConfigError
-from sgc_jax.core import loop, sharding
+from sgc_jax.configs import pat_scenes
+from sgc_jax.core import loop
 from sgc_jax.evaluators import open_vocab, pyramid
 from sgc_jax.methods import pat
+from sgc_jax.models import class_embeddings
 from sgc_jax.models import codebook as codebook_lib
 from sgc_jax.models import pat as pat_model
-from sgc_jax.models import text_embeddings
+from sgc_jax.modes import export, train
+from sgc_jax.runtime import sharding
 
 from test_slotcon_method import train_batches
 
@@ -135,7 +137,7 @@ def test_bad_method_fields_are_config_errors(data_dir, scenes64, text_file):
 
 
 def test_coco_recipe_validates_once_given_its_files():
-  from configs import pat_coco
+  from sgc_jax.configs import pat_coco
   config = pat_coco.get_config()
   with pytest.raises(ConfigError, match="backbone.kind='clip' with weights"):
     pat.PATMethod.validate(config)
@@ -164,7 +166,7 @@ def test_text_files_are_checked(tmp_path):
   names = ("sky", "ball")
   path = str(tmp_path / "t.npz")
   np.savez(path, sky=np.ones(4), ball=np.array([3.0, 4.0, 0.0, 0.0]))
-  np.testing.assert_allclose(text_embeddings.normalize(text_embeddings.from_file(path, names)),
+  np.testing.assert_allclose(class_embeddings.normalize(class_embeddings.from_file(path, names)),
                              [[0.5] * 4, [0.6, 0.8, 0, 0]], rtol=1e-6)
   for arrays, message in (({"sky": np.ones(4)}, "no vector for 'ball'"),
                           ({"sky": np.ones(4), "ball": np.ones(3)}, "shapes"),
@@ -172,11 +174,11 @@ def test_text_files_are_checked(tmp_path):
                           ({"sky": np.ones(4), "ball": np.zeros(4)}, "zero vector")):
     np.savez(path, **arrays)
     with pytest.raises(ConfigError, match=f"text.file={path}: .*{message}"):
-      text_embeddings.from_file(path, names)
+      class_embeddings.from_file(path, names)
   with open(path, "wb") as f:
     f.write(b"not a zip")
   with pytest.raises(ConfigError, match="not a readable .npz"):
-    text_embeddings.from_file(path, names)
+    class_embeddings.from_file(path, names)
 
 
 def test_cross_entropy_ignores_unlabelled_pixels_and_padding():
@@ -347,8 +349,8 @@ def test_trains_evaluates_exports_and_segments_through_the_core(data_dir, scenes
     PIL.Image.fromarray(((image + 1) * 127.5).round().astype(np.uint8)).save(folder / f"{i}.png")
   out = tmp_path / "out"
   run = lambda *args: subprocess.run(  # noqa: E731
-      [sys.executable, "-c", "import sys; from sgc_jax import tokenizer_cli; "
-       "tokenizer_cli.segment_main(sys.argv[1:])", str(folder), "--bundle", bundle, "--out",
+      [sys.executable, "-c", "import sys; from sgc_jax.bundle import cli; "
+       "cli.segment_main(sys.argv[1:])", str(folder), "--bundle", bundle, "--out",
        str(out), *args], capture_output=True, text=True)
   bad = run("--classes", "sky,zebra")
   assert bad.returncode == 1 and not out.exists(), bad.stderr
@@ -437,11 +439,12 @@ def test_over_clip_open_vocabulary_fusion_export_and_any_class_names(data_dir, s
   loaded_bundle = inference.load(bundle)
   assert "embed_text" in loaded_bundle.functions
   assert os.path.isfile(os.path.join(bundle, "vocabulary.txt.gz"))
-  from sgc_jax.models import clip_text
+  from sgc_jax.bundle import cli
+  from sgc_jax.convert import clip as clip_convert
   names = ["zebra", "sky"]
-  vectors = clip_text.embed_with_bundle(loaded_bundle, names)
-  want = clip_text.embed_class_names(clip_text.text_tower(weights), vocabulary,
-                                     ("a photo of a {}.", "a {}"), names)
+  vectors = cli.embed_with_bundle(loaded_bundle, names)
+  want = class_embeddings.embed_class_names(clip_convert.text_tower(weights), vocabulary,
+                                            ("a photo of a {}.", "a {}"), names)
   np.testing.assert_allclose(vectors, want / np.linalg.norm(want, axis=1, keepdims=True),
                              rtol=1e-4, atol=1e-6)
   folder = tmp_path / "images"
@@ -450,8 +453,8 @@ def test_over_clip_open_vocabulary_fusion_export_and_any_class_names(data_dir, s
     PIL.Image.fromarray(((image + 1) * 127.5).round().astype(np.uint8)).save(folder / f"{i}.png")
   out = tmp_path / "out"
   run = subprocess.run(
-      [sys.executable, "-c", "import sys; from sgc_jax import tokenizer_cli; "
-       "tokenizer_cli.segment_main(sys.argv[1:])", str(folder), "--bundle", bundle, "--out",
+      [sys.executable, "-c", "import sys; from sgc_jax.bundle import cli; "
+       "cli.segment_main(sys.argv[1:])", str(folder), "--bundle", bundle, "--out",
        str(out), "--classes", "zebra,sky"], capture_output=True, text=True)
   assert run.returncode == 0, run.stderr
   got = np.stack([np.asarray(PIL.Image.open(out / f"{i}_classes.png")) for i in range(2)])

@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from sgc_jax.core import checkpoint, sharding
+from sgc_jax.core import checkpoint
 from sgc_jax.data import pipeline, sources, views
+from sgc_jax.runtime import sharding
 
 
 def _source(num_records, height=48, width=48, coordinates=False, num_classes=4):

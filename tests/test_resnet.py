@@ -10,8 +10,8 @@ import pytest
 from flax import traverse_util
 
 import torch_reference as ref
-from sgc_jax.convert import resnet as convert_lib
 from sgc_jax.convert import torch_file
+from sgc_jax.convert import resnet as convert_lib
 from sgc_jax.models import resnet
 
 # Independent of the model code: torchvision's resnetN (block, blocks per layer).

@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from configs import sgc_coco
-from sgc_jax import hlo, synthetic
-from sgc_jax.core import sharding
+from sgc_jax.configs import sgc_coco
+from sgc_jax.runtime import sharding
+from sgc_jax.tools import hlo, synthetic
 from test_train import tiny_config
 
 

@@ -10,10 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import slotcon_scenes
-from sgc_jax import eval_checkpoint, export, inference, train
-from sgc_jax.core import ema, loop, sharding
+from sgc_jax.bundle import inference
+from sgc_jax.configs import slotcon_scenes
+from sgc_jax.core import ema, loop
 from sgc_jax.methods import slotcon
+from sgc_jax.modes import eval_checkpoint, export, train
+from sgc_jax.runtime import sharding
 
 
 def _image_coordinate_dots(box, flip, size):

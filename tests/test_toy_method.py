@@ -20,9 +20,11 @@ import optax
 import PIL.Image
 import pytest
 
-from sgc_jax import config_lib, eval_checkpoint, export, inference, main, methods, train
+from sgc_jax import config_lib, main, methods
+from sgc_jax.bundle import inference
 from sgc_jax.core import loop, optim
 from sgc_jax.core.method import Method, Units
+from sgc_jax.modes import eval_checkpoint, export, train
 from test_train import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -275,7 +277,7 @@ def test_eval_mode_evaluates_the_toy(toy_run):
 
 
 def test_pseudo_labels_of_a_method_that_does_not_segment_are_a_config_error(toy_run):
-  from sgc_jax import pseudo_labels
+  from sgc_jax.modes import pseudo_labels
   config, workdir, _, _ = toy_run
   with pytest.raises(config_lib.ConfigError, match="config.method=.toy.: the method does not "
                      "segment images, so it makes no pseudo-labels"):
@@ -345,8 +347,8 @@ def test_the_core_evaluators_export_and_inference_import_no_method():
     assert not bad, (path, bad)
   # Nor through what they import.
   script = ("import sys\n"
-            "import sgc_jax.core.loop, sgc_jax.export, sgc_jax.inference, sgc_jax.train\n"
-            "import sgc_jax.eval_checkpoint\n"
+            "import sgc_jax.core.loop, sgc_jax.modes.export, sgc_jax.bundle.inference, sgc_jax.modes.train\n"
+            "import sgc_jax.modes.eval_checkpoint\n"
             "import sgc_jax.evaluators.reconstruction, sgc_jax.evaluators.codebook\n"
             "import sgc_jax.evaluators.segmentation, sgc_jax.evaluators.pictures\n"
             f"print(sorted(m for m in sys.modules if m.startswith({models!r})))\n")

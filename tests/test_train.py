@@ -17,11 +17,14 @@ import PIL.Image
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import sgc_scenes
-from sgc_jax import config_lib, eval_checkpoint, export, report, train
-from sgc_jax.core import checkpoint, loop, sharding
-from sgc_jax.methods import sgc_vqgan
+from sgc_jax import config_lib
+from sgc_jax.configs import sgc_scenes
+from sgc_jax.core import checkpoint, loop
 from sgc_jax.data import pipeline, views
+from sgc_jax.methods import sgc_vqgan
+from sgc_jax.modes import eval_checkpoint, export, train
+from sgc_jax.runtime import sharding
+from sgc_jax.utils import run_output
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -400,28 +403,28 @@ def test_a_short_sgc_run_learns_and_uses_its_codebook(data_dir, scenes64, tmp_pa
 
 
 def test_a_second_trainer_on_a_workdir_stops_at_once_naming_the_holder(tmp_path):
-  lock = report.WorkdirLock(str(tmp_path))
-  with pytest.raises(report.WorkdirBusy, match=rf"{tmp_path} is in use by pid {os.getpid()} on"):
-    report.WorkdirLock(str(tmp_path))
+  lock = run_output.WorkdirLock(str(tmp_path))
+  with pytest.raises(run_output.WorkdirBusy, match=rf"{tmp_path} is in use by pid {os.getpid()} on"):
+    run_output.WorkdirLock(str(tmp_path))
   lock.release()
-  report.WorkdirLock(str(tmp_path)).release()  # free again
+  run_output.WorkdirLock(str(tmp_path)).release()  # free again
   # A holder killed with SIGKILL leaves no lock behind (the kernel drops it).
   holder = subprocess.Popen([sys.executable, "-c", (
-      "import sys, time; from sgc_jax import report; lock = report.WorkdirLock(sys.argv[1]); "
+      "import sys, time; from sgc_jax.utils import run_output; lock = run_output.WorkdirLock(sys.argv[1]); "
       "print('locked', flush=True); time.sleep(60)"), str(tmp_path)], cwd=ROOT,
       stdout=subprocess.PIPE, text=True)
   assert holder.stdout.readline().strip() == "locked"
-  with pytest.raises(report.WorkdirBusy, match=f"pid {holder.pid} on"):
-    report.WorkdirLock(str(tmp_path))
+  with pytest.raises(run_output.WorkdirBusy, match=f"pid {holder.pid} on"):
+    run_output.WorkdirLock(str(tmp_path))
   holder.kill()
   holder.wait()
-  report.WorkdirLock(str(tmp_path)).release()
+  run_output.WorkdirLock(str(tmp_path)).release()
 
 
 def test_a_resumed_run_does_not_repeat_its_replayed_steps_in_the_metrics(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text("".join(json.dumps({"step": s, "loss": s / 10}) + "\n" for s in range(1, 8)))
-  report.Writer(str(tmp_path), 10, 4).close()  # resumed from the checkpoint of step 4
+  run_output.Writer(str(tmp_path), 10, 4).close()  # resumed from the checkpoint of step 4
   assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [1, 2, 3, 4]
 
 

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from sgc_jax.convert import dino
-from sgc_jax.convert import torch_file
+from sgc_jax.convert import dino, torch_file
 from sgc_jax.models import vit
 from test_weight_files import Op, _run, encode, global_, ordered_dict, tensor, write
 

@@ -57,9 +57,10 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from sgc_jax import tree_io
+from sgc_jax.config_lib import ConfigError
 from sgc_jax.convert import torch_file
 from sgc_jax.models import clip
+from sgc_jax.utils import tree_io
 
 MODEL_FIELDS = tuple(field.name for field in dataclasses.fields(clip.CLIPConfig))
 # Integers OpenAI's archives hold beside the weights, and the field each must equal.
@@ -252,6 +253,17 @@ def load(path: str, vision_heads: int | None = None,
   state_dict = torch_file.load_state_dict(path)
   fields = infer_fields(state_dict, path, vision_heads, text_heads)
   return fields, convert(state_dict, fields, path)
+
+
+def text_tower(weights: str):
+  """(CLIP's text tower module, its params, context length) from a weight file;
+  ConfigError naming the file."""
+  try:
+    fields, variables = load(weights)
+  except torch_file.WeightFileError as error:
+    raise ConfigError(f"config.model.backbone.weights: {error}") from None
+  tower_config = config(fields)
+  return clip.text_tower(tower_config), variables["params"]["text"], tower_config.context_length
 
 
 def main(argv=None):

@@ -42,9 +42,9 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from sgc_jax import tree_io
 from sgc_jax.convert import torch_file
 from sgc_jax.models import vit
+from sgc_jax.utils import tree_io
 
 # The VisionTransformer fields a checkpoint determines, with their types.
 MODEL_FIELDS = {"patch_size": int, "embed_dim": int, "depth": int, "num_heads": int,

@@ -12,9 +12,9 @@ import sys
 import jax
 import numpy as np
 
-from sgc_jax import tree_io
 from sgc_jax.convert import torch_file
 from sgc_jax.models import inception
+from sgc_jax.utils import tree_io
 
 # Tensors in the file that FID does not use.
 _UNUSED_PREFIXES = ("fc.", "AuxLogits.")

@@ -15,6 +15,7 @@ import numpy as np
 
 from sgc_jax.convert import torch_file
 from sgc_jax.models.lpips import VGG16_STAGES
+from sgc_jax.utils import tree_io
 
 # Indices of the convolutions in torchvision's `vgg16().features`: each stage's
 # convolutions and ReLUs, then a max pool.
@@ -39,6 +40,12 @@ def convert(vgg: dict[str, np.ndarray], heads: dict[str, np.ndarray],
                                 heads_source)
     params[f"lin_{s}"] = {"kernel": torch_file.conv_kernel(weight)}
   return params
+
+
+def load_params(path: str) -> dict:
+  """LPIPS parameters from the .npz that `main` writes (a
+  damaged file is a WeightFileError naming it)."""
+  return tree_io.unflatten(torch_file.load_state_dict(path))
 
 
 def main(argv=None):

@@ -35,11 +35,11 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from sgc_jax import tree_io
-from sgc_jax.convert import resnet as resnet_convert
 from sgc_jax.convert import torch_file
-from sgc_jax.methods.slotcon import SlotConNet
+from sgc_jax.convert import resnet as resnet_convert
 from sgc_jax.models import slotcon as parts
+from sgc_jax.models.slotcon import SlotConNet
+from sgc_jax.utils import tree_io
 
 FIELDS = ("depth", "dim_hidden", "dim_out", "num_prototypes")
 _DDP = "module."

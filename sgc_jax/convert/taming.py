@@ -18,10 +18,10 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from sgc_jax import tree_io
 from sgc_jax.convert import torch_file
 from sgc_jax.models.codebook import CodebookConfig
-from sgc_jax.models.vqgan import SGCVQGAN, ModelConfig
+from sgc_jax.models.vqgan import ModelConfig, SGCVQGAN
+from sgc_jax.utils import tree_io
 
 _IGNORED_PREFIXES = ("loss.",)
 

@@ -41,7 +41,7 @@ import zipfile
 import numpy as np
 from flax import traverse_util
 
-from sgc_jax import tree_io
+from sgc_jax.utils import tree_io
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,

@@ -13,8 +13,8 @@ from typing import Callable
 import jax
 import optax
 
-from sgc_jax import losses
 from sgc_jax.models.discriminator import PatchDiscriminator
+from sgc_jax.ops import losses
 
 
 class Adversarial:

@@ -24,10 +24,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from sgc_jax import config_lib, evaluators, logs, report
-from sgc_jax.core import checkpoint, sharding
+from sgc_jax import config_lib
+from sgc_jax.core import checkpoint, evaluation
 from sgc_jax.core.method import Method
 from sgc_jax.data import pipeline, sources, views
+from sgc_jax.runtime import sharding
+from sgc_jax.utils import logs, run_output
 
 
 class NonFiniteLoss(RuntimeError):
@@ -186,8 +188,8 @@ def train_and_evaluate(method_class: type[Method], config: ml_collections.Config
   """Trains (resuming from `workdir` if it holds checkpoints); returns last metrics.
 
   The workdir is locked while training: a second trainer on it stops at once
-  (report.WorkdirBusy, naming the holder)."""
-  lock = report.WorkdirLock(workdir)
+  (run_output.WorkdirBusy, naming the holder)."""
+  lock = run_output.WorkdirLock(workdir)
   try:
     return _train(method_class, config, workdir)
   finally:
@@ -216,12 +218,12 @@ def _train(method_class: type[Method], config: ml_collections.ConfigDict, workdi
   else:
     state = method.initial_state(method.create_train_state(config.seed))
   step = int(state.step)
-  evaluation = evaluators.create(config)
+  all_evaluators = evaluation.create(config)
   # The handler before the metrics file opens: a SIGTERM from then on is a clean stop.
   preemption = Preemption()
   max_update_ratio = config.checkpoint.get("max_update_ratio", float("inf"))
   state_bytes = checkpoint.state_size(method.abstract_state)
-  writer = report.Writer(workdir, config.total_steps, step)
+  writer = run_output.Writer(workdir, config.total_steps, step)
   compiled = {}
   metrics: dict[str, float] = {}
   last_saved = latest
@@ -250,10 +252,10 @@ def _train(method_class: type[Method], config: ml_collections.ConfigDict, workdi
       # A term a config turns off (PAT's semantic weight 0) has no metric to show.
       writer.progress(1, {label: metrics[key] for label, key in method.progress.items()
                           if key in metrics})
-      due = [e for e in evaluation if e.due(step, config.total_steps)]
+      due = [e for e in all_evaluators if e.due(step, config.total_steps)]
       if due:
         variables = prediction_variables(method, state, dataset, config)
-        results = evaluators.run(due, evaluators.Context(
+        results = evaluation.run(due, evaluation.Context(
             method, variables, method.units(variables), dataset, config, step, final=False,
             write_image=lambda name, image: writer.image(step, name, image, workdir)))
         eval_metrics = {f"val/{k}": v for k, v in results.items() if v is not None}

@@ -42,8 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from sgc_jax import compiler
-from sgc_jax.core import sharding
+from sgc_jax.runtime import compiler, sharding
 
 
 @dataclasses.dataclass(frozen=True)

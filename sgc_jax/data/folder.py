@@ -34,9 +34,9 @@ import PIL.Image
 import tensorflow_datasets as tfds
 from absl import app, flags
 
-from sgc_jax import logs
 from sgc_jax.data.sgc_scenes import encode_png
-from sgc_jax.data.sources import IGNORE_LABEL, DataError, check_label_range
+from sgc_jax.data.sources import DataError, IGNORE_LABEL, check_label_range
+from sgc_jax.utils import logs
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # One directory name under data_dir/seg_folder: never a path that leaves it.

@@ -20,10 +20,10 @@ import jax
 from absl import flags
 import numpy as np
 
-from sgc_jax.core import sharding
 from sgc_jax.config_lib import ConfigError
-from sgc_jax.data import photometric as photometric_lib
 from sgc_jax.data import sources, views
+from sgc_jax.data import photometric as photometric_lib
+from sgc_jax.runtime import sharding
 
 Batch = dict[str, np.ndarray]
 

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sgc_jax import logs
+from sgc_jax.utils import logs
 
 logs.drop_known_noise()  # also in grain's workers, which import this module
 IGNORE_LABEL = 255

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from sgc_jax import metrics
-from sgc_jax.evaluators.base import Evaluator
+from sgc_jax.core.evaluation import Evaluator
+from sgc_jax.ops import metrics
 
 
 def unit_usage(indices, weight, num_units: int):

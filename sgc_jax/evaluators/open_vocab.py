@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgc_jax import metrics
 from sgc_jax.config_lib import ConfigError
-from sgc_jax.evaluators.base import Evaluator
+from sgc_jax.core.evaluation import Evaluator
+from sgc_jax.ops import metrics
 
 
 def confusion(predicted, labels, weight, num_classes: int):

@@ -14,9 +14,10 @@ import functools
 import numpy as np
 from jax.experimental import multihost_utils
 
-from sgc_jax import compiler, report, viz
+from sgc_jax.core.evaluation import Evaluator
 from sgc_jax.data import pipeline
-from sgc_jax.evaluators.base import Evaluator
+from sgc_jax.runtime import compiler
+from sgc_jax.utils import run_output, viz
 
 
 class Pictures(Evaluator):
@@ -42,7 +43,7 @@ class Pictures(Evaluator):
     else:  # no class for the tokens
       semantic = np.full(np.shape(predictions["indices"]), num_classes)
     name = "reconstructions" if "reconstruction" in predictions else "segments"
-    pictures = {name: report.reconstruction_grid(
+    pictures = {name: run_output.reconstruction_grid(
         images, (np.asarray(pipeline.to_symmetric(predictions["reconstruction"], normalization))
                  if "reconstruction" in predictions else None),
         np.stack([r["segmentation"][0] for r in records]), semantic, num_classes,

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from sgc_jax import losses, metrics
-from sgc_jax.evaluators.base import Evaluator
+from sgc_jax.core.evaluation import Evaluator
 from sgc_jax.evaluators.codebook import unit_usage
 from sgc_jax.models.pat import area_downsample
+from sgc_jax.ops import losses, metrics
 
 
 class Pyramid(Evaluator):

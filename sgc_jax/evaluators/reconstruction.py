@@ -8,10 +8,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 from absl import logging
 
-from sgc_jax import losses, metrics
-from sgc_jax.evaluators.base import Context, Evaluator
+from sgc_jax.convert import lpips as lpips_weights
+from sgc_jax.core.evaluation import Context, Evaluator
 from sgc_jax.models import inception as inception_lib
 from sgc_jax.models import lpips as lpips_lib
+from sgc_jax.ops import losses, metrics
 
 
 class Perceptual:
@@ -36,7 +37,7 @@ class Reconstruction(Evaluator):
     from sgc_jax.convert import inception as inception_convert
     lpips_path = self.options.get("lpips_weights") or context.config.loss.get("lpips_weights")
     inception_path = self.options.get("inception_weights")
-    perceptual = Perceptual(lpips_lib.load_params(lpips_path) if lpips_path else None,
+    perceptual = Perceptual(lpips_weights.load_params(lpips_path) if lpips_path else None,
                             inception_convert.load(inception_path) if inception_path else None)
     for name, value in (("LPIPS", perceptual.lpips_params),
                         ("rFID", perceptual.inception_params)):

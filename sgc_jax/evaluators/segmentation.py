@@ -41,12 +41,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sgc_jax import metrics
 from sgc_jax.config_lib import ConfigError
+from sgc_jax.core.evaluation import Evaluator, split_pass
 from sgc_jax.data import pipeline
-from sgc_jax.evaluators.base import Evaluator, split_pass
 from sgc_jax.evaluators.codebook import unit_usage
 from sgc_jax.models import codebook as codebook_lib
+from sgc_jax.ops import kmeans, metrics
 
 
 class Segmentation(Evaluator):
@@ -139,7 +139,7 @@ class Segmentation(Evaluator):
           pixels, tokens, unit_class)
     if "posterior_pixels" in totals:
       results["posterior_miou"] = metrics.mean_iou(totals["posterior_pixels"])
-    clusters = metrics.kmeans(units.vectors, num_classes, weights=usage,
+    clusters = kmeans.kmeans(units.vectors, num_classes, weights=usage,
                               seed=context.config.seed)
     cluster_confusion = metrics.confusion_from_assignment(pixels, clusters, num_classes)
     matched = metrics.matched_confusion(cluster_confusion)
@@ -217,8 +217,8 @@ class _ProbeFit(Evaluator):
               else np.zeros(features.shape[1])).astype(np.float32)
       state["dense"] = {
           "mean": mean,
-          "centres": metrics.kmeans_centres(
-              metrics.unit_rows(features - mean), num_classes, seed=self._seed,
+          "centres": kmeans.kmeans_centres(
+              kmeans.unit_rows(features - mean), num_classes, seed=self._seed,
               restarts=self.options.get("kmeans_restarts", 1)).astype(np.float32),
           "probe": fit_linear_probe(features[labeled],
                                     np.eye(num_classes, dtype=np.float32)[labels[labeled]],

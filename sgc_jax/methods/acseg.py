@@ -35,11 +35,12 @@ import numpy as np
 import optax
 import tqdm
 
-from sgc_jax import config_lib, metrics
-from sgc_jax.core import optim, sharding
+from sgc_jax import config_lib
+from sgc_jax.core import backbones, optim
 from sgc_jax.core.method import Method, Units
 from sgc_jax.models import acseg as parts
-from sgc_jax.models import backbones
+from sgc_jax.ops import kmeans
+from sgc_jax.runtime import sharding
 
 
 @flax.struct.dataclass
@@ -180,7 +181,7 @@ class ACSegMethod(Method):
 
   def initial_state(self, state: TrainState) -> TrainState:
     """The backbone's weights (a new run; a resumed one restores them)."""
-    from sgc_jax import logs
+    from sgc_jax.utils import logs
     weights = jax.device_put(self.backbone.load(), self.state_shardings.backbone)
     if self.backbone.weights:
       logs.note(f"ACSeg backbone ({self.backbone.kind}) from {self.backbone.weights}")
@@ -303,8 +304,8 @@ def fit_classifier(vectors: np.ndarray, shares: np.ndarray, num_clusters: int,
   mean = np.zeros(vectors.shape[1], np.float32)
   if centring:
     mean = (weights @ vectors / weights.sum()).astype(np.float32)
-  centres = metrics.unit_rows(metrics.kmeans_centres(
-      metrics.unit_rows(vectors - mean), num_clusters, weights=weights, seed=seed,
+  centres = kmeans.unit_rows(kmeans.kmeans_centres(
+      kmeans.unit_rows(vectors - mean), num_clusters, weights=weights, seed=seed,
       restarts=restarts))
   if len(centres) < num_clusters:
     centres = np.concatenate([centres, np.zeros((num_clusters - len(centres),

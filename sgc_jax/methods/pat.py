@@ -37,14 +37,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sgc_jax import config_lib, logs, losses
-from sgc_jax.core import gan, optim, sharding
+from sgc_jax import config_lib
+from sgc_jax.convert import clip as clip_convert
+from sgc_jax.convert import lpips as lpips_weights
+from sgc_jax.core import backbones, gan, optim
 from sgc_jax.core.method import Method, Units
 from sgc_jax.data import pipeline
-from sgc_jax.models import backbones, clip_text, text_embeddings
+from sgc_jax.models import class_embeddings
 from sgc_jax.models import codebook as codebook_lib
 from sgc_jax.models import lpips as lpips_lib
 from sgc_jax.models.pat import PAT, PATConfig, area_downsample
+from sgc_jax.ops import losses
+from sgc_jax.runtime import sharding
+from sgc_jax.utils import logs
 
 IGNORE = 255
 # The class maps predict gives: the fused prediction, the semantic branch
@@ -160,7 +165,7 @@ class PATMethod(Method):
                lpips_params=None, text_tower=None):
     """`text`: the class embeddings [C, E] of every class (clip / file), None
     for learned ones; `class_frequency`: of the training classes' pixels;
-    `text_tower`: CLIP's (`clip_text.text_tower`), which goes into the bundle
+    `text_tower`: CLIP's (`sgc_jax.convert.clip.text_tower`), which goes into the bundle
     so that `sgc-segment` embeds any names."""
     super().__init__(config, mesh)
     m = config.model
@@ -196,11 +201,11 @@ class PATMethod(Method):
                                           dataset.num_classes)
     m = config.model
     # Read once: it embeds the class names and goes into the bundle.
-    tower = clip_text.text_tower(m.backbone.weights) if m.text.kind == "clip" else None
-    text = text_embeddings.build(m.text, dataset.class_names, tower)
+    tower = clip_convert.text_tower(m.backbone.weights) if m.text.kind == "clip" else None
+    text = class_embeddings.build(m.text, dataset.class_names, tower)
     lpips_params = None
     if config.loss.lpips_weights:
-      lpips_params = lpips_lib.load_params(config.loss.lpips_weights)
+      lpips_params = lpips_weights.load_params(config.loss.lpips_weights)
     return cls(config, mesh, dataset.class_names, frequency, text, lpips_params, tower)
 
   @classmethod
@@ -210,7 +215,7 @@ class PATMethod(Method):
                               "model.semantic_temperature", "model.baseline_temperature",
                               "model.text.dim")
     config_lib.check_choice(config, "model.codebook.mode", ("vq", "ema", "sgc"))
-    config_lib.check_choice(config, "model.text.kind", text_embeddings.KINDS)
+    config_lib.check_choice(config, "model.text.kind", class_embeddings.KINDS)
     for field in ("semantic_weight", "level_weight", "fusion_weight"):
       if not m[field] >= 0:
         raise config_lib.ConfigError(f"config.model.{field}={m[field]!r}: must be >= 0")
@@ -226,7 +231,7 @@ class PATMethod(Method):
           f"config.model.unseen_classes={tuple(m.unseen_classes)}: learned class embeddings "
           "are a closed vocabulary and cannot name held-out classes (text.kind clip or file)")
     backbones.validate(m.backbone)
-    text_embeddings.validate(m.text, m.backbone)
+    class_embeddings.validate(m.text, m.backbone)
     optim.validate(config.optimizer)
     try:
       pat_config(config, 1)
@@ -408,7 +413,7 @@ class PATMethod(Method):
   def bundle_files(self) -> dict[str, str]:
     if self.text_tower is None:
       return {}
-    return {clip_text.VOCABULARY_FILE: self.config.model.text.vocabulary}
+    return {class_embeddings.VOCABULARY_FILE: self.config.model.text.vocabulary}
 
   def bundle_fields(self) -> dict:
     m = self.config.model

@@ -19,13 +19,17 @@ import numpy as np
 import optax
 from absl import logging
 
-from sgc_jax import config_lib, logs, losses
-from sgc_jax.core import ema, gan, optim, sharding
+from sgc_jax import config_lib
+from sgc_jax.convert import lpips as lpips_weights
+from sgc_jax.core import ema, gan, optim
 from sgc_jax.core.method import Method, Units
 from sgc_jax.data import views
 from sgc_jax.models import codebook as codebook_lib
 from sgc_jax.models import lpips as lpips_lib
 from sgc_jax.models.vqgan import ModelConfig, SGCVQGAN
+from sgc_jax.ops import losses
+from sgc_jax.runtime import sharding
+from sgc_jax.utils import logs
 
 
 @flax.struct.dataclass
@@ -119,7 +123,7 @@ class SGCVQGANMethod(Method):
     logging.info("class frequencies: %s", dict(zip(dataset.class_names, frequency.round(4))))
     lpips_params = None
     if config.loss.lpips_weights:
-      lpips_params = lpips_lib.load_params(config.loss.lpips_weights)
+      lpips_params = lpips_weights.load_params(config.loss.lpips_weights)
     return cls(config, mesh, dataset.class_names, frequency, lpips_params)
 
   @classmethod

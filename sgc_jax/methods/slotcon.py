@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,39 +30,8 @@ from sgc_jax import config_lib
 from sgc_jax.core import ema, optim
 from sgc_jax.core.method import Method, Units
 from sgc_jax.models import slotcon as parts
-from sgc_jax.models.resnet import ResNet
 from sgc_jax.models.roi_align import roi_align
-
-
-class SlotConNet(nn.Module):
-  """Encoder -> projector -> grouping: (slots [B,K,D], dots [B,h,w,K])."""
-  depth: int
-  dilation: tuple[bool, bool, bool]
-  dim_hidden: int
-  dim_out: int
-  num_prototypes: int
-  teacher_temp: float
-  dtype: Any = jnp.float32
-
-  def setup(self):
-    self.encoder = ResNet(depth=self.depth, replace_stride_with_dilation=self.dilation,
-                          dtype=self.dtype)
-    self.projector = parts.DINOHead2d(hidden_dim=self.dim_hidden, bottleneck_dim=self.dim_out,
-                                      dtype=self.dtype)
-    self.grouping = parts.SemanticGrouping(self.num_prototypes, self.dim_out, self.teacher_temp)
-
-  def __call__(self, x, train: bool = False):
-    return self.grouping(self.projector(self.encoder(x, train=train), train=train))
-
-  def features(self, x):
-    """The backbone's features [B, h, w, C] (what transfer uses)."""
-    return self.encoder(x, train=False)
-
-  def features_and_assignments(self, x):
-    """Inference: the backbone's features and the prototype assignments."""
-    features = self.encoder(x, train=False)
-    _, dots = self.grouping(self.projector(features, train=False))
-    return features, dots
+from sgc_jax.models.slotcon import SlotConNet
 
 
 @flax.struct.dataclass
@@ -168,8 +136,8 @@ class SlotConMethod(Method):
     official SlotCon checkpoint (.pth) or the .npz its converter writes."""
     if not self.config.init_from:
       return state
-    from sgc_jax import logs
     from sgc_jax.convert import slotcon as slotcon_convert
+    from sgc_jax.utils import logs
     loaded = slotcon_convert.load(self.config.init_from, self.config.model)
     loaded = {name: jax.device_put(value, getattr(self.state_shardings, name))
               for name, value in loaded.items()}

@@ -1,6 +1,6 @@
 """Convolution around XLA:CPU's weak spot: tiny maps.
 
-With the compiler options of `sgc_jax/compiler.py` (convolutions on XLA's Eigen
+With the compiler options of `sgc_jax/runtime/compiler.py` (convolutions on XLA's Eigen
 kernels), XLA:CPU runs a convolution and both its gradients near its GEMM rate
 on maps of moderate size, but not on tiny ones: a 3x3, 512-channel convolution
 on 2x2 maps of 16 images took 148 ms for its two gradients, against 4.6 ms as

@@ -1,7 +1,7 @@
 """LPIPS (VGG16 trunk + linear heads), with weights from a local file.
 
-The file is an .npz of this module's parameters (`sgc_jax.convert` writes one
-from the published PyTorch weights); nothing is downloaded.
+Its parameters come from an .npz (`sgc_jax.convert.lpips` writes one from the
+published PyTorch weights, `load_params` reads it); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -9,9 +9,6 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
-
-from sgc_jax import tree_io
-from sgc_jax.convert import torch_file
 
 # VGG16 "features" convolutions, grouped by the ReLU after which LPIPS taps.
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -46,9 +43,3 @@ class LPIPS(nn.Module):
       head = nn.Conv(1, (1, 1), use_bias=False, name=f"lin_{s}")((fx - fy) ** 2)
       distance = distance + head.mean(axis=(1, 2, 3))
     return distance
-
-
-def load_params(path: str) -> dict:
-  """LPIPS parameters from the .npz that `sgc_jax.convert.lpips` writes (a
-  damaged file is a WeightFileError naming it)."""
-  return tree_io.unflatten(torch_file.load_state_dict(path))

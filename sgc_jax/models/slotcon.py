@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sgc_jax.models import conv as conv_lib
+from sgc_jax.models.resnet import ResNet
 
 # A finite stand-in for -inf: exp() of it is exactly 0, and gradients stay finite
 # even on rows where every column is masked.
@@ -274,3 +275,34 @@ def total_loss(group_ab: jax.Array, group_ba: jax.Array, contrast_ab: jax.Array,
   """w·(group losses of both directions) + (1 - w)·(contrast losses of both)."""
   return (group_loss_weight * (group_ab + group_ba) +
           (1. - group_loss_weight) * (contrast_ab + contrast_ba))
+
+
+class SlotConNet(nn.Module):
+  """Encoder -> projector -> grouping: (slots [B,K,D], dots [B,h,w,K])."""
+  depth: int
+  dilation: tuple[bool, bool, bool]
+  dim_hidden: int
+  dim_out: int
+  num_prototypes: int
+  teacher_temp: float
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.encoder = ResNet(depth=self.depth, replace_stride_with_dilation=self.dilation,
+                          dtype=self.dtype)
+    self.projector = DINOHead2d(hidden_dim=self.dim_hidden, bottleneck_dim=self.dim_out,
+                                      dtype=self.dtype)
+    self.grouping = SemanticGrouping(self.num_prototypes, self.dim_out, self.teacher_temp)
+
+  def __call__(self, x, train: bool = False):
+    return self.grouping(self.projector(self.encoder(x, train=train), train=train))
+
+  def features(self, x):
+    """The backbone's features [B, h, w, C] (what transfer uses)."""
+    return self.encoder(x, train=False)
+
+  def features_and_assignments(self, x):
+    """Inference: the backbone's features and the prototype assignments."""
+    features = self.encoder(x, train=False)
+    _, dots = self.grouping(self.projector(features, train=False))
+    return features, dots

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from sgc_jax.models import conv
-from sgc_jax.models.group_norm import GroupNorm
 from sgc_jax.models.codebook import Codebook, CodebookConfig
+from sgc_jax.models.group_norm import GroupNorm
 
 
 @dataclasses.dataclass(frozen=True)

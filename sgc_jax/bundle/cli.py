@@ -1,0 +1,410 @@
+"""Command lines around an inference bundle.
+
+    sgc-tokenize IMAGES_DIR --bundle B --out OUT    # OUT/NAME.npz (+ NAME_semantic.png)
+    sgc-detokenize TOKENS_DIR --bundle B --out OUT  # OUT/NAME.png
+    sgc-segment IMAGES_DIR --bundle B --out OUT [--classes "sky,water,..."]
+                                                    # OUT/NAME.png, NAME_classes.png
+
+Images of any size are resized (shorter side to the bundle's size, bicubic)
+and centre-cropped. The token files, what `sgc-detokenize` reads back:
+  one-grid bundle (SGC-VQGAN)  NAME.npz: `indices` [g, g] and, for a semantic
+                               bundle, `semantic` [g, g] (class per token)
+  pyramid bundle (PAT)         NAME.npz: each level's indices, `indices_0`
+                               [g_0, g_0] (the finest) to `indices_{L-1}`
+`sgc-segment` writes each pixel's class: a PAT bundle's classes (its own, or
+any names with --classes), a SlotCon bundle's prototypes or an ACSeg bundle's
+clusters (`prototype_k` / `cluster_k` in classes.txt); NAME_classes.png is 8-bit
+up to 256 classes, 16-bit past that. A bundle without the function a command
+needs (a SlotCon bundle has no decoder) is refused in one line.
+
+A file that is not an image, tokens of the wrong grid or range, two inputs
+that would write the same output or a directory that is not a bundle stop the
+command with a one-line error naming the file, before it writes anything (an
+image whose pixel data, past its header, is damaged stops it where it is met).
+
+Images are refused past Pillow's decompression-bomb limit (`MAX_IMAGE_PIXELS`,
+which Pillow only warns about below twice that) and past an aspect ratio of
+`MAX_ASPECT`:1: the centre crop would keep under 1/MAX_ASPECT of the image, and
+the resized image before the crop is MAX_ASPECT x the bundle's size at most.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from typing import Sequence
+
+import numpy as np
+import PIL.Image
+import tqdm
+
+from sgc_jax.bundle import inference
+from sgc_jax.config_lib import ConfigError
+from sgc_jax.models import class_embeddings as class_text
+from sgc_jax.utils import run_output, tree_io, viz
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+MAX_ASPECT = 64  # Long side : short side; why 64, see the module docstring.
+MAX_CLASSES = 2 ** 16  # What a 16-bit class PNG holds.
+
+# The bundles that hold each function a command needs: named when a bundle
+# without it is refused.
+_HOLDERS = {"encode": "sgc_vqgan and pat", "decode": "sgc_vqgan and pat",
+            "segment": "slotcon, acseg and pat"}
+# A `segment` of images alone returns each pixel's unit among the model's own:
+# (what the unit is called, the model.json field that counts them), by method.
+_SEGMENT_UNITS = {"slotcon": ("prototype", ("slotcon", "num_prototypes")),
+                  "acseg": ("cluster", ("num_clusters",))}
+
+
+class InputError(ValueError):
+  pass
+
+
+def _open(path: str) -> PIL.Image.Image:
+  """The image file, its header read and checked, its pixels not yet decoded."""
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+      image = PIL.Image.open(path)
+  except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
+    raise InputError(f"{path}: refused ({error})") from None
+  except (OSError, SyntaxError, ValueError) as error:
+    raise InputError(f"{path}: not a readable image ({error})") from error
+  width, height = image.size
+  if max(width, height) > MAX_ASPECT * min(width, height):
+    image.close()
+    raise InputError(f"{path}: {width}x{height} pixels, an aspect ratio past "
+                     f"{MAX_ASPECT}:1 (its centre crop would keep under 1/{MAX_ASPECT})")
+  return image
+
+
+def read_image(path: str, size: int) -> np.ndarray:
+  """An image file -> [size, size, 3] float32 in [-1, 1] (resize + centre crop)."""
+  with _open(path) as image:
+    try:
+      image = image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:
+      raise InputError(f"{path}: not a readable image ({error})") from error
+  scale = size / min(image.size)
+  width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+  image = image.resize((width, height), PIL.Image.BICUBIC)
+  left, top = (width - size) // 2, (height - size) // 2
+  image = image.crop((left, top, left + size, top + size))
+  return np.asarray(image, np.float32) / 127.5 - 1.0
+
+
+def _inputs(directory: str, extensions, batch_size: int) -> list[str]:
+  """A command's input files; a batch size below 1 or two inputs that would
+  write the same output are refused before any work."""
+  if batch_size < 1:
+    raise InputError(f"--batch_size {batch_size}: at least 1 expected")
+  if not os.path.isdir(directory):
+    raise InputError(f"{directory}: no such directory")
+  names = sorted(n for n in os.listdir(directory) if n.lower().endswith(extensions))
+  if not names:
+    raise InputError(f"{directory}: no {'/'.join(extensions)} files")
+  stems = {}
+  for name in names:
+    other = stems.setdefault(_stem(name), name)
+    if other != name:
+      raise InputError(f"{os.path.join(directory, other)} and {os.path.join(directory, name)}: "
+                       f"both would write {_stem(name)}.* (rename one)")
+  return [os.path.join(directory, n) for n in names]
+
+
+def _stem(path: str) -> str:
+  return os.path.splitext(os.path.basename(path))[0]
+
+
+def _batches(items, size):
+  for start in range(0, len(items), size):
+    yield items[start:start + size]
+
+
+def _require(model, bundle: str, function: str, command: str, lacks: str) -> None:
+  if function not in model.functions:
+    raise InputError(f"{bundle}: a {model.method} bundle has no {lacks}: {command} needs "
+                     f"{function} ({_HOLDERS[function]} bundles hold one)")
+
+
+def _positive_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _levels(model) -> list[tuple[int, int]] | None:
+  """(grid, codes) of each level of a pyramid tokenizer (PAT), finest first;
+  None for a one-grid one, whose fields the loader checks."""
+  if "grids" not in model.description:
+    return None
+  path = os.path.join(model.directory, "model.json")
+  fields = {name: model.description.get(name) for name in ("grids", "level_codes")}
+  for name, value in fields.items():
+    if not (isinstance(value, list) and value and all(map(_positive_int, value))):
+      raise inference.BundleError(f"{path}: {name} is {value!r}, expected a list of "
+                                  "positive integers")
+  if len(fields["grids"]) != len(fields["level_codes"]):
+    raise inference.BundleError(f"{path}: {len(fields['grids'])} grids, "
+                                f"{len(fields['level_codes'])} level_codes")
+  return list(zip(fields["grids"], fields["level_codes"]))
+
+
+def _encoder(tokenizer):
+  """The bundle's encode as images [N, ...] -> {name in the token files: [N, ...]}."""
+  levels = _levels(tokenizer)
+  if levels is None:
+    def encode(images):
+      indices, semantic = tokenizer.encode(images)
+      return {"indices": indices, **({"semantic": semantic} if tokenizer.semantic else {})}
+    return encode
+
+  def encode_levels(images):
+    outputs = tokenizer.call("encode", images)
+    if len(outputs) != len(levels):
+      raise inference.BundleError(f"{tokenizer.directory}: encode returns {len(outputs)} "
+                                  f"levels, model.json describes {len(levels)}")
+    return {f"indices_{level}": indices for level, indices in enumerate(outputs)}
+  return encode_levels
+
+
+def tokenize(images_dir: str, bundle: str, out: str, batch_size: int = 16) -> int:
+  paths = _inputs(images_dir, IMAGE_EXTENSIONS, batch_size)
+  for path in paths:  # Headers only: a refused image stops the command before any work.
+    _open(path).close()
+  tokenizer = inference.load(bundle)
+  _require(tokenizer, bundle, "encode", "sgc-tokenize", "encoder")
+  encode = _encoder(tokenizer)
+  size = tokenizer.image_size
+  # A first batch of zeros compiles the program before any output: damage
+  # that only compilation finds stops the command with nothing written.
+  encode(np.zeros((min(batch_size, len(paths)), size, size, 3), np.float32))
+  os.makedirs(out, exist_ok=True)
+  num_classes = len(tokenizer.class_names)
+  with tqdm.tqdm(total=len(paths), unit="image", desc="tokenize") as bar:
+    for chunk in _batches(paths, batch_size):
+      arrays = encode(np.stack([read_image(p, size) for p in chunk]))
+      for i, path in enumerate(chunk):
+        name = _stem(path)
+        if "semantic" in arrays:
+          colours = viz.colour_classes(viz.enlarge(arrays["semantic"][i],
+                                                   size // tokenizer.grid), num_classes)
+          viz.save_png(colours, os.path.join(out, f"{name}_semantic.png"))
+        np.savez(os.path.join(out, f"{name}.npz"),
+                 **{key: value[i].astype(np.int32) for key, value in arrays.items()})
+      bar.update(len(chunk))
+  return len(paths)
+
+
+def _read_npz(path: str, keys) -> dict[str, np.ndarray]:
+  try:
+    with tree_io.NpzFile(path) as data:  # headers checked before anything is inflated
+      for key in keys:
+        if key not in data:
+          raise InputError(f"{path}: no {key!r} array (holds {sorted(data.files)})")
+      return {key: np.asarray(data[key]) for key in keys}
+  except InputError:
+    raise
+  except tree_io.NpzError as error:  # refused from its headers: the message names the file
+    raise InputError(str(error)) from None
+  except Exception as error:  # np.load raises whatever a damaged file trips over.
+    raise InputError(f"{path}: not a readable .npz ({inference.describe(error)})") from None
+
+
+def _checked_tokens(path: str, indices: np.ndarray, grid: int, num_codes: int | None,
+                    what: str = "") -> np.ndarray:
+  """`indices` against the bundle's grid and codes; `what` names the array in
+  a file of several."""
+  if indices.shape != (grid, grid):
+    raise InputError(f"{path}: {what}token grid {indices.shape}, the bundle decodes "
+                     f"({grid}, {grid})")
+  if not np.issubdtype(indices.dtype, np.integer):
+    raise InputError(f"{path}: {what}token indices of dtype {indices.dtype}, integers expected")
+  if num_codes is not None and (indices.min() < 0 or indices.max() >= num_codes):
+    raise InputError(f"{path}: {what}token indices in [{indices.min()}, {indices.max()}], the "
+                     f"bundle has {num_codes} codes")
+  return indices
+
+
+def read_tokens(path: str, grid: int, num_codes: int | None = None) -> np.ndarray:
+  """`indices` of a token file, checked against the bundle's grid and codes."""
+  return _checked_tokens(path, _read_npz(path, ["indices"])["indices"], grid, num_codes)
+
+
+def read_levels(path: str, levels) -> tuple[np.ndarray, ...]:
+  """`indices_0` ... of a pyramid's token file, each checked against its
+  level's (grid, codes)."""
+  keys = [f"indices_{level}" for level in range(len(levels))]
+  arrays = _read_npz(path, keys)
+  return tuple(_checked_tokens(path, arrays[key], grid, codes, f"{key}: ")
+               for key, (grid, codes) in zip(keys, levels))
+
+
+def detokenize(tokens_dir: str, bundle: str, out: str, batch_size: int = 16) -> int:
+  paths = _inputs(tokens_dir, (".npz",), batch_size)
+  tokenizer = inference.load(bundle)
+  _require(tokenizer, bundle, "decode", "sgc-detokenize", "decoder")
+  levels = _levels(tokenizer)
+  if levels is None:
+    read = lambda path: read_tokens(path, tokenizer.grid, tokenizer.num_codes)  # noqa: E731
+    decode = lambda tokens: tokenizer.decode(np.stack(tokens))  # noqa: E731
+    zeros = np.zeros((tokenizer.grid, tokenizer.grid), np.int32)
+  else:
+    read = lambda path: read_levels(path, levels)  # noqa: E731
+    decode = lambda tokens: tokenizer.call("decode", tuple(  # noqa: E731
+        np.stack(level).astype(np.int32) for level in zip(*tokens)))
+    zeros = tuple(np.zeros((grid, grid), np.int32) for grid, _ in levels)
+  for path in paths:  # Token files are small: all checked before any is decoded.
+    read(path)
+  decode([zeros] * min(batch_size, len(paths)))  # Compiled before any output, as in `tokenize`.
+  os.makedirs(out, exist_ok=True)
+  with tqdm.tqdm(total=len(paths), unit="image", desc="detokenize") as bar:
+    for chunk in _batches(paths, batch_size):
+      images = decode([read(p) for p in chunk])
+      for path, image in zip(chunk, images):
+        viz.save_png(viz.to_uint8(image), os.path.join(out, f"{_stem(path)}.png"))
+      bar.update(len(chunk))
+  return len(paths)
+
+
+def embed_with_bundle(model, names: Sequence[str]) -> np.ndarray:
+  """Unit embeddings [C, E] of any class names, by a bundle's text tower (PAT
+  over CLIP)."""
+  text = model.description["pat"]["text"]
+  path = model.file(class_text.VOCABULARY_FILE)
+  try:
+    bpe = class_text.tokenizer(path, "the bundle's vocabulary")
+  except ConfigError as error:
+    raise inference.BundleError(str(error)) from None
+  return class_text.ensemble(lambda ids: model.call("embed_text", ids), bpe,
+                             text["context_length"], text["templates"], names)
+
+
+def class_embeddings(model, classes: str | None) -> tuple[list[str], np.ndarray]:
+  """(class names, their unit embeddings [C, E]) for `sgc-segment`: the
+  bundle's own classes without `classes`; else the comma-separated names,
+  embedded by the bundle's text tower where it holds one (CLIP), or, for a
+  closed vocabulary, looked up among the bundle's classes."""
+  own = np.asarray(model.variables["text"], np.float32)
+  if classes is None:
+    return list(model.class_names), own
+  names = [n.strip() for n in classes.split(",")]
+  if not all(names) or len(set(names)) != len(names):
+    raise InputError(f"--classes {classes!r}: comma-separated, non-empty, distinct names")
+  if "embed_text" in model.functions:
+    return names, embed_with_bundle(model, names)
+  unknown = [n for n in names if n not in model.class_names]
+  if unknown:
+    raise InputError(f"--classes: {', '.join(map(repr, unknown))} not among the classes of "
+                     f"this closed-vocabulary bundle ({', '.join(model.class_names)}); a "
+                     "bundle with a text tower (CLIP) takes any names")
+  return names, own[[model.class_names.index(n) for n in names]]
+
+
+def own_segments(model, bundle: str, classes: str | None) -> list[str]:
+  """The names of what a `segment` of images alone returns (SlotCon's
+  prototypes, ACSeg's clusters): `prototype_k`, ...; such a bundle takes no
+  class names."""
+  if model.method not in _SEGMENT_UNITS:
+    raise InputError(f"{bundle}: a {model.method} bundle segments images alone into classes "
+                     "sgc-segment cannot name (it knows those of "
+                     f"{', '.join(_SEGMENT_UNITS)} bundles)")
+  unit, field = _SEGMENT_UNITS[model.method]
+  count = model.description
+  for part in field:
+    count = count.get(part) if isinstance(count, dict) else None
+  if not _positive_int(count):
+    raise inference.BundleError(f"{os.path.join(model.directory, 'model.json')}: "
+                                f"{'.'.join(field)} is {count!r}, expected a positive integer")
+  if classes is not None:
+    raise InputError(f"--classes: a {model.method} bundle segments into its {count} {unit}s, "
+                     "not into named classes (only a bundle with class embeddings, PAT's, "
+                     "takes names)")
+  return [f"{unit}_{k}" for k in range(count)]
+
+
+def segment(images_dir: str, bundle: str, out: str, batch_size: int = 16,
+            classes: str | None = None) -> int:
+  paths = _inputs(images_dir, IMAGE_EXTENSIONS, batch_size)
+  for path in paths:
+    _open(path).close()
+  model = inference.load(bundle)
+  _require(model, bundle, "segment", "sgc-segment", "segment function")
+  # A bundle holding class embeddings (PAT's `text`) segments into the classes
+  # of the embeddings it is given; the others' `segment` takes images alone.
+  if "text" in model.variables:
+    names, text = class_embeddings(model, classes)
+    run = lambda images: model.call("segment", (images, text))  # noqa: E731
+  else:
+    names = own_segments(model, bundle, classes)
+    run = lambda images: model.call("segment", images)  # noqa: E731
+  if len(names) > MAX_CLASSES:
+    raise InputError(f"--classes: {len(names)} classes; the class PNGs hold at most "
+                     f"{MAX_CLASSES}")
+  # 8-bit PNGs where the classes fit (0..255), 16-bit past that.
+  class_dtype = np.uint8 if len(names) <= 256 else np.uint16
+  size = model.image_size
+  # Compiled before any output, as in `tokenize`.
+  run(np.zeros((min(batch_size, len(paths)), size, size, 3), np.float32))
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "classes.txt"), "w") as f:
+    f.write("".join(f"{n}\n" for n in names))
+  with tqdm.tqdm(total=len(paths), unit="image", desc="segment") as bar:
+    for chunk in _batches(paths, batch_size):
+      maps = run(np.stack([read_image(p, size) for p in chunk]))
+      for path, classes_map in zip(chunk, maps):
+        name = _stem(path)
+        viz.save_png(classes_map.astype(class_dtype), os.path.join(out, f"{name}_classes.png"))
+        viz.save_png(viz.colour_classes(classes_map, len(names)),
+                     os.path.join(out, f"{name}.png"))
+      bar.update(len(chunk))
+  return len(paths)
+
+
+def _parser(description: str, source: str) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument(source)
+  parser.add_argument("--bundle", required=True, help="an inference bundle (--mode=export)")
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--batch_size", type=int, default=16)
+  return parser
+
+
+def _run(function, args) -> None:
+  try:
+    run_output.check_folder(args[2])  # --out: before any work (a file there, read-only ...)
+    count = function(*args)
+  except (InputError, inference.BundleError, OSError) as error:
+    sys.exit("error: " + " ".join(str(error).splitlines()))  # One line, whatever it quotes.
+  print(f"wrote {count} files to {args[2]}")
+
+
+def tokenize_main(argv=None):
+  args = _parser(
+      "Images -> tokens: OUT/NAME.npz per image. An SGC-VQGAN bundle's holds `indices` "
+      "[g, g] (and, for a semantic bundle, `semantic` [g, g], drawn in NAME_semantic.png); "
+      "a PAT bundle's holds every level's indices, `indices_0` (the finest level) to "
+      "`indices_{L-1}`. Bundles without encode (SlotCon, ACSeg) are refused.",
+      "images_dir").parse_args(argv)
+  _run(tokenize, (args.images_dir, args.bundle, args.out, args.batch_size))
+
+
+def segment_main(argv=None):
+  parser = _parser(
+      "Images -> class maps: OUT/NAME.png (colours), NAME_classes.png (each pixel's class, "
+      "8-bit up to 256 classes, 16-bit past that) and classes.txt. A PAT bundle's classes "
+      "(any names with --classes), a SlotCon bundle's prototypes or an ACSeg bundle's "
+      "clusters.", "images_dir")
+  parser.add_argument("--classes", help="comma-separated class names (default: the "
+                      "bundle's own classes; PAT bundles only)")
+  args = parser.parse_args(argv)
+  _run(segment, (args.images_dir, args.bundle, args.out, args.batch_size, args.classes))
+
+
+def detokenize_main(argv=None):
+  args = _parser(
+      "Tokens (.npz, as sgc-tokenize writes them for the same kind of bundle) -> images: "
+      "OUT/NAME.png. Bundles without decode (SlotCon, ACSeg) are refused.",
+      "tokens_dir").parse_args(argv)
+  _run(detokenize, (args.tokens_dir, args.bundle, args.out, args.batch_size))

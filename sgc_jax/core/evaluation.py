@@ -1,0 +1,177 @@
+"""Evaluation: the evaluator protocol, the registry of evaluator types, and the
+one pass over the evaluation split that all due evaluators share.
+
+    config.evals.NAME = dict(type=TYPE, every=N, **options)
+
+Every evaluator due at a step (every N steps, and at the last one; all of them
+in `--mode=eval`) is fed by one pass over the evaluation split, in which the
+method's predict function runs once per batch. Types (`sgc_jax/evaluators/`):
+reconstruction, codebook, segmentation, pictures, pyramid, open_vocab; another
+registers with `register`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from sgc_jax.config_lib import ConfigError, resolve
+from sgc_jax.core.method import Method, Units
+from sgc_jax.data import pipeline
+from sgc_jax.runtime import compiler, sharding
+
+
+@dataclasses.dataclass
+class Context:
+  """What an evaluation step knows: the method, its variables and units, the
+  data set, and what earlier evaluators of this step left in `shared`."""
+  method: Method
+  variables: Any
+  units: Units | None
+  dataset: Any
+  config: Any
+  step: int
+  final: bool  # --mode=eval: every metric (probe, perceptual) and every picture
+  write_image: Callable[[str, np.ndarray], Any]
+  shared: dict = dataclasses.field(default_factory=dict)
+
+
+class Evaluator:
+  """One kind of evaluation. `options` are its config entry's fields.
+
+  An evaluator that reads the evaluation split defines `batch_sums` (device
+  sums, summed over batches) and optionally `examples` (per-example arrays,
+  gathered to the host batch by batch, `add_examples`); then `finish` turns
+  the totals into metrics."""
+  reads_split = True
+
+  def __init__(self, name: str, options: dict):
+    self.name, self.options = name, options
+    self.every = options["every"]
+
+  def due(self, step: int, total_steps: int) -> bool:
+    return step % self.every == 0 or step == total_steps
+
+  def start(self, context: Context):
+    """Host state for this evaluation; its `constants` are passed to the
+    jitted pass as arguments (weights of perceptual networks ...)."""
+    del context
+    return None
+
+  def constants(self, state):
+    del state
+    return None
+
+  def batch_sums(self, predictions: dict, batch: dict, constants, static) -> dict:
+    raise NotImplementedError
+
+  def examples(self, predictions: dict, batch: dict, constants, static):
+    del predictions, batch, constants, static
+    return None
+
+  def add_examples(self, state, arrays) -> None:
+    raise NotImplementedError
+
+  def static(self, context: Context):
+    """Hashable facts the jitted sums depend on (number of units ...)."""
+    del context
+    return None
+
+  def finish(self, totals: dict | None, state, context: Context) -> dict[str, float | None]:
+    raise NotImplementedError
+
+
+def split_pass(method: Method, variables, source, config,
+               evaluators: list[tuple[Evaluator, Any, Any]]) -> dict[str, dict]:
+  """Sums of every (evaluator, host state, static) over every record of
+  `source`, with one predict per batch: {evaluator name: totals (NumPy)}."""
+  jitted = _pass_fn(method, tuple((e, static) for e, _, static in evaluators))
+  constants = {e.name: e.constants(state) for e, state, _ in evaluators}
+  totals = None
+  batches = pipeline.evaluation_pipeline(source, config, method.mesh)
+  for batch in tqdm.tqdm(batches, total=batches.num_batches, unit="batch", leave=False,
+                         desc=f"evaluate {len(source)} images",
+                         disable=jax.process_index() != 0, mininterval=2.0):
+    sums, examples = jitted(variables, constants, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    for evaluator, state, _ in evaluators:
+      if examples.get(evaluator.name) is not None:  # batch-sharded: all processes get all
+        evaluator.add_examples(state, sharding.gather_examples(batch["mask"],
+                                                               examples[evaluator.name]))
+  return jax.tree.map(np.asarray, jax.device_get(totals))
+
+
+@functools.cache
+def _pass_fn(method: Method, evaluators: tuple):
+  """The jitted per-batch sums of `evaluators`, compiled once per method and set."""
+
+  @compiler.jit
+  def batch_pass(variables, constants, batch):
+    predictions = method.predict(variables, batch["image"][:, 0])
+    sums, examples = {}, {}
+    for evaluator, static in evaluators:
+      sums[evaluator.name] = evaluator.batch_sums(predictions, batch,
+                                                  constants[evaluator.name], static)
+      examples[evaluator.name] = evaluator.examples(predictions, batch,
+                                                    constants[evaluator.name], static)
+    return sums, examples
+
+  return batch_pass
+
+_REGISTRY = {
+    "reconstruction": "sgc_jax.evaluators.reconstruction:Reconstruction",
+    "codebook": "sgc_jax.evaluators.codebook:Codebook",
+    "segmentation": "sgc_jax.evaluators.segmentation:Segmentation",
+    "pictures": "sgc_jax.evaluators.pictures:Pictures",
+    "pyramid": "sgc_jax.evaluators.pyramid:Pyramid",
+    "open_vocab": "sgc_jax.evaluators.open_vocab:OpenVocab",
+}
+
+
+def register(type_name: str, target) -> None:
+  """Adds an evaluator type: its class or "module:class"."""
+  _REGISTRY[type_name] = target
+
+
+def _class(type_name: str):
+  return resolve(_REGISTRY[type_name])
+
+
+def validate(config) -> None:
+  for name, entry in config.get("evals", {}).items():
+    if "type" not in entry or entry["type"] not in _REGISTRY:
+      raise ConfigError(f"config.evals.{name}.type={entry.get('type')!r}: must be one of "
+                        + ", ".join(sorted(_REGISTRY)))
+    every = entry.get("every")
+    if not (isinstance(every, int) and every >= 1):
+      raise ConfigError(f"config.evals.{name}.every={every!r}: must be an integer >= 1")
+
+
+def create(config) -> list[Evaluator]:
+  """The config's evaluators, in the order of its entries."""
+  return [_class(entry["type"])(name, dict(entry)) for name, entry in
+          config.get("evals", {}).items()]
+
+
+def run(evaluators: list[Evaluator], context: Context) -> dict[str, float | None]:
+  """`evaluators` on `context`: one pass over the evaluation split for all
+  that read it, then each one's `finish`; their metrics merged."""
+  states = {e.name: e.start(context) for e in evaluators}
+  readers = [(e, states[e.name], e.static(context)) for e in evaluators if e.reads_split]
+  totals = {}
+  if readers:
+    totals = split_pass(context.method, context.variables,
+                        context.dataset.split(context.config.data.eval_split), context.config,
+                        readers)
+  results = {}
+  # Those that read the split first: the others (pictures) use what they leave.
+  for evaluator in sorted(evaluators, key=lambda e: not e.reads_split):
+    results.update(evaluator.finish(totals.get(evaluator.name), states[evaluator.name],
+                                    context))
+  return results

@@ -1,0 +1,1 @@
+"""What `--mode=` runs: train, evaluate, export, pseudo-labels, preview."""

@@ -1,0 +1,1 @@
+"""Numerics shared by models, methods and evaluators: losses, metrics, k-means."""

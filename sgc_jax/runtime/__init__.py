@@ -1,0 +1,1 @@
+"""How programs run: XLA compile options, joining the processes of a multi-host run, huge pages."""

@@ -1,0 +1,1 @@
+"""What a run writes and shows: logs, JSON lines and TensorBoard, pictures, parameter files."""
