@@ -60,7 +60,8 @@ def validate(config) -> None:
     config_lib.check_choice(config, "data.normalization",
                             ("symmetric", "imagenet", "clip"))
   if config.data.get("photometric", None) is not None:
-    config_lib.check_choice(config, "data.photometric", ("slotcon",))
+    from sgc_jax.data import pipeline
+    config_lib.check_choice(config, "data.photometric", tuple(pipeline.PHOTOMETRIC))
   crop = config.data.crop
   if not 0 < crop.min_area <= crop.max_area <= 1:
     raise config_lib.ConfigError(

@@ -287,7 +287,7 @@ def test_trains_evaluates_exports_and_pseudo_labels_through_the_core(data_dir, s
   concept_cluster = np.argmax((np.asarray(vectors) - mean) @ centres.T, -1)
   want = np.take_along_axis(concept_cluster[:, None, :],
                             winner.reshape(len(images), 1, -1), -1).reshape(winner.shape)
-  np.testing.assert_array_equal(np.asarray(predictions["indices"]), want)
+  np.testing.assert_array_equal(np.asarray(predictions.indices), want)
 
   bundle = export.export_checkpoint(config, workdir)
   description = json.load(open(os.path.join(bundle, "model.json")))

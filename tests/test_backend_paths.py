@@ -4,6 +4,7 @@ out, and on CPU they cost no conditional."""
 
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,8 +78,7 @@ def test_both_upsample_paths_give_the_same_values_and_gradients(monkeypatch):
   on_cpu = jax.jit(value_and_grad)(PARAMS, MAP)
   monkeypatch.setattr(lax, "platform_dependent", lambda *args, cpu, default: default(*args))
   elsewhere = jax.jit(value_and_grad)(PARAMS, MAP)
-  for a, b in zip(jax.tree.leaves(on_cpu), jax.tree.leaves(elsewhere), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  chex.assert_trees_all_close(on_cpu, elsewhere, rtol=1e-4, atol=1e-4)
 
 
 def test_a_program_for_cpu_compiles_to_its_branch_alone():

@@ -139,7 +139,7 @@ def test_segment_on_a_bundle_that_segments_images_alone(method, unit, count, slo
   directory = {"slotcon": slotcon_bundle, "acseg": acseg_bundle}[method]
   line = one_line_error(run_cli("segment", images_dir, directory, tmp_path / "bad", "--classes",
                             "sky,water"), "--classes")
-  assert f"a {method} bundle segments into its {count} {unit}s" in line
+  assert f"a {method} bundle segments into its own {count} segments ({unit}_0, ...)" in line
   assert not (tmp_path / "bad").exists()
   out = tmp_path / "out"
   assert cli.segment(str(images_dir), directory, str(out), batch_size=1) == 2
@@ -154,16 +154,16 @@ def test_segment_on_a_bundle_that_segments_images_alone(method, unit, count, slo
 
 def test_segment_past_256_classes_writes_16_bit_maps_and_checks_the_count(
     slotcon_bundle, images_dir, tmp_path):
-  """A SlotCon bundle said to hold 300 prototypes (its maps stay in 0..7):
-  16-bit class PNGs; a count that is not a positive integer is one line."""
+  """A SlotCon bundle said to segment into 300 prototypes (its maps stay in
+  0..7): 16-bit class PNGs; segment names that are not a list of names are one line."""
   directory = shutil.copytree(slotcon_bundle, tmp_path / "bundle")
 
-  def set_prototypes(value):
+  def set_segment_names(value):
     description = json.loads((directory / "model.json").read_text())
-    description["slotcon"]["num_prototypes"] = value
+    description["segment_names"] = value
     (directory / "model.json").write_text(json.dumps(description))
 
-  set_prototypes(300)
+  set_segment_names([f"prototype_{k}" for k in range(300)])
   out = tmp_path / "out"
   assert cli.segment(str(images_dir), str(directory), str(out), batch_size=1) == 2
   assert len((out / "classes.txt").read_text().splitlines()) == 300
@@ -172,10 +172,10 @@ def test_segment_past_256_classes_writes_16_bit_maps_and_checks_the_count(
     image = cli.read_image(str(images_dir / "a.png"), 32)
     np.testing.assert_array_equal(np.asarray(written),
                                   inference.load(slotcon_bundle).call("segment", image[None])[0])
-  set_prototypes("8")
+  set_segment_names("8")
   line = one_line_error(run_cli("segment", images_dir, directory, tmp_path / "bad"),
                         directory / "model.json")
-  assert "slotcon.num_prototypes is '8', expected a positive integer" in line
+  assert "segment_names is '8', expected a list of names" in line
 
 
 def test_pat_tokenizes_every_level_and_detokenizes_them(pat_bundle, images_dir, tmp_path):
@@ -187,7 +187,7 @@ def test_pat_tokenizes_every_level_and_detokenizes_them(pat_bundle, images_dir, 
   assert cli.tokenize(str(images_dir), pat_bundle, str(tokens), batch_size=1) == 2
   assert sorted(os.listdir(tokens)) == ["a.npz", "b.npz"]
   image = cli.read_image(str(images_dir / "a.png"), 32)
-  want = model.call("encode", image[None])
+  want = model.call("encode_levels", image[None])
   with np.load(tokens / "a.npz") as data:
     assert sorted(data.files) == [f"indices_{level}" for level in range(len(grids))]
     for level, grid in enumerate(grids):
@@ -195,7 +195,7 @@ def test_pat_tokenizes_every_level_and_detokenizes_them(pat_bundle, images_dir, 
       np.testing.assert_array_equal(data[f"indices_{level}"], want[level][0])
   out = tmp_path / "decoded"
   assert cli.detokenize(str(tokens), pat_bundle, str(out)) == 2
-  decoded = model.call("decode", tuple(level for level in want))[0]
+  decoded = model.call("decode_levels", tuple(level for level in want))[0]
   np.testing.assert_array_equal(np.asarray(PIL.Image.open(out / "a.png")),
                                 np.clip(np.rint((decoded + 1) * 127.5), 0, 255))
 
@@ -233,7 +233,40 @@ def test_pat_segments_into_its_own_classes(pat_bundle, scenes64, images_dir, tmp
   model = inference.load(pat_bundle)
   image = cli.read_image(str(images_dir / "b.png"), 32)
   np.testing.assert_array_equal(np.asarray(PIL.Image.open(out / "b_classes.png")),
-                                model.call("segment", (image[None], model.variables["text"]))[0])
+                                model.call("segment_with_text",
+                                           (image[None], model.variables["text"]))[0])
+  np.testing.assert_array_equal(np.asarray(PIL.Image.open(out / "b_classes.png")),
+                                model.call("segment", image[None])[0])
+
+
+def test_a_pat_bundle_of_the_older_function_names_loads_under_the_current_ones(
+    pat_bundle, images_dir, tmp_path):
+  """Older PAT bundles held `segment` (images, class embeddings), `segment_known`
+  (images), `encode` and `decode` (every level): they load as
+  `segment_with_text`, `segment`, `encode_levels` and `decode_levels`."""
+  directory = shutil.copytree(pat_bundle, tmp_path / "old")
+  description = json.loads((directory / "model.json").read_text())
+  old_names = {"segment": "segment_known", "segment_with_text": "segment",
+               "encode_levels": "encode", "decode_levels": "decode"}
+  for new in ("segment", "segment_with_text", "encode_levels", "decode_levels"):
+    os.rename(directory / f"{new}.jax_export", directory / f"{new}.tmp")
+  for new, old in old_names.items():
+    os.rename(directory / f"{new}.tmp", directory / f"{old}.jax_export")
+  description["functions"] = [old_names.get(n, n) for n in description["functions"]]
+  description["sha256"] = {
+      (f"{old_names[n[:-len('.jax_export')]]}.jax_export"
+       if n[:-len(".jax_export")] in old_names else n): digest
+      for n, digest in description["sha256"].items()}
+  (directory / "model.json").write_text(json.dumps(description))
+  old, new = inference.load(str(directory)), inference.load(pat_bundle)
+  assert sorted(old.functions) == sorted(new.functions)
+  image = cli.read_image(str(images_dir / "b.png"), 32)[None]
+  np.testing.assert_array_equal(old.call("segment", image), new.call("segment", image))
+  text = new.variables["text"]
+  np.testing.assert_array_equal(old.call("segment_with_text", (image, text)),
+                                new.call("segment_with_text", (image, text)))
+  for got, want in zip(old.call("encode_levels", image), new.call("encode_levels", image)):
+    np.testing.assert_array_equal(got, want)
 
 
 # ------------------------------------------------- the entry point's inputs

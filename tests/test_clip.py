@@ -19,6 +19,7 @@ import sys
 import warnings
 import zipfile
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -478,10 +479,10 @@ def test_load_reads_torchscript_archives_and_state_dicts(tmp_path, sd, variables
   fields, loaded = convert_clip.load(write_torchscript(tmp_path / "ViT-T-8.pt", released),
                                      **HEADS)
   assert fields == FIELDS
-  jax.tree.map(np.testing.assert_array_equal, loaded, want)
+  chex.assert_trees_all_equal(loaded, want)
   fields, loaded = convert_clip.load(write_state_dict(tmp_path / "open_clip.bin", sd), **HEADS)
   assert fields == FIELDS
-  jax.tree.map(np.testing.assert_array_equal, loaded, variables)
+  chex.assert_trees_all_equal(loaded, variables)
 
 
 def test_crafted_archives_fail_cleanly(tmp_path, sd):
@@ -563,7 +564,7 @@ def test_cli_writes_an_npz_that_load_reads(tmp_path, sd, variables):
   out = str(tmp_path / "clip.npz")
   fields, loaded = convert_clip.load(out)
   assert fields == FIELDS
-  jax.tree.map(np.testing.assert_array_equal, loaded, variables)
+  chex.assert_trees_all_equal(loaded, variables)
 
   with np.load(out) as data:
     stored = dict(data)

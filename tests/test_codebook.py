@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from sgc_jax.models import codebook as cb
+from sgc_jax.ops import grids
 
 
 def _config(**kwargs):
@@ -239,7 +240,7 @@ def test_token_labels_majority_vote_threshold_and_ignore():
   seg[0, :2, 2:] = [[1, 1], [1, 2]]  # 3/4 class 1
   seg[0, 2:, :2] = [[1, 2], [3, 255]]  # no majority over 0.5
   seg[0, 2:, 2:] = 255  # ignore
-  labels = np.asarray(cb.token_labels(jnp.asarray(seg), 2, 4, threshold=0.5))
+  labels = np.asarray(grids.token_labels(jnp.asarray(seg), 2, 4, threshold=0.5))
   np.testing.assert_array_equal(labels, [[[0, 1], [-1, -1]]])
 
 

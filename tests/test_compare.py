@@ -16,7 +16,7 @@ def _run(tmp_path, name, quantizer, miou, **more):
 
 
 def test_names_label_columns_and_clashing_names_are_refused(tmp_path, capsys):
-  guided, free = _run(tmp_path, "sgc", "sgc", 0.3), _run(tmp_path, "sgc_pseudo", "sgc", 0.25)
+  guided, free = _run(tmp_path, "guided/sgc", "sgc", 0.3), _run(tmp_path, "free/sgc", "sgc", 0.25)
   with pytest.raises(SystemExit, match="two columns named 'sgc': give --names"):
     compare.main([guided, free])
   readme = tmp_path / "README.md"
@@ -34,9 +34,10 @@ def test_names_label_columns_and_clashing_names_are_refused(tmp_path, capsys):
 
 def test_pyramid_and_open_vocabulary_rows(tmp_path, capsys):
   run = _run(tmp_path, "pat", "ema", 0.1, psnr_1=25.0, pat_miou=0.5, pat_miou_unseen=None,
-             baseline_miou=0.25)
+             baseline_miou=0.25, baseline_miou_seen=0.3)
   compare.main([run])
   out = capsys.readouterr().out
   assert "| level 1: PSNR of its picture (dB) | 25.00 |" in out
-  assert "| PAT: mIoU | 0.500 |" in out and "| PAT: mIoU, held-out classes | absent |" in out
-  assert "| baseline alone: mIoU | 0.250 |" in out and "level 0" not in out
+  assert "| pat map: mIoU | 0.500 |" in out
+  assert "| pat map: mIoU, held-out classes | absent |" in out
+  assert "| baseline map: mIoU | 0.250 |" in out and "level 0" not in out

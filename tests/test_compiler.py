@@ -2,6 +2,7 @@
 
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,8 +43,7 @@ def test_cpu_convolutions_leave_ynnpack_with_the_same_values_and_gradients():
   # XLA's default puts the convolutions in YNNPACK fusions; ours keeps none there.
   assert _ynn_convolutions(default.lower(x, w).compile().as_text()) == 3
   assert _ynn_convolutions(ours.lower(x, w).compile().as_text()) == 0
-  for a, b in zip(jax.tree.leaves(ours(x, w)), jax.tree.leaves(default(x, w))):
-    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-4)
+  chex.assert_trees_all_close(ours(x, w), default(x, w), rtol=2e-5, atol=2e-4)
 
 
 def test_the_train_step_compiles_with_the_options(data_dir):

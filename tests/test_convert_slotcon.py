@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,7 +144,7 @@ def test_tree_is_the_methods_state_and_leaves_land_exactly(sd, converted):
 
 def test_without_the_ddp_prefix_the_same(sd, converted):
   bare = convert_lib.convert({k[len(DDP):]: v for k, v in sd.items()}, model_config())
-  jax.tree.map(np.testing.assert_array_equal, bare, converted)
+  chex.assert_trees_all_equal(bare, converted)
 
 
 # ------------------------------------------------------------------ forwards vs NumPy
@@ -260,10 +261,9 @@ def test_another_architecture_is_named(sd):
 def test_load_reads_official_and_bare_pth_files(tmp_path, sd, converted):
   for name, wrap in (("ckpt_epoch_800.pth", True), ("bare.pth", False)):
     path = _pth(tmp_path / name, sd, wrap)
-    jax.tree.map(np.testing.assert_array_equal, convert_lib.load(path, model_config()),
-                 converted)
+    chex.assert_trees_all_equal(convert_lib.load(path, model_config()), converted)
   out = torch_file.write_npz(converted, str(tmp_path / "converted"))
-  jax.tree.map(np.testing.assert_array_equal, convert_lib.load(out, model_config()), converted)
+  chex.assert_trees_all_equal(convert_lib.load(out, model_config()), converted)
   with pytest.raises(torch_file.WeightFileError, match=(
       r"converted\.npz: 'params/net/grouping/slot_embed' has shape \(8, 32\), "
       r"expected \(16, 32\)$")):
@@ -310,7 +310,6 @@ def test_init_from_starts_every_part_from_the_converted_checkpoint(tmp_path, con
   method = SlotConMethod(config, sharding.create_mesh(devices=jax.devices()[:1]))
   state = method.initial_state(method.create_train_state(0))
   for name in ("params", "batch_stats", "teacher_params", "teacher_stats", "center"):
-    for got, want in zip(jax.tree.leaves(getattr(state, name)), jax.tree.leaves(converted[name])):
-      np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    chex.assert_trees_all_equal(getattr(state, name), converted[name])
   # A fresh optimizer state for the loaded student (LARS: one momentum per leaf).
   assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(state.opt_state))

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sgc_jax.core.method import Prediction
 from sgc_jax.evaluators import segmentation
 from sgc_jax.ops import metrics
 
@@ -40,8 +41,8 @@ def _evaluate(separable, seed=0, offset=0.0, **options):
   state = fit.result(np.zeros((8, NUM_CLASSES)))
   # Other images, drawn the same way.
   labels, features, pixels = _tokens(rng, 32, separable, offset)
-  predictions = {"indices": jnp.zeros((32, GRID, GRID), jnp.int32),
-                 "features": jnp.asarray(features)}
+  predictions = Prediction(jnp.zeros((32, GRID, GRID), jnp.int32),
+                           features=jnp.asarray(features))
   batch = {"mask": jnp.ones(32, bool), "segmentation": jnp.asarray(pixels)}
   sums = evaluator.batch_sums(predictions, batch, evaluator.constants(state), static)
   return labels, features, state, jax.tree.map(np.asarray, sums)

@@ -30,7 +30,7 @@ def test_lpips_and_rfid_sums_equal_direct_computation(data_dir, scenes64):
   assert totals["images"] == 3
 
   images = np.stack([r["image"][0] for r in pipeline.centred_examples(source, 3, 32)])
-  reconstructions = np.asarray(jax.jit(method.predict)(variables, images)["reconstruction"])
+  reconstructions = np.asarray(jax.jit(method.predict)(variables, images).reconstruction)
   # The metrics see reconstructions clipped to the images' range.
   assert np.abs(reconstructions).max() > 1.0
   reconstructions = np.clip(reconstructions, -1.0, 1.0)

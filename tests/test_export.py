@@ -40,7 +40,8 @@ assert (one == indices[:1]).all()
 np.savez({str(tmp_path / "out.npz")!r}, indices=indices, semantic=semantic,
          decoded=tokenizer.decode(indices))
 loaded = sorted(m for m in sys.modules if m.startswith(("sgc_jax", "flax", "optax", "orbax")))
-assert loaded == ["sgc_jax", "sgc_jax.runtime.compiler", "sgc_jax.bundle.inference", "sgc_jax.utils.tree_io"], loaded
+assert loaded == ["sgc_jax", "sgc_jax.bundle", "sgc_jax.bundle.inference", "sgc_jax.runtime",
+                  "sgc_jax.runtime.compiler", "sgc_jax.utils", "sgc_jax.utils.tree_io"], loaded
 """
   result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
@@ -116,7 +117,7 @@ def test_the_bundle_features_are_the_encoders_tokens_and_make_an_acseg_backbone(
   method = train.build_method(config, scenes64)
   variables = method.eval_variables(method.create_train_state(0))
   images = np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
-  want = np.asarray(jax.jit(method.predict)(variables, images)["features"])
+  want = np.asarray(jax.jit(method.predict)(variables, images).features)
   np.testing.assert_allclose(inference.load(bundle).call("features", images), want,
                              rtol=1e-5, atol=1e-5)
   acseg_config = tiny_acseg_config(data_dir, bundle)

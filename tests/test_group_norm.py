@@ -1,5 +1,6 @@
 """models/group_norm.GroupNorm is flax's nn.GroupNorm: parameters, values, gradients."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,8 +36,7 @@ def test_equals_flax_group_norm(shape, groups, dtype):
     cotangent = jnp.asarray(rng.normal(size=shape), jnp.float32)
     grads = jax.vjp(ours.apply, params, x)[1](cotangent)
     grads_ref = jax.vjp(reference.apply, params, x)[1](cotangent)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    chex.assert_trees_all_close(grads, grads_ref, rtol=1e-4, atol=1e-4)
 
 
 def test_channels_that_do_not_split_into_groups_are_an_error():

@@ -1,8 +1,10 @@
 """GAN losses against taming-transformers' formulas, the consistency loss and its
-instance filter, the pyramid neck and the top-down path, space-to-depth."""
+instance filter, the pyramid neck and the top-down path, space-to-depth; the
+reconstruction losses and PSNR, jitted and not."""
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -367,10 +369,10 @@ def test_encoder_returns_every_level_finest_first():
   encoder = vqgan.Encoder(c)
   params = encoder.init(jax.random.PRNGKey(0), images)
   (top, levels), inter = encoder.apply(params, images, capture_intermediates=True)
-  assert top.shape == (2, c.grid, c.grid, c.z_channels)
+  chex.assert_shape(top, (2, c.grid, c.grid, c.z_channels))
   assert len(levels) == len(c.ch_mult)
   for i, (level, mult) in enumerate(zip(levels, c.ch_mult)):
-    assert level.shape == (2, 16 // 2 ** i, 16 // 2 ** i, c.ch * mult)
+    chex.assert_shape(level, (2, 16 // 2 ** i, 16 // 2 ** i, c.ch * mult))
     block = inter["intermediates"][f"down_{i}_block_{c.num_res_blocks - 1}"]["__call__"][0]
     np.testing.assert_array_equal(level, block)
 
@@ -388,7 +390,7 @@ def test_pyramid_neck_z_sem_from_top_and_z_det_from_finer_levels(detail_levels):
   variables = neck.init(jax.random.PRNGKey(1), top, levels)
   p = variables["params"]
   z = np.asarray(neck.apply(variables, top, levels))
-  assert z.shape == (2, g, g, dim_sem + dim_det)
+  chex.assert_shape(z, (2, g, g, dim_sem + dim_det))
   # The formula, with the NumPy space-to-depth.
   sem_kernel = np.asarray(p["quant_conv"]["kernel"])[0, 0]
   np.testing.assert_allclose(z[..., :dim_sem], top @ sem_kernel + p["quant_conv"]["bias"],
@@ -396,7 +398,7 @@ def test_pyramid_neck_z_sem_from_top_and_z_det_from_finer_levels(detail_levels):
   inputs = np.concatenate(
       [top] + [_np_space_to_depth(levels[-1 - l], 2 ** l) for l in detail_levels], -1)
   det_kernel = np.asarray(p["detail_conv"]["kernel"])[0, 0]
-  assert det_kernel.shape[0] == inputs.shape[-1]
+  chex.assert_axis_dimension(det_kernel, 0, inputs.shape[-1])
   np.testing.assert_allclose(z[..., dim_sem:], inputs @ det_kernel + p["detail_conv"]["bias"],
                              rtol=1e-4, atol=1e-4)
 
@@ -431,12 +433,12 @@ def test_full_model_tokens_have_sem_and_det_channels_at_the_token_grid():
   model = vqgan.SGCVQGAN(c)
   variables = model.init(jax.random.PRNGKey(2), images)
   z = model.apply(variables, images, method=vqgan.SGCVQGAN.tokens)
-  assert z.shape == (1, c.grid, c.grid, c.codebook.dim_sem + c.codebook.dim_det)
+  chex.assert_shape(z, (1, c.grid, c.grid, c.codebook.dim_sem + c.codebook.dim_det))
   p = variables["params"]
   top, levels = vqgan.Encoder(c).apply({"params": p["encoder"]}, images)
   np.testing.assert_allclose(z, vqgan.PyramidNeck(c).apply({"params": p["neck"]}, top, levels),
                              rtol=1e-6, atol=1e-6)
-  assert variables["codebook"]["codebook"]["centres"].shape == (16, c.codebook.dim)
+  chex.assert_shape(variables["codebook"]["codebook"]["centres"], (16, c.codebook.dim))
 
 
 def test_decoder_top_down_path_uses_the_quantized_details():
@@ -449,10 +451,10 @@ def test_decoder_top_down_path_uses_the_quantized_details():
   decoder, plain = vqgan.Decoder(c), vqgan.Decoder(plain_config)
   params = decoder.init(jax.random.PRNGKey(3), q)["params"]
   channels = c.ch * c.ch_mult[-1]
-  assert params["top_down_conv"]["kernel"].shape == (1, 1, c.codebook.dim_det, 4 * channels)
+  chex.assert_shape(params["top_down_conv"]["kernel"], (1, 1, c.codebook.dim_det, 4 * channels))
   plain_params = {k: v for k, v in params.items() if k != "top_down_conv"}
-  assert jax.tree.structure(plain_params) == jax.tree.structure(
-      plain.init(jax.random.PRNGKey(3), q)["params"])
+  chex.assert_trees_all_equal_structs(plain_params,
+                                      plain.init(jax.random.PRNGKey(3), q)["params"])
   # Details only through the top-down path: post_quant_conv blind to q_det.
   kernel = np.asarray(params["post_quant_conv"]["kernel"]).copy()
   kernel[:, :, dim_sem:] = 0.0
@@ -480,18 +482,18 @@ def test_without_details_the_model_is_the_plain_vqgan():
   variables = model.init(jax.random.PRNGKey(4), images)
   p = variables["params"]
   assert set(p["neck"]) == {"quant_conv"}
-  assert p["neck"]["quant_conv"]["kernel"].shape == (1, 1, c.z_channels, c.codebook.dim_sem)
+  chex.assert_shape(p["neck"]["quant_conv"]["kernel"], (1, 1, c.z_channels, c.codebook.dim_sem))
   assert "top_down_conv" not in p["decoder"]
-  assert p["decoder"]["post_quant_conv"]["kernel"].shape == (1, 1, c.codebook.dim_sem,
-                                                             c.z_channels)
-  assert variables["codebook"]["codebook"]["centres"].shape == (16, c.codebook.dim_sem)
+  chex.assert_shape(p["decoder"]["post_quant_conv"]["kernel"],
+                    (1, 1, c.codebook.dim_sem, c.z_channels))
+  chex.assert_shape(variables["codebook"]["codebook"]["centres"], (16, c.codebook.dim_sem))
   z = np.asarray(model.apply(variables, images, method=vqgan.SGCVQGAN.tokens))
   top, _ = vqgan.Encoder(c).apply({"params": p["encoder"]}, images)
   kernel = np.asarray(p["neck"]["quant_conv"]["kernel"])[0, 0]
   np.testing.assert_allclose(z, np.asarray(top) @ kernel + p["neck"]["quant_conv"]["bias"],
                              rtol=1e-4, atol=1e-4)
   out = model.apply(variables, images)
-  assert out["reconstruction"].shape == images.shape
+  chex.assert_equal_shape([out["reconstruction"], images])
 
 
 # ------------------------------------------------------- 5. space-to-depth
@@ -509,3 +511,36 @@ def test_space_to_depth_layout_and_depth_to_space_inverse(shape, factor):
   y = rng.normal(size=(shape[0], 3, 2, factor * factor * shape[3])).astype(np.float32)
   np.testing.assert_array_equal(
       vqgan.space_to_depth(vqgan.depth_to_space(jnp.asarray(y), factor), factor), y)
+
+
+# --------------------------------------- 6. reconstruction and PSNR, jit or not
+
+
+class TestReconstructionLossesWithAndWithoutJit(chex.TestCase):
+  """losses.reconstruction (L1, L2 over the weight-1 examples) and losses.psnr
+  hold their NumPy formulas traced by jit and run eagerly."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_reconstruction_losses_and_psnr_match_numpy(self):
+    rng = np.random.default_rng(13)
+    x = rng.uniform(-1, 1, (4, 6, 5, 3)).astype(np.float32)
+    x_hat = np.clip(x + rng.normal(0, 0.2, x.shape), -1, 1).astype(np.float32)
+    weight = np.array([1, 0, 1, 1], np.float32)
+    x_hat[1] = -x[1]  # a padding example, far off: it must not count
+    keep = weight > 0
+    diff = x.astype(np.float64) - x_hat
+    reconstruction = self.variant(losses.reconstruction, static_argnames="kind")
+    l1, l2 = (reconstruction(x, x_hat, weight, kind=kind) for kind in ("l1", "l2"))
+    chex.assert_shape([l1, l2], ())
+    chex.assert_trees_all_close((l1, l2), (np.abs(diff[keep]).mean(), (diff[keep] ** 2).mean()),
+                                rtol=1e-5)
+    psnr = self.variant(losses.psnr)
+    mse = ((diff / 2) ** 2).reshape(4, -1).mean(-1)
+    got = psnr(x, x_hat)
+    chex.assert_shape(got, (4,))
+    chex.assert_trees_all_close(got, -10 * np.log10(mse), rtol=1e-5)
+    # A perfect reconstruction: the cap, 100 dB, not infinity.
+    chex.assert_trees_all_close(psnr(x, x), np.full(4, 100.0), rtol=1e-6)
+    # Images without the batch axis: an error that names the ranks, at the entry.
+    with self.assertRaisesRegex(AssertionError, "assert_rank"):
+      psnr(x[0], x_hat[0])

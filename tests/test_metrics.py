@@ -1,5 +1,6 @@
 """Metrics against independent NumPy references and known values."""
 
+import chex
 import numpy as np
 import pytest
 import scipy.linalg
@@ -33,6 +34,7 @@ def test_ssim_matches_the_definition():
   x = rng.uniform(-1, 1, (2, 20, 18, 3)).astype(np.float32)
   y = np.clip(x + rng.normal(0, 0.3, x.shape), -1, 1).astype(np.float32)
   got = np.asarray(metrics.ssim(x, y))
+  chex.assert_shape(got, (2,))  # one per image
   want = [ssim_reference(a, b) for a, b in zip(x, y)]
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(np.asarray(metrics.ssim(x, x)), 1.0, atol=1e-5)
@@ -78,6 +80,7 @@ def test_cooccurrence_and_miou():
                             [2, 2, 255, 255],
                             [2, 0, 255, 255]]], np.uint8)
   counts = np.asarray(metrics.patch_class_counts(segmentation, 2, 3))
+  chex.assert_shape(counts, (1, 2, 2, 3))  # [N, g, g, C]
   np.testing.assert_array_equal(counts[0, 0, 0], [4, 0, 0])
   np.testing.assert_array_equal(counts[0, 1, 0], [1, 0, 3])
   np.testing.assert_array_equal(counts[0, 1, 1], [0, 0, 0])  # ignore counts nowhere
@@ -92,6 +95,21 @@ def test_cooccurrence_and_miou():
   assert metrics.mean_iou(confusion) == pytest.approx((5 / 8 + 1) / 3)
 
 
+def test_wrong_shapes_fail_at_the_entry_with_the_shapes_named():
+  x = np.zeros((2, 16, 16, 3), np.float32)
+  with pytest.raises(AssertionError, match=r"assert_rank .* has rank 3 \(shape \(16, 16, 3\)\)"):
+    metrics.ssim(x[0], x[0])  # one image without its batch axis
+  with pytest.raises(AssertionError, match=r"assert_equal_shape .*\(2, 8, 16, 3\)"):
+    metrics.ssim(x, x[:, :8])
+  with pytest.raises(AssertionError, match="assert_rank"):
+    metrics.patch_class_counts(np.zeros((16, 16), np.uint8), 2, 3)
+  indices = np.zeros((1, 2, 2), np.int32)
+  with pytest.raises(AssertionError, match=r"shape prefixes: \[\(1, 2, 2\), \(1, 4, 4\)\]"):
+    metrics.code_class_cooccurrence(indices, np.zeros((1, 4, 4, 3), np.float32), 4)
+  with pytest.raises(AssertionError, match="assert_shape"):
+    metrics.code_class_cooccurrence(indices, np.zeros((1, 2, 2, 3), np.float32), 4, np.ones(2))
+
+
 def test_hungarian_recovers_a_permuted_perfect_clustering():
   rng = np.random.default_rng(1)
   truth = rng.integers(0, 5, 1000)
@@ -103,7 +121,8 @@ def test_hungarian_recovers_a_permuted_perfect_clustering():
   # are misses of their class.
   six = np.vstack([confusion, np.eye(5)[2] * 10])
   matched = metrics.matched_confusion(six)
-  assert matched.shape == (6, 5) and matched[5].sum() == 10
+  chex.assert_shape(matched, (6, 5))
+  assert matched[5].sum() == 10
   assert metrics.iou_from_confusion(matched)[2] == pytest.approx(
       confusion[:, 2].sum() / (confusion[:, 2].sum() + 10))
 

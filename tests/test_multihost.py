@@ -8,8 +8,7 @@ import socket
 import subprocess
 import sys
 
-import jax
-import numpy as np
+import chex
 import pytest
 
 from sgc_jax.core import checkpoint, loop
@@ -55,8 +54,8 @@ def _state(config, dataset, workdir, step):
 
 
 def _assert_close(a, b):
-  for x, y in zip(jax.tree.leaves((a.params, a.codebook)), jax.tree.leaves((b.params, b.codebook))):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-4, atol=2e-5)
+  chex.assert_trees_all_close((a.params, a.codebook), (b.params, b.codebook),
+                              rtol=2e-4, atol=2e-5)
 
 
 def test_two_processes_train_evaluate_and_checkpoint_like_one(data_dir, scenes64, tmp_path):

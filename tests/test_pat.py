@@ -19,12 +19,14 @@ from sgc_jax.bundle import inference
 from sgc_jax.config_lib import ConfigError
 from sgc_jax.configs import pat_scenes
 from sgc_jax.core import loop
+from sgc_jax.core.method import Levels, Prediction
 from sgc_jax.evaluators import open_vocab, pyramid
 from sgc_jax.methods import pat
 from sgc_jax.models import class_embeddings
 from sgc_jax.models import codebook as codebook_lib
 from sgc_jax.models import pat as pat_model
 from sgc_jax.modes import export, train
+from sgc_jax.ops import grids
 from sgc_jax.runtime import sharding
 
 from test_slotcon_method import train_batches
@@ -71,7 +73,7 @@ def _net_config(strides=(4, 8, 16), size=32):
 def test_area_downsample_is_the_block_mean():
   x = np.random.default_rng(0).normal(size=(2, 8, 12, 3)).astype(np.float32)
   want = x.reshape(2, 2, 4, 3, 4, 3).mean((2, 4))
-  np.testing.assert_allclose(np.asarray(pat_model.area_downsample(jnp.asarray(x), 4)), want,
+  np.testing.assert_allclose(np.asarray(grids.area_downsample(jnp.asarray(x), 4)), want,
                              rtol=1e-6)
 
 
@@ -223,16 +225,16 @@ def test_open_vocab_confusion_and_subset_means():
 def test_pyramid_evaluator_measures_each_level_against_its_grid():
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.uniform(-1, 1, size=(2, 1, 16, 16, 3)), jnp.float32)
-  target = pat_model.area_downsample(x[:, 0], 4)
+  target = grids.area_downsample(x[:, 0], 4)
   indices = (jnp.asarray(rng.integers(0, 5, size=(2, 4, 4))),
              jnp.asarray(rng.integers(0, 3, size=(2, 2, 2))))
-  pictures = (target, pat_model.area_downsample(x[:, 0], 8) + 0.5)
+  pictures = (target, grids.area_downsample(x[:, 0], 8) + 0.5)
   batch = {"image": x, "mask": jnp.array([True, True])}
   sums = pyramid.Pyramid("p", {"every": 1}).batch_sums(
-      {"levels": {"indices": indices, "pictures": pictures}}, batch, None, (5, 3))
+      Prediction(indices[0], levels=Levels(indices, pictures)), batch, None, (5, 3))
   assert float(sums["l1_0"]) == 0 and float(sums["psnr_0"]) == 2 * 100  # psnr's cap
   clipped = np.minimum(np.asarray(pictures[1]), 1.0)  # the evaluator clips to [-1, 1]
-  want = np.abs(clipped - np.asarray(pat_model.area_downsample(x[:, 0], 8))).mean((1, 2, 3))
+  want = np.abs(clipped - np.asarray(grids.area_downsample(x[:, 0], 8))).mean((1, 2, 3))
   np.testing.assert_allclose(float(sums["l1_1"]), want.sum(), rtol=1e-5)
   np.testing.assert_array_equal(np.asarray(sums["usage_0"]),
                                 np.bincount(np.asarray(indices[0]).ravel(), minlength=5))
@@ -331,13 +333,13 @@ def test_trains_evaluates_exports_and_segments_through_the_core(data_dir, scenes
   subset = np.asarray(variables["text"])[[1, 4]]
   for use_model_code in (False, True):
     loaded = inference.load(bundle, use_model_code=use_model_code)
-    indices = loaded.call("encode", images)
-    np.testing.assert_array_equal(indices[0], predictions["indices"])
-    np.testing.assert_allclose(loaded.call("decode", indices), predictions["reconstruction"],
+    indices = loaded.call("encode_levels", images)
+    np.testing.assert_array_equal(indices[0], predictions.indices)
+    np.testing.assert_allclose(loaded.call("decode_levels", indices), predictions.reconstruction,
                                atol=1e-5)
-    np.testing.assert_array_equal(loaded.call("segment_known", images),
-                                  predictions["class_maps"]["pat"])
-    two = loaded.call("segment", (images, subset))
+    np.testing.assert_array_equal(loaded.call("segment", images),
+                                  predictions.class_maps["pat"])
+    two = loaded.call("segment_with_text", (images, subset))
     # Among two classes, a pixel takes the one of the two it scores higher.
     logits = np.asarray(method.net.class_logits(variables, images, jnp.asarray(
         np.asarray(variables["text"])))["pat"])
@@ -458,4 +460,4 @@ def test_over_clip_open_vocabulary_fusion_export_and_any_class_names(data_dir, s
        str(out), "--classes", "zebra,sky"], capture_output=True, text=True)
   assert run.returncode == 0, run.stderr
   got = np.stack([np.asarray(PIL.Image.open(out / f"{i}_classes.png")) for i in range(2)])
-  np.testing.assert_array_equal(got, loaded_bundle.call("segment", (images, vectors)))
+  np.testing.assert_array_equal(got, loaded_bundle.call("segment_with_text", (images, vectors)))

@@ -5,6 +5,7 @@ run (finite losses, the teacher's EMA and centre as the official formulas),
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,8 +112,8 @@ def test_one_and_eight_devices_agree_and_the_teacher_follows_the_official_ema(da
     for name in ("loss/group", "loss/contrast"):
       assert np.isfinite(m1[name])
       assert float(m8[name]) == pytest.approx(float(m1[name]), rel=1e-4, abs=1e-5), name
-  for a, b in zip(jax.tree.leaves(state_1.teacher_params), jax.tree.leaves(state_8.teacher_params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(state_1.teacher_params, state_8.teacher_params,
+                              rtol=1e-4, atol=1e-5)
   # The teacher: momentum m_k = 1 - (1 - 0.99)(cos(pi k / K) + 1) / 2 at step k,
   # applied to the student of before the step.
   (student, teacher, _), metrics = history_1[1]
@@ -120,8 +121,7 @@ def test_one_and_eight_devices_agree_and_the_teacher_follows_the_official_ema(da
   assert float(metrics["teacher_momentum"]) == pytest.approx(momentum, rel=1e-6)
   _, history_after = history_1[0], None
   expected = jax.tree.map(lambda t, s: momentum * t + (1 - momentum) * s, teacher, student)
-  for got, want in zip(jax.tree.leaves(state_1.teacher_params), jax.tree.leaves(expected)):
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7)
+  chex.assert_trees_all_close(state_1.teacher_params, expected, rtol=1e-6, atol=1e-7)
   assert float(ema.cosine_momentum(0, 4, 0.99)) == pytest.approx(0.99)
 
 
@@ -187,5 +187,4 @@ def test_resume_is_exact(data_dir, tmp_path):
   shutil.rmtree(os.path.join(resumed, "checkpoints", "4"))
   assert train.train_and_evaluate(config, resumed)["step"] == 4
   states = [loop.restore_latest(slotcon.SlotConMethod, config, w)[2] for w in (straight, resumed)]
-  for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  chex.assert_trees_all_equal(states[0], states[1])

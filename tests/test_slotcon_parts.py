@@ -4,6 +4,7 @@ parameter counts at the official sizes, jit, gradients and sharding."""
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -209,8 +210,7 @@ def test_predictor_mask_is_the_official_selection():
   masked, stats_masked = predict(flat, jnp.asarray(rows))
   gathered, stats_gathered = predict(flat[rows])
   np.testing.assert_allclose(masked[rows], gathered, rtol=1e-4, atol=1e-5)
-  for a, b in zip(jax.tree.leaves(stats_masked), jax.tree.leaves(stats_gathered)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(stats_masked, stats_gathered, rtol=1e-5, atol=1e-6)
 
   # The perturbed invalid rows change neither the valid outputs nor the loss.
   q2 = np.where(rows[:, None], flat, flat + 30.).astype(np.float32)

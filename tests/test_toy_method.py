@@ -23,7 +23,7 @@ import pytest
 from sgc_jax import config_lib, main, methods
 from sgc_jax.bundle import inference
 from sgc_jax.core import loop, optim
-from sgc_jax.core.method import Method, Units
+from sgc_jax.core.method import Method, Prediction, Units
 from sgc_jax.modes import eval_checkpoint, export, train
 from test_train import tiny_config
 
@@ -122,8 +122,8 @@ class ToyMethod(Method):
 
   def predict(self, variables, images):
     z, indices = self.net.apply(variables, images, method=ToyNet.encode)
-    return {"indices": indices, "features": z,
-            "reconstruction": self.net.apply(variables, indices, method=ToyNet.decode)}
+    return Prediction(indices, features=z,
+                      reconstruction=self.net.apply(variables, indices, method=ToyNet.decode))
 
   def units(self, variables):
     return Units(np.asarray(jax.device_get(variables["params"]["prototypes"])))
@@ -298,7 +298,7 @@ def test_the_toy_exports_a_bundle_that_runs_like_the_method(toy_run, scenes64):
   tokens = np.asarray(functions["tokens"](variables, images))
   rendered = np.asarray(functions["render"](variables, tokens))
   assert tokens.shape == (3, 4, 4) and rendered.shape == (3, 64, 64, 3)
-  np.testing.assert_array_equal(tokens, np.asarray(method.predict(variables, images)["indices"]))
+  np.testing.assert_array_equal(tokens, np.asarray(method.predict(variables, images).indices))
   for use_model_code in (False, True):
     loaded = inference.load(bundle, use_model_code=use_model_code)
     assert loaded.method == "toy" and sorted(loaded.functions) == ["render", "tokens"]
@@ -341,7 +341,7 @@ def test_the_core_evaluators_export_and_inference_import_no_method():
     assert not bad, (path, bad)
   models = ("sgc_jax.models.vqgan", "sgc_jax.methods.sgc_vqgan")
   generic = _python_files("sgc_jax/evaluators") + [
-      os.path.join(ROOT, "sgc_jax", name) for name in ("export.py", "inference.py")]
+      os.path.join(ROOT, "sgc_jax", name) for name in ("modes/export.py", "bundle/inference.py")]
   for path in generic:
     bad = {m for m in _imports(path) if m.startswith(models)}
     assert not bad, (path, bad)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import chex
 import flax
 import jax
 import numpy as np
@@ -20,7 +21,7 @@ import pytest
 from sgc_jax import config_lib
 from sgc_jax.configs import sgc_scenes
 from sgc_jax.core import checkpoint, loop
-from sgc_jax.data import pipeline, views
+from sgc_jax.data import pipeline, sources, views
 from sgc_jax.methods import sgc_vqgan
 from sgc_jax.modes import eval_checkpoint, export, train
 from sgc_jax.runtime import sharding
@@ -50,7 +51,7 @@ def _leaves(tree):
 
 
 def _run_steps(config, mesh, dataset, steps, with_gan):
-  frequency = sgc_vqgan.class_frequency(dataset.split("train"), dataset.num_classes)
+  frequency = sources.class_frequency(dataset.split("train"), dataset.num_classes)
   trainer = sgc_vqgan.SGCVQGANMethod(config, mesh, dataset.class_names, frequency)
   state = trainer.create_train_state(config.seed)
   spec = pipeline.PipelineSpec(split="train", global_batch_size=config.data.batch_size,
@@ -112,8 +113,7 @@ def test_one_device_and_eight_devices_agree(data_dir, scenes64, quantizer, with_
   # The codebook is replicated: every device holds the same centres.
   centres = state_8.codebook["codebook"]["centres"]
   shards = [np.asarray(s.data) for s in centres.addressable_shards]
-  for shard in shards[1:]:
-    np.testing.assert_array_equal(shard, shards[0])
+  chex.assert_trees_all_equal(*shards)
 
 
 def _final(workdir):
@@ -143,10 +143,7 @@ def test_resume_is_exact(data_dir, scenes64, tmp_path):
   step_b, state_b, data_b = _final(resumed)
   assert step_a == step_b == 4
   assert data_a == data_b
-  leaves_a, leaves_b = _leaves(state_a), _leaves(state_b)
-  assert len(leaves_a) == len(leaves_b)
-  for a, b in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(state_a, state_b)
 
 
 def test_checkpoints_without_the_dead_code_counts_still_resume(data_dir, scenes64, tmp_path):

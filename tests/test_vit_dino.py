@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -371,7 +372,7 @@ def test_load_reads_released_and_training_files(tmp_path, sd, variables):
   for name, checkpoint in (("dino_deitsmall8_pretrain.pth", False), ("checkpoint.pth", True)):
     fields, loaded = dino.load(write_pth(tmp_path / name, sd, checkpoint), num_heads=HEADS)
     assert fields == FIELDS
-    jax.tree.map(np.testing.assert_array_equal, loaded, variables)
+    chex.assert_trees_all_equal(loaded, variables)
   notes = tmp_path / "notes.pth"
   notes.write_text("not a checkpoint")
   with pytest.raises(torch_file.WeightFileError, match=rf"^{notes}: not a torch zip file"):
@@ -386,7 +387,7 @@ def test_cli_writes_an_npz_that_load_reads(tmp_path, sd, variables):
   out = str(tmp_path / "vit.npz")
   fields, loaded = dino.load(out)
   assert fields == FIELDS
-  jax.tree.map(np.testing.assert_array_equal, loaded, variables)
+  chex.assert_trees_all_equal(loaded, variables)
 
   with np.load(out) as data:
     stored = dict(data)

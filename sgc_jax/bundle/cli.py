@@ -49,14 +49,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 MAX_ASPECT = 64  # Long side : short side; why 64, see the module docstring.
 MAX_CLASSES = 2 ** 16  # What a 16-bit class PNG holds.
 
-# The bundles that hold each function a command needs: named when a bundle
-# without it is refused.
-_HOLDERS = {"encode": "sgc_vqgan and pat", "decode": "sgc_vqgan and pat",
-            "segment": "slotcon, acseg and pat"}
-# A `segment` of images alone returns each pixel's unit among the model's own:
-# (what the unit is called, the model.json field that counts them), by method.
-_SEGMENT_UNITS = {"slotcon": ("prototype", ("slotcon", "num_prototypes")),
-                  "acseg": ("cluster", ("num_clusters",))}
 
 
 class InputError(ValueError):
@@ -127,7 +119,7 @@ def _batches(items, size):
 def _require(model, bundle: str, function: str, command: str, lacks: str) -> None:
   if function not in model.functions:
     raise InputError(f"{bundle}: a {model.method} bundle has no {lacks}: {command} needs "
-                     f"{function} ({_HOLDERS[function]} bundles hold one)")
+                     f"{function} (it holds {', '.join(model.functions)})")
 
 
 def _positive_int(value) -> bool:
@@ -161,10 +153,10 @@ def _encoder(tokenizer):
     return encode
 
   def encode_levels(images):
-    outputs = tokenizer.call("encode", images)
+    outputs = tokenizer.call("encode_levels", images)
     if len(outputs) != len(levels):
-      raise inference.BundleError(f"{tokenizer.directory}: encode returns {len(outputs)} "
-                                  f"levels, model.json describes {len(levels)}")
+      raise inference.BundleError(f"{tokenizer.directory}: encode_levels returns "
+                                  f"{len(outputs)} levels, model.json describes {len(levels)}")
     return {f"indices_{level}": indices for level, indices in enumerate(outputs)}
   return encode_levels
 
@@ -174,7 +166,9 @@ def tokenize(images_dir: str, bundle: str, out: str, batch_size: int = 16) -> in
   for path in paths:  # Headers only: a refused image stops the command before any work.
     _open(path).close()
   tokenizer = inference.load(bundle)
-  _require(tokenizer, bundle, "encode", "sgc-tokenize", "encoder")
+  pyramid = "encode_levels" in tokenizer.functions
+  _require(tokenizer, bundle, "encode_levels" if pyramid else "encode", "sgc-tokenize",
+           "encoder")
   encode = _encoder(tokenizer)
   size = tokenizer.image_size
   # A first batch of zeros compiles the program before any output: damage
@@ -244,7 +238,9 @@ def read_levels(path: str, levels) -> tuple[np.ndarray, ...]:
 def detokenize(tokens_dir: str, bundle: str, out: str, batch_size: int = 16) -> int:
   paths = _inputs(tokens_dir, (".npz",), batch_size)
   tokenizer = inference.load(bundle)
-  _require(tokenizer, bundle, "decode", "sgc-detokenize", "decoder")
+  pyramid = "decode_levels" in tokenizer.functions
+  _require(tokenizer, bundle, "decode_levels" if pyramid else "decode", "sgc-detokenize",
+           "decoder")
   levels = _levels(tokenizer)
   if levels is None:
     read = lambda path: read_tokens(path, tokenizer.grid, tokenizer.num_codes)  # noqa: E731
@@ -252,7 +248,7 @@ def detokenize(tokens_dir: str, bundle: str, out: str, batch_size: int = 16) -> 
     zeros = np.zeros((tokenizer.grid, tokenizer.grid), np.int32)
   else:
     read = lambda path: read_levels(path, levels)  # noqa: E731
-    decode = lambda tokens: tokenizer.call("decode", tuple(  # noqa: E731
+    decode = lambda tokens: tokenizer.call("decode_levels", tuple(  # noqa: E731
         np.stack(level).astype(np.int32) for level in zip(*tokens)))
     zeros = tuple(np.zeros((grid, grid), np.int32) for grid, _ in levels)
   for path in paths:  # Token files are small: all checked before any is decoded.
@@ -269,9 +265,16 @@ def detokenize(tokens_dir: str, bundle: str, out: str, batch_size: int = 16) -> 
 
 
 def embed_with_bundle(model, names: Sequence[str]) -> np.ndarray:
-  """Unit embeddings [C, E] of any class names, by a bundle's text tower (PAT
-  over CLIP)."""
-  text = model.description["pat"]["text"]
+  """Unit embeddings [C, E] of any class names, by a bundle's text tower
+  (`embed_text`, with the prompts model.json's `text_prompts` describes)."""
+  text = model.description.get("text_prompts")
+  if not (isinstance(text, dict) and _positive_int(text.get("context_length"))
+          and isinstance(text.get("templates"), list) and text["templates"]
+          and all(isinstance(t, str) and t.count("{}") == 1 for t in text["templates"])):
+    raise inference.BundleError(
+        f"{os.path.join(model.directory, 'model.json')}: text_prompts is {text!r}, expected "
+        "{context_length: a positive integer, templates: prompts with one {} each} (a bundle "
+        "of an older sgc_jax: export it again)")
   path = model.file(class_text.VOCABULARY_FILE)
   try:
     bpe = class_text.tokenizer(path, "the bundle's vocabulary")
@@ -302,26 +305,20 @@ def class_embeddings(model, classes: str | None) -> tuple[list[str], np.ndarray]
   return names, own[[model.class_names.index(n) for n in names]]
 
 
-def own_segments(model, bundle: str, classes: str | None) -> list[str]:
-  """The names of what a `segment` of images alone returns (SlotCon's
-  prototypes, ACSeg's clusters): `prototype_k`, ...; such a bundle takes no
-  class names."""
-  if model.method not in _SEGMENT_UNITS:
-    raise InputError(f"{bundle}: a {model.method} bundle segments images alone into classes "
-                     "sgc-segment cannot name (it knows those of "
-                     f"{', '.join(_SEGMENT_UNITS)} bundles)")
-  unit, field = _SEGMENT_UNITS[model.method]
-  count = model.description
-  for part in field:
-    count = count.get(part) if isinstance(count, dict) else None
-  if not _positive_int(count):
-    raise inference.BundleError(f"{os.path.join(model.directory, 'model.json')}: "
-                                f"{'.'.join(field)} is {count!r}, expected a positive integer")
+def segment_names(model, bundle: str, classes: str | None) -> list[str]:
+  """The names of what a bundle's `segment` returns (model.json's
+  `segment_names`: SlotCon's prototypes, ACSeg's clusters ...); such a bundle
+  takes no class names."""
+  names = model.description.get("segment_names")
+  if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+    raise inference.BundleError(
+        f"{os.path.join(model.directory, 'model.json')}: segment_names is {names!r}, expected "
+        "a list of names (a bundle of an older sgc_jax: export it again)")
   if classes is not None:
-    raise InputError(f"--classes: a {model.method} bundle segments into its {count} {unit}s, "
-                     "not into named classes (only a bundle with class embeddings, PAT's, "
-                     "takes names)")
-  return [f"{unit}_{k}" for k in range(count)]
+    raise InputError(f"--classes: a {model.method} bundle segments into its own "
+                     f"{len(names)} segments ({names[0]}, ...), not into named classes "
+                     "(only a bundle with class embeddings takes names)")
+  return names
 
 
 def segment(images_dir: str, bundle: str, out: str, batch_size: int = 16,
@@ -331,13 +328,13 @@ def segment(images_dir: str, bundle: str, out: str, batch_size: int = 16,
     _open(path).close()
   model = inference.load(bundle)
   _require(model, bundle, "segment", "sgc-segment", "segment function")
-  # A bundle holding class embeddings (PAT's `text`) segments into the classes
-  # of the embeddings it is given; the others' `segment` takes images alone.
-  if "text" in model.variables:
+  # A bundle holding class embeddings segments into the classes of the
+  # embeddings it is given (`segment_with_text`); `segment` takes images alone.
+  if "segment_with_text" in model.functions:
     names, text = class_embeddings(model, classes)
-    run = lambda images: model.call("segment", (images, text))  # noqa: E731
+    run = lambda images: model.call("segment_with_text", (images, text))  # noqa: E731
   else:
-    names = own_segments(model, bundle, classes)
+    names = segment_names(model, bundle, classes)
     run = lambda images: model.call("segment", images)  # noqa: E731
   if len(names) > MAX_CLASSES:
     raise InputError(f"--classes: {len(names)} classes; the class PNGs hold at most "

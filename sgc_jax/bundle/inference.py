@@ -66,6 +66,13 @@ _TOKENIZER_FIELDS = ("image_size", "grid", "num_codes", "semantic")
 _CODEBOOK_LEAVES = (("codebook", "codebook", "centres"), ("params", "codebook", "embedding"))
 # Bundles of the first release: SGC-VQGAN's two functions, no "method" field.
 _FIRST_RELEASE = {"method": "sgc_vqgan", "functions": ["encode", "decode"]}
+# PAT bundles written before each function name had one signature in every
+# bundle (they hold `segment_known`): their `segment` took (images, class
+# embeddings), now `segment_with_text`; `segment_known` took images alone, now
+# `segment`; `encode` and `decode` worked on every level, now `encode_levels`
+# and `decode_levels` (`encode` and `decode` are a one-grid tokenizer's).
+_RENAMED = {"segment": "segment_with_text", "segment_known": "segment",
+            "encode": "encode_levels", "decode": "decode_levels"}
 
 
 def describe(error: BaseException) -> str:
@@ -131,11 +138,15 @@ class Tokenizer:
     except Exception as error:  # zipfile and numpy raise whatever a damaged file trips over.
       raise BundleError(f"{path}: unreadable ({describe(error)})") from None
     self._check_num_codes()
-    names = self.description["functions"]
+    stored = self.description["functions"]
+    # {name: the name of its .jax_export file}
+    files = ({_RENAMED.get(n, n): n for n in stored} if "segment_known" in stored
+             else {n: n for n in stored})
+    self.description["functions"] = list(files)
     if use_model_code:
-      self.functions = self._model_functions(names)
+      self.functions = self._model_functions(list(files))
     else:
-      self.functions = {name: self._exported(name) for name in names}
+      self.functions = {name: self._exported(file) for name, file in files.items()}
 
   def _description(self) -> dict:
     path = os.path.join(self.directory, "model.json")
@@ -187,7 +198,7 @@ class Tokenizer:
     """model.json's num_codes against the codebook the variables hold: decode's
     range check, and every user of the tokens, trusts num_codes. (grid and
     image_size: against the exported functions' signatures, in `_exported`.)"""
-    if self.num_codes is None or self.method != "sgc_vqgan":
+    if self.num_codes is None:  # not a one-grid tokenizer
       return
     for leaf in _CODEBOOK_LEAVES:
       node = self.variables
@@ -269,10 +280,9 @@ class Tokenizer:
     return call
 
   def _model_functions(self, names):
-    from sgc_jax import methods
     path = os.path.join(self.directory, "model.json")
     try:
-      functions, abstract = methods.get(self.method).functions_from_bundle(self.description)
+      functions, abstract = model_functions(self.description)
     except Exception as error:  # Missing, unknown or invalid fields, whatever they raise.
       raise BundleError(f"{path}: model_config: {describe(error)}") from None
     self._check_variables(abstract, "the model of model_config")
@@ -307,6 +317,13 @@ class Tokenizer:
       raise BundleError(f"token indices in [{indices.min()}, {indices.max()}]; this "
                         f"bundle has {self.num_codes} codes")
     return self.call("decode", indices.astype(np.int32))
+
+
+def model_functions(description: dict):
+  """A bundle's functions rebuilt from its method's model code (no serialized
+  code read), and the shapes of the variables they take."""
+  from sgc_jax import methods
+  return methods.get(description["method"]).functions_from_bundle(description)
 
 
 def load(directory: str, use_model_code: bool = False) -> Tokenizer:

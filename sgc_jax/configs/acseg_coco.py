@@ -23,7 +23,7 @@ def get_config(arg=None):
                           worker_count=8))
   config.model.backbone.update(dict(kind="dino", arch=arg.arch, patch_size=arg.patch,
                                     dtype="bfloat16"))
-  # DINO's features are not all positive: DESIGN.md's plain cosine graph.
+  # DINO's features are not all positive: the plain cosine graph of docs/design.md#affinity-graph.
   config.model.update(dict(affinity="cosine", classifier_images=10_000, dtype="bfloat16"))
   config.log_every = 100
   config.checkpoint.update(dict(every=2_000, keep=3))

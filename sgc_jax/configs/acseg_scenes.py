@@ -41,9 +41,9 @@ def get_config(arg=None):
   config.log_every = 10
   config.model = ml_collections.ConfigDict(dict(
       backbone=backbone_config(),
-      # DESIGN.md: P = 5 prototypes, L = 3 blocks, tau = 0.1.
+      # docs/design.md#adaptive-concept-generator: P = 5 prototypes, L = 3 blocks, tau = 0.1.
       num_prototypes=5, num_blocks=3, num_heads=8, mlp_ratio=4.0, temperature=0.1,
-      # The affinity graph: "cosine" (DESIGN.md: max(0, cos)) or "centred" (the
+      # The affinity graph: "cosine" (docs/design.md#affinity-graph: max(0, cos)) or "centred" (the
       # cosine of features minus their image's mean). A ReLU backbone's features
       # (SlotCon's ResNet) are all positive: on sgc_scenes their true classes
       # have a modularity of 0.12 under "cosine" and 0.33 under "centred".
@@ -51,22 +51,23 @@ def get_config(arg=None):
       # The concept classifier: k-means of a vector per concept of this many
       # training images into num_clusters (None: the data set's number of
       # classes), the best of classifier_restarts seedings by inertia. The
-      # vector: "concepts" (DESIGN.md) or "regions" (the mean backbone feature
-      # of the pixels the concept wins); classifier_centring subtracts the
-      # vectors' mean first. Restarts and centring are the baseline's
-      # (evals.segmentation: its k-means of the pixel features), to keep it fair.
+      # vector: "concepts" (docs/design.md#concept-classifier) or "regions"
+      # (the mean backbone feature of the pixels the concept wins);
+      # classifier_centring subtracts the vectors' mean first. Restarts and
+      # centring are the baseline's (evals.segmentation: its k-means of the
+      # pixel features), to keep it fair.
       num_clusters=config_dict.placeholder(int), classifier_images=2000,
       classifier_input="concepts",
       classifier_restarts=config.evals.segmentation.get_ref("kmeans_restarts"),
       classifier_centring=config.evals.segmentation.get_ref("feature_centring"),
       dtype="float32"))
-  # DESIGN.md names no optimizer: Adam with a short warm-up and a cosine decay.
+  # docs/design.md#acseg-optimizer names no optimizer: Adam with a short warm-up and a cosine decay.
   config.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-4, warmup_steps=max(1, arg.steps // 20),
       final_lr_fraction=0.01, grad_clip=0.0))
   # Centred k-means on both sides (the baseline's and, tied, the classifier's):
   # SlotCon's ReLU features are all positive. Measured over 600 steps: ACSeg
-  # 0.102 -> 0.109 mIoU, the baseline 0.097 -> 0.108 (README, ACSeg).
+  # 0.102 -> 0.109 mIoU, the baseline 0.097 -> 0.108 (docs/methods/acseg.md#what-was-measured).
   config.evals.segmentation.feature_centring = True
   del config.init_from
   return slotcon_scenes.without_reconstruction(config)

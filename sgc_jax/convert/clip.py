@@ -47,20 +47,16 @@ applies; `{"params": variables["params"]["visual"]}` alone is what
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import math
 import re
-import sys
 
 import jax
 import numpy as np
 from flax import traverse_util
 
 from sgc_jax.config_lib import ConfigError
-from sgc_jax.convert import torch_file
+from sgc_jax.convert import common, torch_file
 from sgc_jax.models import clip
-from sgc_jax.utils import tree_io
 
 MODEL_FIELDS = tuple(field.name for field in dataclasses.fields(clip.CLIPConfig))
 # Integers OpenAI's archives hold beside the weights, and the field each must equal.
@@ -115,12 +111,7 @@ def infer_fields(state_dict: dict[str, np.ndarray], source: str = "state dict",
         f"{source}: tensor 'visual.conv1.weight' has shape "
         f"{(vision_width, channels, patch_size, patch_width)}: not square patches of RGB")
   positions = shape("visual.positional_embedding", 2)[0] - 1
-  grid = math.isqrt(positions)
-  if grid * grid != positions:
-    raise torch_file.WeightFileError(
-        f"{source}: tensor 'visual.positional_embedding' has shape "
-        f"{tuple(state_dict['visual.positional_embedding'].shape)}: {positions} patch "
-        "positions, not a square grid")
+  grid = common.square_grid(state_dict, "visual.positional_embedding", positions, source)
   context_length, text_width = shape("positional_embedding", 2)
   fields = {
       "vision_width": vision_width,
@@ -201,36 +192,20 @@ def convert(state_dict: dict[str, np.ndarray], fields: dict, source: str = "stat
 
 def _hint(state_dict, fields) -> str:
   """Names the checkpoint's own fields where they differ from `fields`."""
-  try:
-    found = infer_fields(state_dict, vision_heads=fields["vision_heads"],
-                         text_heads=fields["text_heads"])
-  except torch_file.WeightFileError:
-    return ""
-  differ = [f"{name}={found[name]}" for name in MODEL_FIELDS if found[name] != fields[name]]
-  return f"; the checkpoint's CLIP has {', '.join(differ)}" if differ else ""
+  return common.field_hint(
+      lambda: infer_fields(state_dict, vision_heads=fields["vision_heads"],
+                           text_heads=fields["text_heads"]), MODEL_FIELDS, fields, "CLIP")
 
 
 def _stored_fields(tree: dict, source: str) -> dict:
   """The fields an .npz of this module holds, checked."""
-  stored = tree.get("fields")
-  fields = {}
-  for name in MODEL_FIELDS:
-    value = stored.get(name) if isinstance(stored, dict) else None
-    if value is None or np.shape(value) != () or value.dtype.kind not in "iu":
-      raise torch_file.WeightFileError(
-          f"{source}: no integer 'fields/{name}': not an .npz of sgc_jax.convert.clip")
-    fields[name] = int(value)
+  fields = common.stored_fields(tree, dict.fromkeys(MODEL_FIELDS, int), source,
+                                "sgc_jax.convert.clip", "iu", "integer")
   try:
     config(fields)
   except ValueError as error:
     raise torch_file.WeightFileError(f"{source}: {error}") from None
   return {"arch": architecture(fields), **fields}
-
-
-def check_tree(params: dict, fields: dict, source: str) -> dict:
-  """`params` read back from an .npz, checked against the converted params of
-  `fields` (keys, shapes, floating point); as float32."""
-  return torch_file.check_params(params, abstract_params(fields), source)
 
 
 def load(path: str, vision_heads: int | None = None,
@@ -240,16 +215,9 @@ def load(path: str, vision_heads: int | None = None,
   docstring). The head counts default to width // 64, CLIP's; an .npz holds
   its own, which given ones must match."""
   if path.endswith(".npz"):
-    tree = tree_io.unflatten(torch_file.load_state_dict(path))
-    fields = _stored_fields(tree, path)
-    for tower, heads in (("vision", vision_heads), ("text", text_heads)):
-      if heads not in (None, fields[f"{tower}_heads"]):
-        raise torch_file.WeightFileError(
-            f"{path}: a {tower} tower with {fields[f'{tower}_heads']} heads, not {heads}")
-    unexpected = sorted(set(tree) - {"params", "fields"})
-    if unexpected:
-      raise torch_file.WeightFileError(f"{path}: unexpected {unexpected[0]!r}")
-    return fields, {"params": check_tree(tree.get("params", {}), fields, path)}
+    return common.load_npz(path, _stored_fields, abstract_params,
+                           {"vision_heads": ("a vision tower", vision_heads),
+                            "text_heads": ("a text tower", text_heads)})
   state_dict = torch_file.load_state_dict(path)
   fields = infer_fields(state_dict, path, vision_heads, text_heads)
   return fields, convert(state_dict, fields, path)
@@ -267,24 +235,21 @@ def text_tower(weights: str):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("checkpoint", help="OpenAI's ViT-*.pt, or a CLIP state dict")
-  parser.add_argument("out", help="the .npz to write")
-  parser.add_argument("--vision_heads", type=int, default=None,
-                      help="the image tower's head count, if not its width // 64")
-  parser.add_argument("--text_heads", type=int, default=None,
-                      help="the text tower's head count, if not its width // 64")
-  args = parser.parse_args(argv)
-  try:
+  def arguments(parser):
+    parser.add_argument("checkpoint", help="OpenAI's ViT-*.pt, or a CLIP state dict")
+    parser.add_argument("out", help="the .npz to write")
+    parser.add_argument("--vision_heads", type=int, default=None,
+                        help="the image tower's head count, if not its width // 64")
+    parser.add_argument("--text_heads", type=int, default=None,
+                        help="the text tower's head count, if not its width // 64")
+
+  def run(args):
     fields, variables = load(args.checkpoint, args.vision_heads, args.text_heads)
-    out = torch_file.write_npz(
-        {**variables, "fields": {name: np.int64(fields[name]) for name in MODEL_FIELDS}},
-        args.out)
-  except (torch_file.WeightFileError, OSError) as error:
-    sys.exit(f"error: {error}")
-  details = ", ".join(f"{name}={fields[name]}" for name in MODEL_FIELDS)
-  print(f"wrote {out}: {fields['arch'] or 'a CLIP ViT of no released architecture'} "
-        f"({details})")
+    return common.write_with_fields(
+        variables, {name: np.int64(fields[name]) for name in MODEL_FIELDS}, args.out, fields,
+        "a CLIP ViT of no released architecture")
+
+  common.command(__doc__, argv, arguments, run)
 
 
 if __name__ == "__main__":

@@ -33,18 +33,14 @@ Key mapping (our path joined with ".", `blocks_i` read `blocks.i`):
 
 from __future__ import annotations
 
-import argparse
-import math
 import re
-import sys
 
 import jax
 import numpy as np
 from flax import traverse_util
 
-from sgc_jax.convert import torch_file
+from sgc_jax.convert import common, torch_file
 from sgc_jax.models import vit
-from sgc_jax.utils import tree_io
 
 # The VisionTransformer fields a checkpoint determines, with their types.
 MODEL_FIELDS = {"patch_size": int, "embed_dim": int, "depth": int, "num_heads": int,
@@ -79,12 +75,7 @@ def infer_fields(state_dict: dict[str, np.ndarray], source: str = "state dict",
   dim = int(shape("cls_token", 3)[-1])
   patch_size = int(shape("patch_embed.proj.weight", 4)[-1])
   positions = shape("pos_embed", 3)[1] - 1
-  grid = math.isqrt(positions)
-  if grid * grid != positions:
-    raise torch_file.WeightFileError(
-        f"{source}: tensor {prefix + 'pos_embed'!r} has shape "
-        f"{tuple(state_dict[prefix + 'pos_embed'].shape)}: {positions} patch positions, not "
-        "a square grid")
+  grid = common.square_grid(state_dict, prefix + "pos_embed", positions, source)
   hidden = int(shape("blocks.0.mlp.fc1.weight", 2)[0])
   depth = 0
   while any(k.startswith(f"{prefix}blocks.{depth}.") for k in state_dict):
@@ -152,26 +143,14 @@ def convert(state_dict: dict[str, np.ndarray], fields: dict, source: str = "stat
 
 def _hint(state_dict, fields) -> str:
   """Names the checkpoint's own fields where they differ from `fields`."""
-  try:
-    found = infer_fields(state_dict, num_heads=fields["num_heads"])
-  except torch_file.WeightFileError:
-    return ""
-  differ = [f"{name}={found[name]}" for name in MODEL_FIELDS if found[name] != fields[name]]
-  return f"; the checkpoint's ViT has {', '.join(differ)}" if differ else ""
+  return common.field_hint(lambda: infer_fields(state_dict, num_heads=fields["num_heads"]),
+                           MODEL_FIELDS, fields, "ViT")
 
 
 def _stored_fields(tree: dict, source: str) -> dict:
   """The fields an .npz of this module holds, checked."""
-  stored = tree.get("fields")
-  fields = {}
-  for name, kind in MODEL_FIELDS.items():
-    value = stored.get(name) if isinstance(stored, dict) else None
-    if value is None or np.shape(value) != () or value.dtype.kind not in "biuf":
-      raise torch_file.WeightFileError(
-          f"{source}: no number 'fields/{name}': not an .npz of sgc_jax.convert.dino")
-    fields[name] = kind(value.item())
-    if kind is not bool and not fields[name] > 0:
-      raise torch_file.WeightFileError(f"{source}: 'fields/{name}' is {fields[name]}")
+  fields = common.stored_fields(tree, MODEL_FIELDS, source, "sgc_jax.convert.dino", "biuf",
+                                "number", positive=True)
   if fields["embed_dim"] % fields["num_heads"] or fields["image_size"] % fields["patch_size"]:
     raise torch_file.WeightFileError(
         f"{source}: fields {fields}: embed_dim must be a multiple of num_heads, and "
@@ -179,46 +158,31 @@ def _stored_fields(tree: dict, source: str) -> dict:
   return {"arch": architecture(fields), **fields}
 
 
-def check_tree(params: dict, fields: dict, source: str) -> dict:
-  """`params` read back from an .npz, checked against the converted params of
-  `fields` (keys, shapes, floating point); as float32."""
-  return torch_file.check_params(params, abstract_params(fields), source)
-
-
 def load(path: str, num_heads: int | None = None) -> tuple[dict, dict]:
   """(fields, {"params"}) from an official file (see the module docstring) or
   from the .npz this module writes. `num_heads` is needed for a `.pth` whose
   width and depth are no DINO architecture's; an .npz holds it."""
   if path.endswith(".npz"):
-    tree = tree_io.unflatten(torch_file.load_state_dict(path))
-    fields = _stored_fields(tree, path)
-    if num_heads not in (None, fields["num_heads"]):
-      raise torch_file.WeightFileError(
-          f"{path}: a ViT with {fields['num_heads']} heads, not {num_heads}")
-    unexpected = sorted(set(tree) - {"params", "fields"})
-    if unexpected:
-      raise torch_file.WeightFileError(f"{path}: unexpected {unexpected[0]!r}")
-    return fields, {"params": check_tree(tree.get("params", {}), fields, path)}
+    return common.load_npz(path, _stored_fields, abstract_params,
+                           {"num_heads": ("a ViT", num_heads)})
   state_dict = torch_file.load_state_dict(path, key="teacher")
   fields = infer_fields(state_dict, path, num_heads)
   return fields, convert(state_dict, fields, path)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("checkpoint", help="a DINO backbone .pth or training checkpoint.pth")
-  parser.add_argument("out", help="the .npz to write")
-  parser.add_argument("--num_heads", type=int, default=None,
-                      help="the head count, for a ViT of no DINO architecture")
-  args = parser.parse_args(argv)
-  try:
+  def arguments(parser):
+    parser.add_argument("checkpoint", help="a DINO backbone .pth or training checkpoint.pth")
+    parser.add_argument("out", help="the .npz to write")
+    parser.add_argument("--num_heads", type=int, default=None,
+                        help="the head count, for a ViT of no DINO architecture")
+
+  def run(args):
     fields, variables = load(args.checkpoint, args.num_heads)
-    out = torch_file.write_npz(
-        {**variables, "fields": {name: fields[name] for name in MODEL_FIELDS}}, args.out)
-  except (torch_file.WeightFileError, OSError) as error:
-    sys.exit(f"error: {error}")
-  details = ", ".join(f"{name}={fields[name]}" for name in MODEL_FIELDS)
-  print(f"wrote {out}: {fields['arch'] or 'a ViT of no DINO architecture'} ({details})")
+    return common.write_with_fields(variables, {name: fields[name] for name in MODEL_FIELDS},
+                                    args.out, fields, "a ViT of no DINO architecture")
+
+  common.command(__doc__, argv, arguments, run)
 
 
 if __name__ == "__main__":

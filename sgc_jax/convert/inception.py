@@ -6,15 +6,11 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 import jax
 import numpy as np
 
-from sgc_jax.convert import torch_file
+from sgc_jax.convert import common, torch_file
 from sgc_jax.models import inception
-from sgc_jax.utils import tree_io
 
 # Tensors in the file that FID does not use.
 _UNUSED_PREFIXES = ("fc.", "AuxLogits.")
@@ -59,20 +55,19 @@ def convert(state_dict: dict[str, np.ndarray], source: str = "state dict") -> di
 def load(path: str) -> dict:
   """InceptionV3 parameters from pytorch-fid's .pth or from this module's .npz."""
   if path.endswith(".npz"):
-    return tree_io.unflatten(torch_file.load_state_dict(path))
+    return common.read_tree(path)
   return convert(torch_file.load_state_dict(path), path)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("weights")
-  parser.add_argument("--out", required=True)
-  args = parser.parse_args(argv)
-  try:
-    out = torch_file.write_npz(load(args.weights), args.out)
-  except (torch_file.WeightFileError, OSError) as error:
-    sys.exit(f"error: {error}")
-  print(f"wrote {out}")
+  def arguments(parser):
+    parser.add_argument("weights")
+    parser.add_argument("--out", required=True)
+
+  def run(args):
+    return f"wrote {torch_file.write_npz(load(args.weights), args.out)}"
+
+  common.command(__doc__, argv, arguments, run)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,10 @@ trunk) and the `lpips` package's linear heads (`lpips/weights/v0.1/vgg.pth`).
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 import numpy as np
 
-from sgc_jax.convert import torch_file
+from sgc_jax.convert import common, torch_file
 from sgc_jax.models.lpips import VGG16_STAGES
-from sgc_jax.utils import tree_io
 
 # Indices of the convolutions in torchvision's `vgg16().features`: each stage's
 # convolutions and ReLUs, then a max pool.
@@ -45,22 +41,21 @@ def convert(vgg: dict[str, np.ndarray], heads: dict[str, np.ndarray],
 def load_params(path: str) -> dict:
   """LPIPS parameters from the .npz that `main` writes (a
   damaged file is a WeightFileError naming it)."""
-  return tree_io.unflatten(torch_file.load_state_dict(path))
+  return common.read_tree(path)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--vgg", required=True, help="torchvision VGG16 state dict (.pth)")
-  parser.add_argument("--heads", required=True, help="lpips linear heads (vgg.pth)")
-  parser.add_argument("--out", required=True)
-  args = parser.parse_args(argv)
-  try:
+  def arguments(parser):
+    parser.add_argument("--vgg", required=True, help="torchvision VGG16 state dict (.pth)")
+    parser.add_argument("--heads", required=True, help="lpips linear heads (vgg.pth)")
+    parser.add_argument("--out", required=True)
+
+  def run(args):
     params = convert(torch_file.load_state_dict(args.vgg),
                      torch_file.load_state_dict(args.heads), args.vgg, args.heads)
-    out = torch_file.write_npz(params, args.out)
-  except (torch_file.WeightFileError, OSError) as error:
-    sys.exit(f"error: {error}")
-  print(f"wrote {out}")
+    return f"wrote {torch_file.write_npz(params, args.out)}"
+
+  common.command(__doc__, argv, arguments, run)
 
 
 if __name__ == "__main__":

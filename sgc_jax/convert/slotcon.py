@@ -27,19 +27,16 @@ dilation is stored; no official script dilates.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from typing import Any
 
 import jax
 import numpy as np
 from flax import traverse_util
 
-from sgc_jax.convert import torch_file
+from sgc_jax.convert import common, torch_file
 from sgc_jax.convert import resnet as resnet_convert
 from sgc_jax.models import slotcon as parts
 from sgc_jax.models.slotcon import SlotConNet
-from sgc_jax.utils import tree_io
 
 FIELDS = ("depth", "dim_hidden", "dim_out", "num_prototypes")
 _DDP = "module."
@@ -155,13 +152,8 @@ def convert(state_dict: dict[str, np.ndarray], config_model,
 
 def _hint(state_dict, config_model) -> str:
   """Names the checkpoint's own fields where they differ from the config's."""
-  try:
-    found = infer_fields(state_dict)
-  except torch_file.WeightFileError:
-    return ""
-  wanted = {name: _get(config_model)[name] for name in FIELDS}
-  differ = [f"{name}={found[name]}" for name in FIELDS if found[name] != wanted[name]]
-  return f"; the checkpoint's model has {', '.join(differ)}" if differ else ""
+  return common.field_hint(lambda: infer_fields(state_dict), FIELDS, _get(config_model),
+                           "model")
 
 
 def check_tree(tree: dict, config_model, source: str) -> dict:
@@ -185,7 +177,7 @@ def load(path: str, config_model) -> dict:
   """The converted tree from an official checkpoint (`.pth`, its `model` entry
   or a bare state dict) or from the `.npz` this module writes."""
   if path.endswith(".npz"):
-    return check_tree(tree_io.unflatten(torch_file.load_state_dict(path)), config_model, path)
+    return check_tree(common.read_tree(path), config_model, path)
   return convert(torch_file.load_state_dict(path, key="model"), config_model, path)
 
 
@@ -195,18 +187,17 @@ def config_overrides(fields: dict) -> list[str]:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("checkpoint")
-  parser.add_argument("--out", required=True)
-  args = parser.parse_args(argv)
-  try:
+  def arguments(parser):
+    parser.add_argument("checkpoint")
+    parser.add_argument("--out", required=True)
+
+  def run(args):
     state_dict = torch_file.load_state_dict(args.checkpoint, key="model")
     fields = infer_fields(state_dict, args.checkpoint)
     out = torch_file.write_npz(convert(state_dict, fields, args.checkpoint), args.out)
-  except (torch_file.WeightFileError, OSError) as error:
-    sys.exit(f"error: {error}")
-  print(f"wrote {out}; the matching architecture:")
-  print("  " + " \\\n    ".join(config_overrides(fields) + [f"--config.init_from={out}"]))
+    return common.overrides_text(out, "the matching architecture", config_overrides(fields))
+
+  common.command(__doc__, argv, arguments, run)
 
 
 if __name__ == "__main__":

@@ -10,18 +10,15 @@ training starts from the result with `--config.init_from=vqgan.npz` (or the
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 
 import jax
 import numpy as np
 from flax import traverse_util
 
-from sgc_jax.convert import torch_file
+from sgc_jax.convert import common, torch_file
 from sgc_jax.models.codebook import CodebookConfig
 from sgc_jax.models.vqgan import ModelConfig, SGCVQGAN
-from sgc_jax.utils import tree_io
 
 _IGNORED_PREFIXES = ("loss.",)
 
@@ -115,7 +112,7 @@ def convert(state_dict: dict[str, np.ndarray], model_config: ModelConfig,
 def load(path: str, model_config: ModelConfig) -> dict:
   """Parameters from a taming .ckpt or from the .npz `main` writes."""
   if path.endswith(".npz"):
-    return tree_io.unflatten(torch_file.load_state_dict(path))
+    return common.read_tree(path)
   return convert(torch_file.load_state_dict(path), model_config, path)
 
 
@@ -131,13 +128,13 @@ def config_overrides(model_config: ModelConfig) -> list[str]:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("checkpoint")
-  parser.add_argument("--resolution", type=int, required=True,
-                      help="training image size (not stored in the checkpoint)")
-  parser.add_argument("--out", required=True)
-  args = parser.parse_args(argv)
-  try:
+  def arguments(parser):
+    parser.add_argument("checkpoint")
+    parser.add_argument("--resolution", type=int, required=True,
+                        help="training image size (not stored in the checkpoint)")
+    parser.add_argument("--out", required=True)
+
+  def run(args):
     state_dict = torch_file.load_state_dict(args.checkpoint)
     model_config = infer_model_config(state_dict, args.resolution, args.checkpoint)
     try:
@@ -145,11 +142,9 @@ def main(argv=None):
     except ValueError as error:
       raise torch_file.WeightFileError(f"{args.checkpoint}: {error}") from None
     out = torch_file.write_npz(convert(state_dict, model_config, args.checkpoint), args.out)
-  except (torch_file.WeightFileError, OSError) as error:
-    sys.exit(f"error: {error}")
-  print(f"wrote {out}; train from it with:")
-  print("  " + " \\\n    ".join(config_overrides(model_config) +
-                              [f"--config.init_from={out}"]))
+    return common.overrides_text(out, "train from it with", config_overrides(model_config))
+
+  common.command(__doc__, argv, arguments, run)
 
 
 if __name__ == "__main__":

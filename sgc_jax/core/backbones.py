@@ -244,8 +244,8 @@ def _bundle(directory: str, field: str) -> Backbone:
 
 
 def _library(description: dict, directory: str | None, load) -> Backbone:
-  from sgc_jax import methods
-  functions, abstract = methods.get(description["method"]).functions_from_bundle(description)
+  from sgc_jax.bundle import inference
+  functions, abstract = inference.model_functions(description)
   return Backbone("bundle", directory, description.get("normalization", "symmetric"),
                   functions["features"], abstract, {"kind": "bundle", "bundle": description},
                   load)

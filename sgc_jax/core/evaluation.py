@@ -22,15 +22,16 @@ import numpy as np
 import tqdm
 
 from sgc_jax.config_lib import ConfigError, resolve
-from sgc_jax.core.method import Method, Units
+from sgc_jax.core.method import Method, Prediction, Units
 from sgc_jax.data import pipeline
 from sgc_jax.runtime import compiler, sharding
 
 
 @dataclasses.dataclass
 class Context:
-  """What an evaluation step knows: the method, its variables and units, the
-  data set, and what earlier evaluators of this step left in `shared`."""
+  """What an evaluation step knows: the method, its variables and units, and
+  the data set. Evaluators do not pass anything to each other: each computes
+  what it reports, so their order does not matter."""
   method: Method
   variables: Any
   units: Units | None
@@ -39,7 +40,6 @@ class Context:
   step: int
   final: bool  # --mode=eval: every metric (probe, perceptual) and every picture
   write_image: Callable[[str, np.ndarray], Any]
-  shared: dict = dataclasses.field(default_factory=dict)
 
 
 class Evaluator:
@@ -48,8 +48,10 @@ class Evaluator:
   An evaluator that reads the evaluation split defines `batch_sums` (device
   sums, summed over batches) and optionally `examples` (per-example arrays,
   gathered to the host batch by batch, `add_examples`); then `finish` turns
-  the totals into metrics."""
-  reads_split = True
+  the totals into metrics. `rows` label the metrics `finish` reports, for
+  the tables of eval.md and of several runs side by side."""
+  # (metric key, label, format) in table order.
+  rows: tuple[tuple[str, str, str], ...] = ()
 
   def __init__(self, name: str, options: dict):
     self.name, self.options = name, options
@@ -57,6 +59,11 @@ class Evaluator:
 
   def due(self, step: int, total_steps: int) -> bool:
     return step % self.every == 0 or step == total_steps
+
+  def reads_split(self, context: Context) -> bool:
+    """Whether this evaluation needs the pass over the evaluation split."""
+    del context
+    return True
 
   def start(self, context: Context):
     """Host state for this evaluation; its `constants` are passed to the
@@ -68,10 +75,10 @@ class Evaluator:
     del state
     return None
 
-  def batch_sums(self, predictions: dict, batch: dict, constants, static) -> dict:
+  def batch_sums(self, predictions: Prediction, batch: dict, constants, static) -> dict:
     raise NotImplementedError
 
-  def examples(self, predictions: dict, batch: dict, constants, static):
+  def examples(self, predictions: Prediction, batch: dict, constants, static):
     del predictions, batch, constants, static
     return None
 
@@ -85,6 +92,11 @@ class Evaluator:
 
   def finish(self, totals: dict | None, state, context: Context) -> dict[str, float | None]:
     raise NotImplementedError
+
+  @classmethod
+  def table_rows(cls, results: dict) -> list[tuple[str, str, str]]:
+    """The rows of `rows` whose metric `results` holds."""
+    return [row for row in cls.rows if row[0] in results]
 
 
 def split_pass(method: Method, variables, source, config,
@@ -163,15 +175,27 @@ def run(evaluators: list[Evaluator], context: Context) -> dict[str, float | None
   """`evaluators` on `context`: one pass over the evaluation split for all
   that read it, then each one's `finish`; their metrics merged."""
   states = {e.name: e.start(context) for e in evaluators}
-  readers = [(e, states[e.name], e.static(context)) for e in evaluators if e.reads_split]
+  readers = [(e, states[e.name], e.static(context)) for e in evaluators
+             if e.reads_split(context)]
   totals = {}
   if readers:
     totals = split_pass(context.method, context.variables,
                         context.dataset.split(context.config.data.eval_split), context.config,
                         readers)
   results = {}
-  # Those that read the split first: the others (pictures) use what they leave.
-  for evaluator in sorted(evaluators, key=lambda e: not e.reads_split):
+  for evaluator in evaluators:
     results.update(evaluator.finish(totals.get(evaluator.name), states[evaluator.name],
                                     context))
   return results
+
+
+def table_rows(results: dict) -> list[tuple[str, str, str]]:
+  """(key, label, format) of every metric of `results` that an evaluator type
+  labels, in the registry's order."""
+  rows, seen = [], set()
+  for type_name in _REGISTRY:
+    for row in _class(type_name).table_rows(results):
+      if row[0] not in seen:
+        rows.append(row)
+        seen.add(row[0])
+  return rows

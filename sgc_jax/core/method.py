@@ -15,8 +15,11 @@ A method (one module in `sgc_jax/methods/`) subclasses `Method` and provides:
     fit_images() / fit(variables, b)    what prediction needs beyond the trained
                                         state, fitted over training images
                                         (ACSeg's concept classifier); default none
-    predict(variables, images) -> dict  what evaluators read (see `sgc_jax.evaluators`)
+    predict(variables, images)          -> Prediction: what evaluators read
     units(variables) -> Units | None    discrete units (codes, prototypes) for evaluators
+    level_codes()                       a pyramid tokenizer's codes per level; default ()
+    unseen_class_ids                    classes held out of training (open vocabulary);
+                                        default ()
     segment(variables, images)          [B, H, W] segments, and their names
     segment_names()                     (--mode=pseudo_labels); default none
     export_functions()                  {name: (fn(variables, x), abstract x)} for the bundle
@@ -37,6 +40,7 @@ import dataclasses
 import functools
 from typing import Any, Callable, ClassVar, Hashable
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,6 +54,44 @@ class Units:
   """The discrete units a method assigns tokens to (codes, prototypes, concepts)."""
   vectors: np.ndarray  # [K, D]
   classes: np.ndarray | None = None  # [K] the class each unit stands for, if it has one
+
+
+@flax.struct.dataclass
+class Levels:
+  """A pyramid tokenizer's levels, finest first."""
+  indices: tuple[jax.Array, ...]  # per level [B, g, g] int32: each token's code
+  pictures: tuple[jax.Array, ...]  # per level [B, g, g, 3]: what the level alone draws
+
+
+@flax.struct.dataclass
+class Prediction:
+  """What `Method.predict` gives the evaluators for a batch of images [B, H, W, 3].
+  A method fills the fields it has and leaves the others None; an evaluator
+  that needs a field the method lacks skips that metric or says so.
+
+  indices         [B, h, w] int32: each token's unit (code, prototype, cluster),
+                  the units of `Method.units`. Read by codebook, segmentation,
+                  pictures. Every method gives it.
+  features        [B, h, w, D]: dense features on the token grid (the linear
+                  probe and k-means of segmentation).
+  reconstruction  [B, H, W, 3] in the data's normalisation (reconstruction,
+                  pictures).
+  semantic        [B, h, w] int32: the method's own class of each token
+                  (SGC-VQGAN's semantic map, PAT's fused map) (pictures).
+  posterior       [B, h, w] int32: the class of largest posterior p(c | z)
+                  (SGC-VQGAN's codebook) (segmentation: posterior_miou).
+  class_maps      {name: [B, h', w'] int32}: class maps of an open-vocabulary
+                  method, one per branch (PAT: pat, semantic, baseline)
+                  (open_vocab).
+  levels          a pyramid tokenizer's `Levels` (pyramid, pictures).
+  """
+  indices: jax.Array
+  features: jax.Array | None = None
+  reconstruction: jax.Array | None = None
+  semantic: jax.Array | None = None
+  posterior: jax.Array | None = None
+  class_maps: dict[str, jax.Array] | None = None
+  levels: Levels | None = None
 
 
 def update_ratio(before, after) -> jax.Array:
@@ -77,6 +119,9 @@ class Method(abc.ABC):
   progress: ClassVar[dict[str, str]] = {}
   # Class names of the data set (empty for unlabelled data).
   class_names: tuple[str, ...] = ()
+  # Ids of the classes held out of training (an open-vocabulary method's
+  # unseen classes, evaluated apart by open_vocab).
+  unseen_class_ids: tuple[int, ...] = ()
 
   def __init__(self, config, mesh: jax.sharding.Mesh):
     self.config, self.mesh = config, mesh
@@ -150,7 +195,7 @@ class Method(abc.ABC):
     """The variables predict and export take."""
 
   @abc.abstractmethod
-  def predict(self, variables, images) -> dict[str, jax.Array]:
+  def predict(self, variables, images) -> Prediction:
     """What evaluators read."""
 
   def fit_images(self) -> int:
@@ -168,6 +213,11 @@ class Method(abc.ABC):
   def units(self, variables) -> Units | None:
     del variables
     return None
+
+  def level_codes(self) -> tuple[int, ...]:
+    """A pyramid tokenizer's number of codes per level, finest first (its
+    predictions carry `levels`); () for a one-grid method."""
+    return ()
 
   def segment(self, variables, images) -> jax.Array:
     """Each pixel's segment [B, H, W] (int32 in [0, len(segment_names()))),

@@ -268,3 +268,13 @@ def open_dataset(name: str, data_dir: str | None) -> Dataset:
       image_feature, tfds.features.Sequence) else 0
   return Dataset(name=name, class_names=class_names, num_frames=num_frames,
                  builder=builder, adapter=adapter, image_key=image_key)
+
+
+def class_frequency(source, num_classes: int, max_records: int = 2000) -> np.ndarray:
+  """Pixel class frequencies over (the first `max_records` of) a training split."""
+  counts = np.zeros(num_classes, np.float64)
+  step = max(1, len(source) // max_records)
+  for index in range(0, len(source), step):
+    labels = source[index]["segmentation"].ravel()
+    counts += np.bincount(labels[labels < num_classes], minlength=num_classes)
+  return counts / max(counts.sum(), 1.0)

@@ -16,15 +16,17 @@ def unit_usage(indices, weight, num_units: int):
 
 
 class Codebook(Evaluator):
+  rows = (("codebook_usage", "codebook usage", ".3f"), ("perplexity", "perplexity", ".1f"),
+          ("normalized_entropy", "usage entropy / log K", ".3f"),
+          ("top10_share", "tokens on top-10 % codes", ".3f"))
 
   def static(self, context):
     return len(context.units.vectors)
 
   def batch_sums(self, predictions, batch, constants, num_units):
     weight = batch["mask"].astype(jnp.float32)
-    return {"usage": unit_usage(predictions["indices"], weight, num_units),
+    return {"usage": unit_usage(predictions.indices, weight, num_units),
             "images": weight.sum()}
 
   def finish(self, totals, state, context):
-    context.shared["usage"] = totals["usage"]
     return {"images": float(totals["images"]), **metrics.codebook_statistics(totals["usage"])}

@@ -35,27 +35,39 @@ def class_subset_miou(confusion_matrix: np.ndarray, classes) -> float | None:
 
 class OpenVocab(Evaluator):
 
+  @classmethod
+  def table_rows(cls, results):
+    """Per class map, named by the method (`NAME_miou_seen` and
+    `NAME_miou_unseen`: the open-vocabulary metrics no other evaluator reports)."""
+    maps = dict.fromkeys(key.rsplit("_miou_", 1)[0] for key in results
+                         if key.endswith(("_miou_seen", "_miou_unseen")))
+    return [(f"{name}_{key}", f"{name} map: {label}", ".3f") for name in maps
+            for key, label in (("miou", "mIoU"), ("miou_seen", "mIoU, seen classes"),
+                               ("miou_unseen", "mIoU, held-out classes"),
+                               ("pixel_accuracy", "pixel accuracy"))
+            if f"{name}_{key}" in results]
+
   def static(self, context):
     if not context.method.num_classes:
       raise ConfigError(f"config.evals.{self.name}: the data set has no segmentation labels")
     size = context.config.data.image_size
     predictions = jax.eval_shape(context.method.predict, context.variables,
                                  jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
-    if "class_maps" not in predictions:
+    if predictions.class_maps is None:
       raise ConfigError(f"config.evals.{self.name}: method {context.method.name!r} predicts "
                         "no class maps")
-    return context.method.num_classes, tuple(sorted(predictions["class_maps"]))
+    return context.method.num_classes, tuple(sorted(predictions.class_maps))
 
   def batch_sums(self, predictions, batch, constants, static):
     num_classes, names = static
     labels = batch["segmentation"][:, 0].astype(jnp.int32)
     weight = batch["mask"].astype(jnp.float32)
-    return {name: confusion(predictions["class_maps"][name], labels, weight, num_classes)
+    return {name: confusion(predictions.class_maps[name], labels, weight, num_classes)
             for name in names}
 
   def finish(self, totals, state, context):
     method = context.method
-    unseen = tuple(getattr(method, "unseen_class_ids", ()))
+    unseen = method.unseen_class_ids
     seen = tuple(i for i in range(method.num_classes) if i not in unseen)
     results = {}
     for name, matrix in totals.items():

@@ -4,24 +4,46 @@ method's semantic map; for methods that do not reconstruct, `unit_maps` too
 (each token coloured by its unit: SlotCon's slot maps). In `--mode=eval` also
 the units' usage histogram and a PCA of the unit vectors, coloured by class.
 A pyramid tokenizer (PAT) also gets rows of input | each level's own picture
-| the reconstruction. Semantic maps: the method's `semantic` prediction, else the classes the
-segmentation evaluator of the same step gave the units, else none."""
+| the reconstruction. Semantic maps: the method's `semantic` prediction, else the
+units' classes: their own (`Units.classes`) or, in `--mode=eval`, those Hungarian
+matching gives their k-means clusters over the evaluation split, as the
+segmentation evaluator matches them (this evaluator counts them itself)."""
 
 from __future__ import annotations
 
 import functools
 
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
 from sgc_jax.core.evaluation import Evaluator
 from sgc_jax.data import pipeline
+from sgc_jax.evaluators import segmentation
+from sgc_jax.evaluators.codebook import unit_usage
+from sgc_jax.ops import metrics
 from sgc_jax.runtime import compiler
-from sgc_jax.utils import run_output, viz
+from sgc_jax.utils import viz
 
 
 class Pictures(Evaluator):
-  reads_split = False
+
+  def reads_split(self, context) -> bool:
+    """In --mode=eval, for the usage histogram and the units' classes."""
+    return (context.final and context.units is not None
+            and bool(context.method.num_classes))
+
+  def static(self, context):
+    return len(context.units.vectors), context.method.num_classes
+
+  def batch_sums(self, predictions, batch, constants, static):
+    num_units, num_classes = static
+    weight = batch["mask"].astype(jnp.float32)
+    pixel_counts = metrics.patch_class_counts(batch["segmentation"][:, 0],
+                                              predictions.indices.shape[1], num_classes)
+    return {"usage": unit_usage(predictions.indices, weight, num_units),
+            "pixels": metrics.code_class_cooccurrence(predictions.indices, pixel_counts,
+                                                      num_units, weight)}
 
   def finish(self, totals, state, context):
     method, dataset, config = context.method, context.dataset, context.config
@@ -35,37 +57,44 @@ class Pictures(Evaluator):
     predictions = multihost_utils.process_allgather(
         _predict(method)(context.variables, images), tiled=True)
     images = pipeline.to_symmetric(images, normalization)
-    unit_class = context.shared.get("unit_class")
-    if "semantic" in predictions and unit_class is None:
-      semantic = np.asarray(predictions["semantic"])
+    usage = unit_class = None
+    if totals is not None:
+      usage = totals["usage"]
+      unit_class = segmentation.unit_classes(context.units, totals["pixels"], usage,
+                                             num_classes, config.seed)
+    elif context.units is not None:
+      unit_class = context.units.classes
+    if predictions.semantic is not None:
+      semantic = np.asarray(predictions.semantic)
     elif unit_class is not None:
-      semantic = unit_class[np.asarray(predictions["indices"])]
+      semantic = unit_class[np.asarray(predictions.indices)]
     else:  # no class for the tokens
-      semantic = np.full(np.shape(predictions["indices"]), num_classes)
-    name = "reconstructions" if "reconstruction" in predictions else "segments"
-    pictures = {name: run_output.reconstruction_grid(
-        images, (np.asarray(pipeline.to_symmetric(predictions["reconstruction"], normalization))
-                 if "reconstruction" in predictions else None),
+      semantic = np.full(np.shape(predictions.indices), num_classes)
+    reconstructions = predictions.reconstruction
+    name = "reconstructions" if reconstructions is not None else "segments"
+    pictures = {name: viz.reconstruction_grid(
+        images, (np.asarray(pipeline.to_symmetric(reconstructions, normalization))
+                 if reconstructions is not None else None),
         np.stack([r["segmentation"][0] for r in records]), semantic, num_classes,
         method.class_names)}
-    if "levels" in predictions:  # a pyramid tokenizer: each level's own picture
-      pictures["levels"] = _level_rows(images, predictions["levels"]["pictures"],
-                                       predictions.get("reconstruction"), normalization)
-    usage = context.shared.get("usage")
-    if context.final and usage is not None and unit_class is not None:
+    if predictions.levels is not None:  # a pyramid tokenizer: each level's own picture
+      pictures["levels"] = _level_rows(images, predictions.levels.pictures, reconstructions,
+                                       normalization)
+    if usage is not None:
       used = usage > 0
       vectors = context.units.vectors
-      pictures["codebook_usage"] = viz.usage_histogram(usage, unit_class, num_classes)
+      pictures["codebook_usage"] = viz.usage_histogram(usage, unit_class, num_classes,
+                                                       method.class_names)
       pictures["codes_pca"] = np.concatenate([  # grey: unused units
           viz.scatter(_pca(vectors, used), np.where(used, unit_class, -1), num_classes),
           viz.legend(method.class_names, 400)])
-    if context.units is not None and "reconstruction" not in predictions:
+    if context.units is not None and reconstructions is None:
       # Slot maps: each token coloured by its unit (prototype), as SlotCon shows them.
-      indices = np.asarray(predictions["indices"])
+      indices = np.asarray(predictions.indices)
       factor = images.shape[1] // indices.shape[1]
       maps = viz.enlarge(indices, factor, axes=(1, 2))
       pictures["unit_maps"] = viz.grid([[viz.to_uint8(x), viz.colour_classes(m, len(
-          context.units.vectors))] for x, m in zip(images, maps)])
+          context.units.vectors))] for x, m in zip(images, maps)], captions=("input", "slot map"))
     for name, image in pictures.items():
       context.write_image(name, image)
     return {}
@@ -86,7 +115,8 @@ def _level_rows(images, level_pictures, reconstructions, normalization) -> np.nd
       row.append(viz.to_uint8(pipeline.to_symmetric(np.asarray(reconstructions[i]),
                                                     normalization)))
     rows.append(row)
-  return viz.grid(rows)
+  return viz.grid(rows, captions=viz.level_captions(len(level_pictures),
+                                                    reconstructions is not None))
 
 
 @functools.cache

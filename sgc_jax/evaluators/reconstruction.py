@@ -28,6 +28,8 @@ class Perceptual:
 
 
 class Reconstruction(Evaluator):
+  rows = (("psnr", "PSNR (dB)", ".2f"), ("ssim", "SSIM", ".3f"), ("l1", "L1", ".4f"),
+          ("lpips", "LPIPS", ".4f"), ("rfid", "rFID", ".2f"))
   _lpips = lpips_lib.LPIPS()
   _inception = inception_lib.InceptionV3()
 
@@ -53,7 +55,7 @@ class Reconstruction(Evaluator):
     x = batch["image"][:, 0]
     weight = batch["mask"].astype(jnp.float32)
     # Metrics see what a viewer sees: images in [-1, 1].
-    x_hat = jnp.clip(predictions["reconstruction"], -1.0, 1.0)
+    x_hat = jnp.clip(predictions.reconstruction, -1.0, 1.0)
     out = {"images": weight.sum(), "psnr": jnp.sum(losses.psnr(x, x_hat) * weight),
            "ssim": jnp.sum(metrics.ssim(x, x_hat) * weight),
            "l1": jnp.sum(jnp.abs(x - x_hat).mean((1, 2, 3)) * weight)}
@@ -65,7 +67,7 @@ class Reconstruction(Evaluator):
     _, inception_params = constants
     if inception_params is None:
       return None
-    x_hat = jnp.clip(predictions["reconstruction"], -1.0, 1.0)
+    x_hat = jnp.clip(predictions.reconstruction, -1.0, 1.0)
     return (self._inception.apply({"params": inception_params}, batch["image"][:, 0]),
             self._inception.apply({"params": inception_params}, x_hat))
 

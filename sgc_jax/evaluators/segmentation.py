@@ -45,11 +45,47 @@ from sgc_jax.config_lib import ConfigError
 from sgc_jax.core.evaluation import Evaluator, split_pass
 from sgc_jax.data import pipeline
 from sgc_jax.evaluators.codebook import unit_usage
-from sgc_jax.models import codebook as codebook_lib
-from sgc_jax.ops import kmeans, metrics
+from sgc_jax.ops import grids, kmeans, metrics
+
+
+def cluster_units(units, pixels: np.ndarray, usage: np.ndarray, num_classes: int,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """The units in as many k-means clusters as classes (weighted by use): each
+  unit's cluster, and the [cluster, class] pixel counts."""
+  clusters = kmeans.kmeans(units.vectors, num_classes, weights=usage, seed=seed)
+  return clusters, metrics.confusion_from_assignment(pixels, clusters, num_classes)
+
+
+def unit_classes(units, pixels: np.ndarray, usage: np.ndarray, num_classes: int,
+                 seed: int) -> np.ndarray:
+  """The class each unit shows in semantic maps: its own where the method
+  gives units classes, else the class Hungarian matching gives its cluster
+  (`num_classes`: none)."""
+  if units.classes is not None:
+    return units.classes
+  clusters, cluster_confusion = cluster_units(units, pixels, usage, num_classes, seed)
+  matching = metrics.hungarian_match(cluster_confusion)
+  return np.where(matching[clusters] >= 0, matching[clusters], num_classes)
 
 
 class Segmentation(Evaluator):
+  rows = (("token_purity", "token purity (allocated class)", ".3f"),
+          ("code_purity", "token purity (code's majority class)", ".3f"),
+          ("zero_shot_miou", "zero-shot mIoU (nearest code's class)", ".3f"),
+          ("posterior_miou", "zero-shot mIoU (argmax p(c|z))", ".3f"),
+          ("class_matched_miou", "mIoU, units' classes matched to the labels", ".3f"),
+          ("class_matched_token_purity", "token purity, classes matched to the labels",
+           ".3f"),
+          ("hungarian_miou", "Hungarian mIoU", ".3f"),
+          ("hungarian_pixel_accuracy", "Hungarian pixel accuracy", ".3f"),
+          ("majority_miou", "many-to-one mIoU (unit's majority class)", ".3f"),
+          ("majority_pixel_accuracy", "many-to-one pixel accuracy", ".3f"),
+          ("probe_miou", "linear-probe mIoU", ".3f"),
+          ("feature_hungarian_miou", "features: k-means Hungarian mIoU", ".3f"),
+          ("feature_hungarian_pixel_accuracy", "features: k-means Hungarian pixel accuracy",
+           ".3f"),
+          ("feature_probe_miou", "features: linear-probe mIoU", ".3f"),
+          ("feature_probe_pixel_accuracy", "features: linear-probe pixel accuracy", ".3f"))
 
   def __init__(self, name: str, options: dict):
     super().__init__(name, options)
@@ -62,9 +98,9 @@ class Segmentation(Evaluator):
     method = context.method
     if id(method) not in self._dense_methods:
       size = context.config.data.image_size
-      self._dense_methods[id(method)] = "features" in jax.eval_shape(
+      self._dense_methods[id(method)] = jax.eval_shape(
           method.predict, context.variables,
-          jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+          jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)).features is not None
     return self._dense_methods[id(method)]
 
   def static(self, context):
@@ -96,11 +132,11 @@ class Segmentation(Evaluator):
 
   def batch_sums(self, predictions, batch, constants, static, tokens_only: bool = False):
     num_units, num_classes, label_threshold, dense = static
-    indices = predictions["indices"]
+    indices = predictions.indices
     grid = indices.shape[1]
     weight = batch["mask"].astype(jnp.float32)
     segmentation = batch["segmentation"][:, 0]
-    labels = codebook_lib.token_labels(segmentation, grid, num_classes, label_threshold)
+    labels = grids.token_labels(segmentation, grid, num_classes, label_threshold)
     token_counts = jax.nn.one_hot(labels, num_classes) * weight[:, None, None, None]
     out = {"tokens": metrics.code_class_cooccurrence(indices, token_counts, num_units)}
     if tokens_only:
@@ -108,11 +144,11 @@ class Segmentation(Evaluator):
     pixel_counts = metrics.patch_class_counts(segmentation, grid, num_classes)
     out["usage"] = unit_usage(indices, weight, num_units)
     out["pixels"] = metrics.code_class_cooccurrence(indices, pixel_counts, num_units, weight)
-    if "posterior" in predictions:  # [C predicted, C true] pixels of argmax_c p(c|z)
+    if predictions.posterior is not None:  # [C predicted, C true] pixels of argmax_c p(c|z)
       out["posterior_pixels"] = metrics.code_class_cooccurrence(
-          predictions["posterior"], pixel_counts, num_classes, weight)
+          predictions.posterior, pixel_counts, num_classes, weight)
     if dense:  # the same for the feature clusters and the feature probe
-      features = predictions["features"].astype(jnp.float32)
+      features = predictions.features.astype(jnp.float32)
       out["feature_cluster_pixels"] = metrics.code_class_cooccurrence(
           nearest_centre(features - constants["mean"], constants["centres"]), pixel_counts,
           num_classes, weight)
@@ -139,9 +175,8 @@ class Segmentation(Evaluator):
           pixels, tokens, unit_class)
     if "posterior_pixels" in totals:
       results["posterior_miou"] = metrics.mean_iou(totals["posterior_pixels"])
-    clusters = kmeans.kmeans(units.vectors, num_classes, weights=usage,
-                              seed=context.config.seed)
-    cluster_confusion = metrics.confusion_from_assignment(pixels, clusters, num_classes)
+    clusters, cluster_confusion = cluster_units(units, pixels, usage, num_classes,
+                                                context.config.seed)
     matched = metrics.matched_confusion(cluster_confusion)
     results["hungarian_miou"] = metrics.mean_iou(matched)
     results["hungarian_pixel_accuracy"] = _pixel_accuracy(matched)
@@ -149,9 +184,6 @@ class Segmentation(Evaluator):
     majority = metrics.confusion_from_assignment(pixels, pixels.argmax(1), num_classes)
     results["majority_miou"] = metrics.mean_iou(majority)
     results["majority_pixel_accuracy"] = _pixel_accuracy(majority)
-    if unit_class is None:  # semantic maps of units without a class: the matched clusters
-      matching = metrics.hungarian_match(cluster_confusion)
-      unit_class = np.where(matching[clusters] >= 0, matching[clusters], num_classes)
     results.update(probe_miou=None, feature_hungarian_miou=None,
                    feature_hungarian_pixel_accuracy=None, feature_probe_miou=None,
                    feature_probe_pixel_accuracy=None)
@@ -166,7 +198,6 @@ class Segmentation(Evaluator):
                      feature_hungarian_pixel_accuracy=_pixel_accuracy(clustered),
                      feature_probe_miou=metrics.mean_iou(probed),
                      feature_probe_pixel_accuracy=_pixel_accuracy(probed))
-    context.shared.update(unit_class=unit_class, usage=usage)
     return results
 
 
@@ -189,8 +220,8 @@ class _ProbeFit(Evaluator):
     _, num_classes, label_threshold, dense = static
     if not dense:
       return None
-    features = predictions["features"].astype(jnp.float32)
-    labels = codebook_lib.token_labels(batch["segmentation"][:, 0], features.shape[1],
+    features = predictions.features.astype(jnp.float32)
+    labels = grids.token_labels(batch["segmentation"][:, 0], features.shape[1],
                                        num_classes, label_threshold)
     return features, labels
 

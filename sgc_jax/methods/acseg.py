@@ -1,4 +1,4 @@
-"""ACSeg (arXiv 2210.05944), as `DESIGN.md` defines it (no official code):
+"""ACSeg (arXiv 2210.05944), as docs/design.md#acseg defines it (no official code):
 unsupervised segmentation over a frozen backbone's features.
 
 Training: the Adaptive Concept Generator turns `num_prototypes` learnable
@@ -13,8 +13,8 @@ evaluation, export and pseudo-labelling: the core's `fit` hook) a vector per
 concept of `classifier_images` training images, each weighted by the share of
 its image's pixels it wins, is k-means-clustered (cosine) into `num_clusters`
 clusters; a pixel takes the cluster of its concept. The vector is the concept
-itself (`classifier_input="concepts"`, DESIGN.md) or the mean backbone feature
-of the pixels it wins ("regions": the region the concept stands for, in the
+itself (`classifier_input="concepts"`, docs/design.md#concept-classifier) or
+the mean backbone feature of the pixels it wins ("regions": the region the concept stands for, in the
 space the baseline clusters), optionally less the vectors' weighted mean
 (`classifier_centring`). The evaluators match clusters to classes
 (Hungarian); the predictions' `features` are the backbone's, whose k-means
@@ -37,7 +37,7 @@ import tqdm
 
 from sgc_jax import config_lib
 from sgc_jax.core import backbones, optim
-from sgc_jax.core.method import Method, Units
+from sgc_jax.core.method import Method, Prediction, Units
 from sgc_jax.models import acseg as parts
 from sgc_jax.ops import kmeans
 from sgc_jax.runtime import sharding
@@ -243,9 +243,9 @@ class ACSegMethod(Method):
     _, _, vectors, shares = self.net.classified(variables, images)
     return vectors.astype(jnp.float32), shares
 
-  def predict(self, variables, images) -> dict[str, jax.Array]:
+  def predict(self, variables, images) -> Prediction:
     features, tokens, _, _ = self.net.clusters(variables, images)
-    return {"indices": tokens, "features": features}
+    return Prediction(tokens, features=features)
 
   def units(self, variables) -> Units | None:
     """The clusters (their centres): one unit per cluster, so the evaluators'

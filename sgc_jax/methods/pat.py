@@ -1,4 +1,4 @@
-"""PAT (arXiv 2412.14145), as `DESIGN.md` defines it (no official code):
+"""PAT (arXiv 2412.14145), as docs/design.md#pat defines it (no official code):
 feature-pyramid tokenization of a frozen backbone, with a pixel branch and an
 open-vocabulary semantic branch.
 
@@ -41,13 +41,15 @@ from sgc_jax import config_lib
 from sgc_jax.convert import clip as clip_convert
 from sgc_jax.convert import lpips as lpips_weights
 from sgc_jax.core import backbones, gan, optim
-from sgc_jax.core.method import Method, Units
-from sgc_jax.data import pipeline
+from sgc_jax.core.method import Levels, Method, Prediction, Units
+from sgc_jax.data import pipeline, sources
 from sgc_jax.models import class_embeddings
 from sgc_jax.models import codebook as codebook_lib
 from sgc_jax.models import lpips as lpips_lib
-from sgc_jax.models.pat import PAT, PATConfig, area_downsample
-from sgc_jax.ops import losses
+from sgc_jax.models.pat import PAT, PATConfig
+from sgc_jax.ops import grids, losses
+from sgc_jax.ops.grids import area_downsample
+from sgc_jax.ops.vectors import divide_by_norm
 from sgc_jax.runtime import sharding
 from sgc_jax.utils import logs
 
@@ -135,14 +137,14 @@ class PATNet:
     if self.backbone.has_dense:
       dense = self.backbone.dense(variables["backbone"],
                                   pipeline.from_symmetric(images, self.normalization))
-      dense = dense / jnp.maximum(jnp.linalg.norm(dense, axis=-1, keepdims=True), 1e-6)
+      dense = divide_by_norm(dense)
       out["baseline"] = _upsample(dense @ text.T / self.baseline_temperature, images.shape)
       out["pat"] = out["baseline"] + self.fusion_weight * out["branch"]
     return out
 
   def segment(self, variables, images, text):
     """Each pixel's class [B, H, W] among the rows of `text` (any class names)."""
-    text = text / jnp.maximum(jnp.linalg.norm(text, axis=-1, keepdims=True), 1e-6)
+    text = divide_by_norm(text)
     return jnp.argmax(self.class_logits(variables, images, text)["pat"], -1).astype(jnp.int32)
 
 
@@ -195,10 +197,9 @@ class PATMethod(Method):
 
   @classmethod
   def build(cls, config, mesh, dataset) -> "PATMethod":
-    from sgc_jax.methods import sgc_vqgan
     cls.validate_data(config, dataset)
-    frequency = sgc_vqgan.class_frequency(dataset.split(config.data.train_split),
-                                          dataset.num_classes)
+    frequency = sources.class_frequency(dataset.split(config.data.train_split),
+                                        dataset.num_classes)
     m = config.model
     # Read once: it embeds the class names and goes into the bundle.
     tower = clip_convert.text_tower(m.backbone.weights) if m.text.kind == "clip" else None
@@ -255,11 +256,10 @@ class PATMethod(Method):
       raise config_lib.ConfigError("config.model.unseen_classes: every class is held out")
     if m.codebook.mode == "sgc":
       try:
-        from sgc_jax.methods import sgc_vqgan
         for k in m.num_codes:
-          sgc_vqgan._check_allocation(m.codebook.alpha, m.codebook.min_codes,
-                                      m.codebook.label_threshold, dict(mode="sgc", num_codes=k),
-                                      seen)
+          codebook_lib.check_allocation(m.codebook.alpha, m.codebook.min_codes,
+                                        m.codebook.label_threshold,
+                                        dict(mode="sgc", num_codes=k), seen)
       except ValueError as error:
         raise config_lib.ConfigError(f"config.model.{error}") from None
 
@@ -300,12 +300,12 @@ class PATMethod(Method):
 
   def phase(self, step: int) -> bool:
     """Whether the GAN term is on."""
-    return step >= self.config.loss.disc_start and self.config.loss.disc_weight > 0
+    return gan.gan_on(self.config.loss, step)
 
   def _class_embeddings(self, params):
     """Unit class embeddings [C, E] of every class of the data."""
     vectors = params["class_vectors"] if self.text is None else jnp.asarray(self.text)
-    return vectors / jnp.maximum(jnp.linalg.norm(vectors, axis=-1, keepdims=True), 1e-6)
+    return divide_by_norm(vectors)
 
   def train_step(self, state: TrainState, batch: dict, phase: bool):
     c, m = self.config, self.config.model
@@ -314,7 +314,7 @@ class PATMethod(Method):
     weight = batch["mask"].astype(jnp.float32)
     labels = jnp.asarray(self.train_label)[batch["segmentation"][:, 0].astype(jnp.int32)]
     num_train = len(self.seen_class_ids)
-    level_labels = [codebook_lib.token_labels(labels, self.net_config.grid(l), num_train,
+    level_labels = [grids.token_labels(labels, self.net_config.grid(l), num_train,
                                               m.codebook.label_threshold)
                     for l in range(self.net_config.num_levels)]
     maps = self.net.maps({"backbone": state.backbone}, x)
@@ -328,11 +328,7 @@ class PATMethod(Method):
       x_hat = out["reconstruction"]
 
       def nll(reconstruction):
-        value = losses.reconstruction(x, reconstruction, weight, c.loss.reconstruction)
-        if self.lpips is not None and c.loss.perceptual_weight > 0:
-          distance = self.lpips.apply({"params": self.lpips_params}, x, reconstruction)
-          value = value + c.loss.perceptual_weight * losses.masked_mean(distance, weight)
-        return value
+        return gan.nll(c.loss, x, reconstruction, weight, self.lpips, self.lpips_params)
 
       terms = {"reconstruction": nll(x_hat), **out["losses"]}
       if m.level_weight > 0:
@@ -346,17 +342,9 @@ class PATMethod(Method):
         terms["semantic"] = m.semantic_weight * _cross_entropy(logits, labels, weight)
       metrics = dict(out["metrics"])
       if with_gan:
-        conv_out = jax.lax.stop_gradient(params["net"]["conv_out"])
-
-        def last(kernel):
-          frozen = dict(jax.lax.stop_gradient(params["net"]),
-                        conv_out=dict(conv_out, kernel=kernel))
-          return self.model.apply({"params": frozen}, jax.lax.stop_gradient(out["features"]),
-                                  method=PAT.last_layer)
-
         terms["gan"], metrics["adaptive_weight"] = self.adversarial.weighted_generator_loss(
-            state, x_hat, weight, lambda w: nll(last(w)), last, conv_out["kernel"],
-            c.loss.disc_weight, c.loss.max_adaptive_weight)
+            state, x_hat, weight, nll, self.model, params["net"], out["features"],
+            PAT.last_layer, c.loss.disc_weight, c.loss.max_adaptive_weight)
       return sum(terms.values()), (terms, metrics, updates["codebook"], x_hat)
 
     grads, (terms, metrics, codebook, x_hat) = jax.grad(generator_loss, has_aux=True)(
@@ -379,14 +367,13 @@ class PATMethod(Method):
       variables["text_tower"] = self.text_tower[1]
     return variables
 
-  def predict(self, variables, images) -> dict[str, jax.Array]:
+  def predict(self, variables, images) -> Prediction:
     indices = self.net.encode(variables, images)
     reconstruction, pictures = self.net.decode(variables, indices)
     logits = self.net.class_logits(variables, images, variables["text"], indices)
     maps = {name: jnp.argmax(v, -1).astype(jnp.int32) for name, v in logits.items()}
-    return {"reconstruction": reconstruction, "indices": indices[0], "semantic": maps["pat"],
-            "class_maps": maps, "levels": {"indices": tuple(indices),
-                                           "pictures": tuple(pictures)}}
+    return Prediction(indices[0], reconstruction=reconstruction, semantic=maps["pat"],
+                      class_maps=maps, levels=Levels(tuple(indices), tuple(pictures)))
 
   def units(self, variables) -> Units:
     """The finest level's codes (the evaluators' `indices`)."""
@@ -394,6 +381,12 @@ class PATMethod(Method):
                               "codebook": variables["codebook"]},
                              method=lambda module: module.codes(0))
     return Units(np.asarray(jax.device_get(codes)))
+
+  def segment(self, variables, images) -> jax.Array:
+    return self.net.segment(variables, images, variables["text"])
+
+  def segment_names(self) -> list[str]:
+    return list(self.class_names)
 
   def level_codes(self) -> tuple[int, ...]:
     return tuple(cb.num_codes for cb in self.net_config.codebooks)
@@ -420,7 +413,11 @@ class PATMethod(Method):
     text = m.text.to_dict()
     if self.text_tower is not None:
       text["context_length"] = self.text_tower[2]
-    return {"image_size": self.config.data.image_size,
+    prompts = {}
+    if self.text_tower is not None:  # what `embed_text` needs to embed class names
+      prompts = {"text_prompts": {"context_length": self.text_tower[2],
+                                  "templates": list(m.text.templates)}}
+    return {"image_size": self.config.data.image_size, **prompts,
             "grids": [self.net_config.grid(l) for l in range(self.net_config.num_levels)],
             "level_codes": list(self.level_codes()),
             "unseen_classes": list(m.unseen_classes),
@@ -496,14 +493,14 @@ def _functions(net: PATNet):
     return net.decode(variables, indices)[0]
 
   def segment(variables, x):
+    """Images -> each pixel's class among the bundle's own classes [B, H, W]."""
+    return net.segment(variables, x, variables["text"])
+
+  def segment_with_text(variables, x):
     """(images, class embeddings [C, E]) -> each pixel's class [B, H, W]."""
     return net.segment(variables, *x)
 
-  def segment_known(variables, x):
-    """Images -> each pixel's class among the bundle's own classes."""
-    return net.segment(variables, x, variables["text"])
-
-  return {"encode": (encode, images), "decode": (decode, grids),
-          "segment": (segment, (images, jax.ShapeDtypeStruct((classes, c.text_dim),
-                                                             jnp.float32))),
-          "segment_known": (segment_known, images)}
+  return {"encode_levels": (encode, images), "decode_levels": (decode, grids),
+          "segment": (segment, images),
+          "segment_with_text": (segment_with_text, (
+              images, jax.ShapeDtypeStruct((classes, c.text_dim), jnp.float32)))}

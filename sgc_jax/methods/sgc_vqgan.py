@@ -22,12 +22,12 @@ from absl import logging
 from sgc_jax import config_lib
 from sgc_jax.convert import lpips as lpips_weights
 from sgc_jax.core import ema, gan, optim
-from sgc_jax.core.method import Method, Units
-from sgc_jax.data import views
+from sgc_jax.core.method import Method, Prediction, Units
+from sgc_jax.data import sources, views
 from sgc_jax.models import codebook as codebook_lib
 from sgc_jax.models import lpips as lpips_lib
 from sgc_jax.models.vqgan import ModelConfig, SGCVQGAN
-from sgc_jax.ops import losses
+from sgc_jax.ops import grids, losses
 from sgc_jax.runtime import sharding
 from sgc_jax.utils import logs
 
@@ -60,36 +60,13 @@ def model_config(config, num_classes: int) -> ModelConfig:
   m = config.model.to_dict()
   codebook = dict(m.pop("codebook"))
   codebook["num_classes"] = num_classes if codebook["mode"] == "sgc" else 1
-  _check_allocation(codebook.pop("alpha"), codebook.pop("min_codes"),
+  codebook_lib.check_allocation(codebook.pop("alpha"), codebook.pop("min_codes"),
                     codebook.pop("label_threshold"), codebook, num_classes)
   model = model_config_from_dict(dict(m, codebook=codebook))
   model.validate()
   return model
 
 
-def _check_allocation(alpha, min_codes, label_threshold, codebook: dict,
-                      num_classes: int) -> None:
-  """The codebook fields that only the trainer reads (allocation, token labels)."""
-  if not (isinstance(min_codes, int) and min_codes >= 1):
-    raise ValueError(f"codebook.min_codes={min_codes!r}: must be an integer >= 1 "
-                     "(a class with no code gets an infinite semantic loss)")
-  if not alpha >= 0:
-    raise ValueError(f"codebook.alpha={alpha!r}: must be >= 0")
-  if not 0 < label_threshold <= 1:
-    raise ValueError(f"codebook.label_threshold={label_threshold!r}: must be in (0, 1]")
-  if codebook["mode"] == "sgc" and codebook["num_codes"] < min_codes * num_classes:
-    raise ValueError(f"codebook.num_codes={codebook['num_codes']} cannot give each of the "
-                     f"{num_classes} classes min_codes={min_codes} codes")
-
-
-def class_frequency(source, num_classes: int, max_records: int = 2000) -> np.ndarray:
-  """Pixel class frequencies over (the first `max_records` of) a training split."""
-  counts = np.zeros(num_classes, np.float64)
-  step = max(1, len(source) // max_records)
-  for index in range(0, len(source), step):
-    labels = source[index]["segmentation"].ravel()
-    counts += np.bincount(labels[labels < num_classes], minlength=num_classes)
-  return counts / max(counts.sum(), 1.0)
 
 
 class SGCVQGANMethod(Method):
@@ -119,7 +96,8 @@ class SGCVQGANMethod(Method):
     """For a labelled data set: class frequencies (the codebook's allocation)
     and the LPIPS weights of the perceptual loss."""
     cls.validate_data(config, dataset)
-    frequency = class_frequency(dataset.split(config.data.train_split), dataset.num_classes)
+    frequency = sources.class_frequency(dataset.split(config.data.train_split),
+                                        dataset.num_classes)
     logging.info("class frequencies: %s", dict(zip(dataset.class_names, frequency.round(4))))
     lpips_params = None
     if config.loss.lpips_weights:
@@ -196,7 +174,7 @@ class SGCVQGANMethod(Method):
 
   def phase(self, step: int) -> bool:
     """Whether the GAN term is on."""
-    return step >= self.config.loss.disc_start and self.config.loss.disc_weight > 0
+    return gan.gan_on(self.config.loss, step)
 
   def train_step(self, state: TrainState, batch: dict, phase: bool):
     c, mc = self.config, self.model_config
@@ -206,7 +184,7 @@ class SGCVQGANMethod(Method):
     x = self.constrain(images.reshape((-1,) + images.shape[2:]),
                        ("batch", "height", "width", "channels"))
     weight = jnp.repeat(batch["mask"].astype(jnp.float32), num_views)
-    labels = codebook_lib.token_labels(
+    labels = grids.token_labels(
         batch["segmentation"].reshape((-1,) + images.shape[2:4]), mc.grid,
         max(mc.codebook.num_classes, 1), c.model.codebook.label_threshold)
     key, k_restart, k_dropout = jax.random.split(state.key, 3)
@@ -220,28 +198,17 @@ class SGCVQGANMethod(Method):
       out["z"] = self.constrain(out["z"], ("batch", "height", "width", "embed"))
 
       def nll(reconstruction):
-        value = losses.reconstruction(x, reconstruction, weight, c.loss.reconstruction)
-        if self.lpips is not None and c.loss.perceptual_weight > 0:
-          distance = self.lpips.apply({"params": self.lpips_params}, x, reconstruction)
-          value = value + c.loss.perceptual_weight * jnp.sum(
-              distance * weight) / jnp.maximum(weight.sum(), 1.0)
-        return value
+        return gan.nll(c.loss, x, reconstruction, weight, self.lpips, self.lpips_params,
+                       scale_before_mean=True)
 
       terms = {"reconstruction": nll(x_hat), **out["losses"]}
       if num_views == 2 and mc.codebook.consistency_weight > 0:
         terms["consistency"] = self._consistency(params, state.codebook, out["z"], batch)
       metrics = dict(out["metrics"])
       if with_gan:
-        conv_out = jax.lax.stop_gradient(params["conv_out"])
-
-        def last(kernel):  # taming: the gradients at the last layer's weight only
-          frozen = dict(jax.lax.stop_gradient(params), conv_out=dict(conv_out, kernel=kernel))
-          return self.model.apply({"params": frozen}, jax.lax.stop_gradient(out["features"]),
-                                  method=SGCVQGAN.last_layer)
-
         terms["gan"], metrics["adaptive_weight"] = self.adversarial.weighted_generator_loss(
-            state, x_hat, weight, lambda w: nll(last(w)), last, conv_out["kernel"],
-            c.loss.disc_weight, c.loss.max_adaptive_weight)
+            state, x_hat, weight, nll, self.model, params, out["features"],
+            SGCVQGAN.last_layer, c.loss.disc_weight, c.loss.max_adaptive_weight)
       total = sum(terms.values())
       return total, (terms, metrics, updates["codebook"], x_hat)
 
@@ -292,17 +259,17 @@ class SGCVQGANMethod(Method):
     params = state.ema_params if state.ema_params is not None else state.params
     return {"params": params, "codebook": state.codebook}
 
-  def predict(self, variables, images) -> dict[str, jax.Array]:
+  def predict(self, variables, images) -> Prediction:
     z = self.model.apply(variables, images, method=SGCVQGAN.tokens)
     indices, nearest_class, posterior_class = self.model.apply(
         variables, z, method=SGCVQGAN.quantize_all)
-    out = {"indices": indices, "features": z,
-           "reconstruction": self.model.apply(variables, indices, method=SGCVQGAN.decode)}
-    if self.model_config.codebook.mode == "sgc":
-      out["posterior"] = posterior_class
-      out["semantic"] = (posterior_class if self.model_config.codebook.semantic_map
-                         == "posterior" else nearest_class)
-    return out
+    reconstruction = self.model.apply(variables, indices, method=SGCVQGAN.decode)
+    if self.model_config.codebook.mode != "sgc":
+      return Prediction(indices, features=z, reconstruction=reconstruction)
+    semantic = (posterior_class if self.model_config.codebook.semantic_map == "posterior"
+                else nearest_class)
+    return Prediction(indices, features=z, reconstruction=reconstruction, semantic=semantic,
+                      posterior=posterior_class)
 
   def units(self, variables) -> Units:
     codes = self.model.apply(variables, method=lambda m: m.codebook.codes())

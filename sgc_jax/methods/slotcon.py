@@ -28,7 +28,7 @@ import optax
 
 from sgc_jax import config_lib
 from sgc_jax.core import ema, optim
-from sgc_jax.core.method import Method, Units
+from sgc_jax.core.method import Method, Prediction, Units
 from sgc_jax.models import slotcon as parts
 from sgc_jax.models.roi_align import roi_align
 from sgc_jax.models.slotcon import SlotConNet
@@ -225,10 +225,16 @@ class SlotConMethod(Method):
     """The teacher (what the official evaluation and transfer use)."""
     return {"params": state.teacher_params, "batch_stats": state.teacher_stats}
 
-  def predict(self, variables, images) -> dict[str, jax.Array]:
+  def predict(self, variables, images) -> Prediction:
     features, dots = self.net.apply(variables, images,
                                     method=SlotConNet.features_and_assignments)
-    return {"indices": jnp.argmax(dots, -1).astype(jnp.int32), "features": features}
+    return Prediction(jnp.argmax(dots, -1).astype(jnp.int32), features=features)
+
+  def segment(self, variables, images) -> jax.Array:
+    return _segment(self.net, variables, images)
+
+  def segment_names(self) -> list[str]:
+    return [f"prototype_{k}" for k in range(self.config.model.num_prototypes)]
 
   def units(self, variables) -> Units:
     prototypes = variables["params"]["grouping"]["slot_embed"]
@@ -254,6 +260,13 @@ class SlotConMethod(Method):
     return {name: fn for name, (fn, _) in _functions(net, size).items()}, abstract
 
 
+def _segment(net: SlotConNet, variables, images) -> jax.Array:
+  """Each pixel's prototype [B, H, W]: the assignments upsampled (bilinear) to the image."""
+  _, dots = net.apply(variables, images)
+  dots = jax.image.resize(dots, images.shape[:3] + dots.shape[3:], "bilinear")
+  return jnp.argmax(dots, -1).astype(jnp.int32)
+
+
 def _functions(net: SlotConNet, size: int):
   batch, = jax.export.symbolic_shape("b")
 
@@ -261,10 +274,7 @@ def _functions(net: SlotConNet, size: int):
     return net.apply(variables, images, method=SlotConNet.features)
 
   def segment(variables, images):
-    """Each pixel's prototype: the assignments upsampled (bilinear) to the image."""
-    _, dots = net.apply(variables, images)
-    dots = jax.image.resize(dots, images.shape[:3] + dots.shape[3:], "bilinear")
-    return jnp.argmax(dots, -1).astype(jnp.int32)
+    return _segment(net, variables, images)
 
   images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
   return {"features": (features, images), "segment": (segment, images)}

@@ -1,4 +1,4 @@
-"""ACSeg's parts (arXiv 2210.05944, as `DESIGN.md` defines it; no official code):
+"""ACSeg's parts (arXiv 2210.05944, as docs/design.md#acseg defines it; no official code):
 the Adaptive Concept Generator, the soft assignment of pixels to concepts and
 the modularity loss.
 
@@ -20,6 +20,8 @@ import jax.numpy as jnp
 
 
 def l2_normalize(x, axis: int = -1, eps: float = 1e-12):
+  # ops.vectors.l2_normalize but for x * x (not jnp.square), whose gradient rounds
+  # differently (two products summed, not one doubled): kept so that runs stay bit-identical.
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis, keepdims=True), eps * eps))
 
 

@@ -406,6 +406,7 @@ class CLIP(nn.Module):
 
 
 def _unit(x: jax.Array) -> jax.Array:
+  # CLIP's own x / x.norm(dim=-1) (no floor), not ops.vectors: reproduces OpenAI's model.py.
   return x / jnp.linalg.norm(x.astype(jnp.float32), axis=-1, keepdims=True).astype(x.dtype)
 
 

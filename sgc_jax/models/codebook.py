@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sgc_jax.ops.grids import UNLABELED
+
 MODES = ("vq", "ema", "sgc")
 SEMANTIC_MAPS = ("nearest_code", "posterior")
-UNLABELED = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +92,20 @@ class CodebookConfig:
 # ----------------------------------------------------------------- allocation
 
 
+def check_allocation(alpha, min_codes, label_threshold, codebook: dict,
+                      num_classes: int) -> None:
+  """The codebook fields that only the trainer reads (allocation, token labels)."""
+  if not (isinstance(min_codes, int) and min_codes >= 1):
+    raise ValueError(f"codebook.min_codes={min_codes!r}: must be an integer >= 1 "
+                     "(a class with no code gets an infinite semantic loss)")
+  if not alpha >= 0:
+    raise ValueError(f"codebook.alpha={alpha!r}: must be >= 0")
+  if not 0 < label_threshold <= 1:
+    raise ValueError(f"codebook.label_threshold={label_threshold!r}: must be in (0, 1]")
+  if codebook["mode"] == "sgc" and codebook["num_codes"] < min_codes * num_classes:
+    raise ValueError(f"codebook.num_codes={codebook['num_codes']} cannot give each of the "
+                     f"{num_classes} classes min_codes={min_codes} codes")
+
 def allocate_codes(class_frequency: np.ndarray, num_codes: int, alpha: float = 0.5,
                    min_codes: int = 1) -> np.ndarray:
   """Code -> class, contiguous blocks with sizes ∝ freq^alpha, at least `min_codes`.
@@ -126,25 +141,6 @@ def allocate_codes(class_frequency: np.ndarray, num_codes: int, alpha: float = 0
   return np.repeat(np.arange(num_classes), floor).astype(np.int32)
 
 
-def token_labels(segmentation: jax.Array, grid: int, num_classes: int,
-                 threshold: float = 0.5, ignore_label: int = 255) -> jax.Array:
-  """[B, H, W] pixel classes -> [B, grid, grid] token classes by majority vote.
-
-  A token whose majority class covers less than `threshold` of its patch, or
-  whose majority is the ignore label, is UNLABELED (-1).
-  """
-  batch, height, width = segmentation.shape
-  ph, pw = height // grid, width // grid
-  patches = segmentation.reshape(batch, grid, ph, grid, pw).transpose(0, 1, 3, 2, 4)
-  patches = patches.reshape(batch, grid, grid, ph * pw).astype(jnp.int32)
-  classes = jnp.where(patches == ignore_label, num_classes, patches)
-  votes = jax.nn.one_hot(classes, num_classes + 1, dtype=jnp.float32).sum(-2)
-  majority = jnp.argmax(votes, -1)
-  share = jnp.max(votes, -1) / (ph * pw)
-  labeled = (majority < num_classes) & (share >= threshold)
-  return jnp.where(labeled, majority, UNLABELED).astype(jnp.int32)
-
-
 # ------------------------------------------------------------------ distances
 
 
@@ -153,6 +149,7 @@ def prepare_tokens(z: jax.Array, config: CodebookConfig) -> jax.Array:
   multi-level weights are applied by `squared_distances`."""
   sem, det = z[..., :config.dim_sem], z[..., config.dim_sem:]
   if config.distance == "cosine":
+    # rsqrt(sum + 1e-12), not ops.vectors' clamped max(sum, eps²): its own rounding.
     sem = sem * jax.lax.rsqrt(jnp.sum(sem * sem, -1, keepdims=True) + 1e-12)
     if config.dim_det:
       det = det * jax.lax.rsqrt(jnp.sum(det * det, -1, keepdims=True) + 1e-12)

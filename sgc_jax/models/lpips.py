@@ -38,6 +38,7 @@ class LPIPS(nn.Module):
 
     distance = 0.0
     for s, (fx, fy) in enumerate(zip(features(x), features(y))):
+      # The lpips package's normalize_tensor, x / (||x|| + 1e-10), not ops.vectors.
       fx = fx * jnp.reciprocal(jnp.sqrt(jnp.sum(fx * fx, -1, keepdims=True)) + 1e-10)
       fy = fy * jnp.reciprocal(jnp.sqrt(jnp.sum(fy * fy, -1, keepdims=True)) + 1e-10)
       head = nn.Conv(1, (1, 1), use_bias=False, name=f"lin_{s}")((fx - fy) ** 2)

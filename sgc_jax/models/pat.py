@@ -1,4 +1,4 @@
-"""PAT's networks (arXiv 2412.14145, as DESIGN.md defines it; no official code):
+"""PAT's networks (arXiv 2412.14145, as docs/design.md#pat defines it; no official code):
 pyramid tokenization of a frozen backbone's features, a pixel branch and a
 semantic branch.
 
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from sgc_jax.models.codebook import Codebook, CodebookConfig
 from sgc_jax.models.vqgan import ResnetBlock, Upsample, _conv, _norm
+from sgc_jax.ops.vectors import divide_by_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,13 +72,6 @@ class PATConfig:
       raise ValueError(f"model.upsample_ch={self.upsample_ch}: multiples of 32")
     for codebook in self.codebooks:
       codebook.validate()
-
-
-def area_downsample(images, factor: int):
-  """The mean of every factor x factor block of [B, H, W, C] images: what a
-  level's own picture is trained on and measured against."""
-  b, h, w, c = images.shape
-  return images.reshape(b, h // factor, factor, w // factor, factor, c).mean((2, 4))
 
 
 class LevelAdapter(nn.Module):
@@ -140,7 +134,7 @@ class SemanticHead(nn.Module):
     x = _conv(c.fuse_ch, 3, dtype, "conv", use_bias=False)(x)
     x = nn.swish(_norm(dtype, "norm2")(x))
     x = nn.Dense(c.text_dim, dtype=dtype, name="to_text")(x).astype(jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+    return divide_by_norm(x)
 
 
 class PAT(nn.Module):

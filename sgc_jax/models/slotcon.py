@@ -44,6 +44,7 @@ from jax import lax
 
 from sgc_jax.models import conv as conv_lib
 from sgc_jax.models.resnet import ResNet
+from sgc_jax.ops.vectors import l2_normalize  # torch's F.normalize (also parts.l2_normalize)
 
 # A finite stand-in for -inf: exp() of it is exactly 0, and gradients stay finite
 # even on rows where every column is masked.
@@ -54,13 +55,6 @@ def _trunc_normal(std: float = 0.02, bound: float = 2.0):
   # torch's trunc_normal_(std=.02) cuts at ±2 in absolute units (±100 std);
   # jax's bounds are in units of std.
   return nn.initializers.truncated_normal(stddev=std, lower=-bound / std, upper=bound / std)
-
-
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-  """x / max(||x||, eps) along `axis` (torch's F.normalize)."""
-  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-  # rsqrt of the clamped square keeps the gradient finite at x = 0.
-  return x * lax.rsqrt(jnp.maximum(sq, eps * eps))
 
 
 class _Head(nn.Module):

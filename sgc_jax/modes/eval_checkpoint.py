@@ -15,42 +15,6 @@ from sgc_jax.data import sources
 from sgc_jax.modes import train
 from sgc_jax.utils import run_output, viz
 
-# Rows of the markdown table: key, label, format.
-TABLE = (("psnr", "PSNR (dB)", ".2f"), ("ssim", "SSIM", ".3f"), ("l1", "L1", ".4f"),
-         ("lpips", "LPIPS", ".4f"), ("rfid", "rFID", ".2f"),
-         ("codebook_usage", "codebook usage", ".3f"), ("perplexity", "perplexity", ".1f"),
-         ("normalized_entropy", "usage entropy / log K", ".3f"),
-         ("top10_share", "tokens on top-10 % codes", ".3f"),
-         ("token_purity", "token purity (allocated class)", ".3f"),
-         ("code_purity", "token purity (code's majority class)", ".3f"),
-         ("zero_shot_miou", "zero-shot mIoU (nearest code's class)", ".3f"),
-         ("posterior_miou", "zero-shot mIoU (argmax p(c|z))", ".3f"),
-         ("class_matched_miou", "mIoU, units' classes matched to the labels", ".3f"),
-         ("class_matched_token_purity", "token purity, classes matched to the labels", ".3f"),
-         ("hungarian_miou", "Hungarian mIoU", ".3f"),
-         ("hungarian_pixel_accuracy", "Hungarian pixel accuracy", ".3f"),
-         ("majority_miou", "many-to-one mIoU (unit's majority class)", ".3f"),
-         ("majority_pixel_accuracy", "many-to-one pixel accuracy", ".3f"),
-         ("probe_miou", "linear-probe mIoU", ".3f"),
-         ("feature_hungarian_miou", "features: k-means Hungarian mIoU", ".3f"),
-         ("feature_hungarian_pixel_accuracy", "features: k-means Hungarian pixel accuracy",
-          ".3f"),
-         ("feature_probe_miou", "features: linear-probe mIoU", ".3f"),
-         ("feature_probe_pixel_accuracy", "features: linear-probe pixel accuracy", ".3f"),
-         # A pyramid tokenizer's levels (PAT), finest first.
-         *((f"{key}_{level}", f"level {level}: {label}", spec) for level in range(4)
-           for key, label, spec in (("psnr", "PSNR of its picture (dB)", ".2f"),
-                                    ("l1", "L1 of its picture", ".4f"),
-                                    ("codebook_usage", "codebook usage", ".3f"),
-                                    ("perplexity", "perplexity", ".1f"))),
-         # Open-vocabulary segmentation (PAT): the prediction, the semantic
-         # branch alone, the baseline alone.
-         *((f"{prefix}_{key}", f"{name}: {label}", ".3f")
-           for prefix, name in (("pat", "PAT"), ("branch", "semantic branch alone"),
-                                ("baseline", "baseline alone"))
-           for key, label in (("miou", "mIoU"), ("miou_seen", "mIoU, seen classes"),
-                              ("miou_unseen", "mIoU, held-out classes"),
-                              ("pixel_accuracy", "pixel accuracy"))))
 
 
 def format_value(value, spec: str) -> str:
@@ -58,10 +22,11 @@ def format_value(value, spec: str) -> str:
 
 
 def markdown(results: dict) -> str:
-  """The table of the metrics the results hold (in TABLE's order, then the rest)."""
-  known = [row for row in TABLE if row[0] in results]
+  """The table of the metrics the results hold (those the evaluators label, in
+  their order, then the rest)."""
+  known = evaluation.table_rows(results)
   others = [(key, key, ".4g") for key, value in results.items()
-            if key not in {row[0] for row in TABLE} | {"images", "step"}
+            if key not in {row[0] for row in known} | {"images", "step"}
             and isinstance(value, float)]
   return run_output.markdown_table(
       ("metric", "value"), [(label, format_value(results[key], spec))

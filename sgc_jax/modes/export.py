@@ -61,6 +61,8 @@ def write_bundle(directory: str, method, variables, extra: dict,
         "format": FORMAT, "version": VERSION, "method": method.name,
         "functions": list(serialized), "platforms": list(platforms),
         "class_names": list(method.class_names), **method.bundle_fields(),
+        # What `segment` returns: the name of each of its values.
+        **({"segment_names": method.segment_names()} if "segment" in serialized else {}),
         # A damaged export can still parse and compute something else: the loader
         # checks these digests.
         "sha256": {name: tree_io.file_sha256(os.path.join(partial, name)) for name in files},

@@ -62,7 +62,10 @@ def _write_previews(config, dataset: sources.Dataset, out_dir: str) -> None:
               viz.colour_classes(view["segmentation"][0], dataset.num_classes),
               _instance_colours(view["instances"][0])]
     rows.append(row)
-  viz.save_png(_with_legend(viz.grid(rows), dataset.class_names),
+  num_frames = max(dataset.num_frames, 1)
+  captions = [f"{what}{f' {t}' if num_frames > 1 else ''}" for t in range(num_frames)
+              for what in ("image", "classes", "instances")]
+  viz.save_png(_with_legend(viz.grid(rows, captions=captions), dataset.class_names),
                os.path.join(out_dir, "data.png"))
 
   crop = views.CropSpec(**config.data.crop)
@@ -72,5 +75,8 @@ def _write_previews(config, dataset: sources.Dataset, out_dir: str) -> None:
     example = train_views.random_map(source[index], np.random.default_rng(index))
     rows.append([viz.to_uint8(v) for v in example["image"]] +
                 [viz.colour_classes(s, dataset.num_classes) for s in example["segmentation"]])
-  viz.save_png(_with_legend(viz.grid(rows), dataset.class_names),
+  num_views = config.data.num_views
+  captions = ([f"view {v}" for v in range(num_views)]
+              + [f"view {v} classes" for v in range(num_views)])
+  viz.save_png(_with_legend(viz.grid(rows, captions=captions), dataset.class_names),
                os.path.join(out_dir, "views.png"))

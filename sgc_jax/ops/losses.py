@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -34,6 +35,8 @@ def adaptive_weight(grad_rec, grad_gan, max_weight: float = 1e4):
 
 
 def psnr(x, x_hat):
-  """Per-image PSNR of [-1, 1] images, in dB."""
+  """Per-image PSNR of [-1, 1] images [N, H, W, C], in dB."""
+  chex.assert_rank([x, x_hat], 4)
+  chex.assert_equal_shape([x, x_hat])
   mse = jnp.mean(((x - x_hat) / 2.0) ** 2, axis=(1, 2, 3))
   return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))

@@ -6,6 +6,7 @@ that runs once over totals is NumPy/SciPy (Fréchet distance, matching, mIoU).
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +32,8 @@ def ssim(x: jax.Array, y: jax.Array, window_size: int = 11, sigma: float = 1.5,
   Gaussian window over the positions where the window fits ('valid'), per
   channel, then averaged over positions and channels.
   """
+  chex.assert_rank([x, y], 4)
+  chex.assert_equal_shape([x, y])
   x = (x.astype(jnp.float32) + 1.0) / 2.0
   y = (y.astype(jnp.float32) + 1.0) / 2.0
   g = jnp.asarray(gaussian_window(window_size, sigma))
@@ -130,6 +133,7 @@ def codebook_statistics(usage: np.ndarray) -> dict[str, float]:
 def patch_class_counts(segmentation: jax.Array, grid: int, num_classes: int) -> jax.Array:
   """[N, H, W] pixel classes -> [N, g, g, C] pixel counts per token patch
   (ignore and out-of-range labels count nowhere)."""
+  chex.assert_rank(segmentation, 3)
   batch, height, width = segmentation.shape
   ph, pw = height // grid, width // grid
   patches = segmentation.reshape(batch, grid, ph, grid, pw).astype(jnp.int32)
@@ -144,7 +148,10 @@ def code_class_cooccurrence(indices: jax.Array, class_counts: jax.Array,
   indices [N, g, g], class_counts [N, g, g, C] (from `patch_class_counts`),
   weight [N] (0 for padding).
   """
+  chex.assert_rank(class_counts, indices.ndim + 1)
+  chex.assert_equal_shape_prefix([indices, class_counts], indices.ndim)
   if weight is not None:
+    chex.assert_shape(weight, class_counts.shape[:1])
     class_counts = class_counts * weight[:, None, None, None]
   return jnp.zeros((num_codes, class_counts.shape[-1]), jnp.float32).at[
       indices.reshape(-1)].add(class_counts.reshape(-1, class_counts.shape[-1]))

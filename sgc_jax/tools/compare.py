@@ -1,9 +1,9 @@
-"""The quality table: eval.json of several runs side by side, into the README.
+"""A quality table: eval.json of several runs side by side, into a Markdown file.
 
     python -m sgc_jax.tools.compare workdir/compare/{vq,ema,sgc} --readme README.md [--table gan]
         [--names vq,ema,sgc]
 
-replaces the text between the README's `<!-- quality-table -->` markers (with
+replaces the text between the file's `<!-- quality-table -->` markers (with
 `--table NAME`, between `<!-- quality-table-NAME -->` markers).
 """
 
@@ -13,23 +13,24 @@ import argparse
 import json
 import os
 
-from sgc_jax.modes.eval_checkpoint import TABLE, format_value
+from sgc_jax.core import evaluation
+from sgc_jax.modes.eval_checkpoint import format_value
 from sgc_jax.utils.run_output import markdown_table
 
 
 def table(runs: dict[str, dict]) -> str:
-  """The TABLE rows that some run measured (a metric a run could not measure,
-  e.g. LPIPS without weights, is in its results as None: "absent")."""
+  """The evaluators' rows that some run measured (a metric a run could not
+  measure, e.g. LPIPS without weights, is in its results as None: "absent")."""
   names = list(runs)
+  measured = {key: None for results in runs.values() for key in results}
   return markdown_table(["metric", *names],
                         [[label, *(format_value(runs[n].get(key), spec) for n in names)]
-                         for key, label, spec in TABLE
-                         if any(key in runs[n] for n in names)])
+                         for key, label, spec in evaluation.table_rows(measured)])
 
 
 def read_runs(workdirs: list[str], names: list[str] | None = None) -> dict[str, dict]:
   """{column name: eval.json} of each workdir; a column is named by `names`,
-  else by the run's quantizer, else by the workdir's base name."""
+  else by the workdir's base name."""
   if names is not None and len(names) != len(workdirs):
     raise SystemExit(f"error: {len(names)} names for {len(workdirs)} workdirs")
   runs = {}
@@ -39,7 +40,7 @@ def read_runs(workdirs: list[str], names: list[str] | None = None) -> dict[str, 
       raise SystemExit(f"error: {path} missing: run --mode=eval on {workdir} first")
     with open(path) as f:
       results = json.load(f)
-    name = names[index] if names else results.get("quantizer", os.path.basename(workdir))
+    name = names[index] if names else os.path.basename(os.path.normpath(workdir))
     if name in runs:
       raise SystemExit(f"error: two columns named {name!r}: give --names")
     runs[name] = results
@@ -50,7 +51,7 @@ def replace_between_markers(text: str, body: str, table: str | None = None) -> s
   name = f"quality-table-{table}" if table else "quality-table"
   begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
   if begin not in text or end not in text:
-    raise SystemExit(f"error: the README has no {begin} ... {end} markers")
+    raise SystemExit(f"error: the file has no {begin} ... {end} markers")
   head, rest = text.split(begin, 1)
   _, tail = rest.split(end, 1)
   return f"{head}{begin}\n{body}{end}{tail}"

@@ -238,23 +238,6 @@ class Writer:
         self._tensorboard.close()
 
 
-def reconstruction_grid(images, reconstructions, segmentation, token_classes,
-                        num_classes: int, class_names) -> np.ndarray:
-  """Rows of input | reconstruction | ground-truth classes | token classes
-  (no reconstruction column where `reconstructions` is None)."""
-  size = images.shape[1]
-  rows = []
-  for i, (x, seg, tokens) in enumerate(zip(images, segmentation, token_classes)):
-    factor = size // tokens.shape[0]
-    token_map = viz.enlarge(tokens, factor)
-    rows.append([viz.to_uint8(x)]
-                + ([] if reconstructions is None else [viz.to_uint8(reconstructions[i])])
-                + [viz.colour_classes(seg, num_classes),
-                   viz.colour_classes(token_map, num_classes)])
-  tiles = viz.grid(rows)
-  return np.concatenate([tiles, viz.legend(class_names, tiles.shape[1])], 0)
-
-
 def markdown_table(header, rows, align: str | None = None) -> str:
   """A Markdown table; `align`: one of "l"/"r" per column (default: the first
   left, the rest right). Floats print with 4 significant digits."""

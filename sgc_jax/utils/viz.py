@@ -1,4 +1,5 @@
-"""Pictures people would rather see than read: class maps, image grids, legends."""
+"""Pictures people would rather see than read: class maps, image grids with
+column captions, legends, the codebook-usage chart (NumPy and PIL alone)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Sequence
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
+import PIL.ImageFont
 
 IGNORE_COLOUR = (0, 0, 0)
 
@@ -44,8 +46,10 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
   return np.clip(np.rint((np.asarray(image, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2) -> np.ndarray:
-  """Tiles rows of equally sized uint8 [H, W, 3] tiles with white gaps."""
+def grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2,
+         captions: Sequence[str] | None = None) -> np.ndarray:
+  """Tiles rows of equally sized uint8 [H, W, 3] tiles with white gaps;
+  `captions`: one per column (at most), written in a header row above them."""
   height, width = rows[0][0].shape[:2]
   columns = max(len(r) for r in rows)
   out = np.full((len(rows) * (height + pad) + pad, columns * (width + pad) + pad, 3),
@@ -54,20 +58,80 @@ def grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2) -> np.ndarray:
     for j, tile in enumerate(row):
       y, x = pad + i * (height + pad), pad + j * (width + pad)
       out[y:y + height, x:x + width] = tile
-  return out
+  if captions is None:
+    return out
+  if len(captions) > columns:
+    raise ValueError(f"{len(captions)} captions for {columns} columns: {list(captions)}")
+  return np.concatenate([caption_row(captions, width, out.shape[1], pad), out], 0)
 
 
-def legend(class_names: Sequence[str], width: int, row_height: int = 14) -> np.ndarray:
-  """A strip naming the colour of every class, wrapped to `width` pixels."""
+CAPTION_LINE_HEIGHT = 12  # PIL's default font (10 px) and a little air
+
+
+def _fit_lines(draw: PIL.ImageDraw.ImageDraw, text: str, width: float, font) -> list[str]:
+  """`text` on lines of at most `width` pixels, broken between words; a word
+  longer than a line is cut short ("reconstr.")."""
+  length = lambda t: draw.textlength(t, font=font)  # noqa: E731
+  lines: list[str] = []
+  for word in text.split():
+    if length(word) > width:
+      while len(word) > 1 and length(word + ".") > width:
+        word = word[:-1]
+      word += "."
+    if lines and length(f"{lines[-1]} {word}") <= width:
+      lines[-1] = f"{lines[-1]} {word}"
+    else:
+      lines.append(word)
+  return lines or [""]
+
+
+def _caption_font(draw: PIL.ImageDraw.ImageDraw, words: Sequence[str], width: float):
+  """PIL's default font at 10 px, or at 9 or 8 where that fits every word in
+  `width` pixels (without FreeType: the bitmap default)."""
+  try:
+    fonts = [PIL.ImageFont.load_default(size) for size in (10, 9, 8)]
+  except ImportError:  # no FreeType: one size
+    return PIL.ImageFont.load_default()
+  for font in fonts:
+    if all(draw.textlength(word, font=font) <= width for word in words):
+      return font
+  return fonts[0]
+
+
+def caption_row(captions: Sequence[str], tile_width: int, width: int, pad: int = 2) -> np.ndarray:
+  """The header row of `grid`: each caption centred over its column (tiles of
+  `tile_width` with `pad` gaps), wrapped to the column, in a smaller font
+  where a word would not fit; `width` pixels wide. Height: pad +
+  CAPTION_LINE_HEIGHT per line of the longest caption."""
+  draw = PIL.ImageDraw.Draw(PIL.Image.new("RGB", (1, 1)))
+  font = _caption_font(draw, [w for caption in captions for w in caption.split()], tile_width)
+  wrapped = [_fit_lines(draw, caption, tile_width, font) for caption in captions]
+  lines = max((len(w) for w in wrapped), default=1)
+  image = PIL.Image.new("RGB", (width, pad + lines * CAPTION_LINE_HEIGHT), "white")
+  draw = PIL.ImageDraw.Draw(image)
+  for j, caption_lines in enumerate(wrapped):
+    left = pad + j * (tile_width + pad)
+    for n, line in enumerate(caption_lines):
+      x = left + max(0.0, (tile_width - draw.textlength(line, font=font)) / 2)
+      draw.text((x, pad + n * CAPTION_LINE_HEIGHT), line, fill="black", font=font)
+  return np.asarray(image)
+
+
+def legend(class_names: Sequence[str], width: int, row_height: int = 14,
+           unclassed: str | None = None) -> np.ndarray:
+  """A strip naming the colour of every class, wrapped to `width` pixels;
+  `unclassed`: the name of a last entry for the "ignore" colour."""
   palette = class_palette(len(class_names))
-  entries = list(enumerate(class_names))
+  entries = [(tuple(int(c) for c in palette[k]), name) for k, name in enumerate(class_names)]
+  if unclassed is not None:
+    entries.append((IGNORE_COLOUR, unclassed))
   per_row = max(1, width // 110)
   rows = (len(entries) + per_row - 1) // per_row
   image = PIL.Image.new("RGB", (width, rows * row_height + 4), "white")
   draw = PIL.ImageDraw.Draw(image)
-  for n, (k, name) in enumerate(entries):
+  for n, (colour, name) in enumerate(entries):
     x, y = (n % per_row) * 110 + 4, (n // per_row) * row_height + 2
-    draw.rectangle([x, y + 1, x + 10, y + 11], fill=tuple(int(c) for c in palette[k]))
+    draw.rectangle([x, y + 1, x + 10, y + 11], fill=colour)
     draw.text((x + 14, y), name[:14], fill="black")
   return np.asarray(image)
 
@@ -76,23 +140,141 @@ def save_png(array: np.ndarray, path: str) -> None:
   PIL.Image.fromarray(array).save(path)
 
 
+def reconstruction_grid(images, reconstructions, segmentation, token_classes,
+                        num_classes: int, class_names: Sequence[str]) -> np.ndarray:
+  """Rows of input | reconstruction | true classes | semantic map (the token
+  classes), under a row of captions and above a legend of the classes (no
+  reconstruction column where `reconstructions` is None)."""
+  size = images.shape[1]
+  rows = []
+  for i, (x, seg, tokens) in enumerate(zip(images, segmentation, token_classes)):
+    factor = size // tokens.shape[0]
+    token_map = enlarge(tokens, factor)
+    rows.append([to_uint8(x)]
+                + ([] if reconstructions is None else [to_uint8(reconstructions[i])])
+                + [colour_classes(seg, num_classes), colour_classes(token_map, num_classes)])
+  captions = (["input"] + ([] if reconstructions is None else ["reconstruction"])
+              + ["true classes", "semantic map"])
+  tiles = grid(rows, captions=captions)
+  return np.concatenate([tiles, legend(class_names, tiles.shape[1])], 0)
+
+
+def level_captions(num_levels: int, with_reconstruction: bool) -> list[str]:
+  """The captions of a pyramid's rows: input | level 1 .. n | reconstruction."""
+  return (["input"] + [f"level {n + 1}" for n in range(num_levels)]
+          + (["reconstruction"] if with_reconstruction else []))
+
+
+def usage_summary(usage: np.ndarray) -> tuple[int, int, float]:
+  """(K, codes used, perplexity) of per-code token counts [K]; perplexity: exp
+  of the entropy of the usage distribution, computed as in
+  metrics.codebook_statistics (whose `codebook_usage` is used / K)."""
+  usage = np.asarray(usage, np.float64)
+  p = usage / max(usage.sum(), 1e-12)
+  nonzero = p[p > 0]
+  entropy = float(-(nonzero * np.log(nonzero)).sum())
+  return int(usage.shape[0]), int((usage > 0).sum()), float(np.exp(entropy))
+
+
+def usage_title(usage: np.ndarray) -> str:
+  """The title of `usage_histogram`: K, usage (the share of codes used) and perplexity."""
+  num_codes, used, perplexity = usage_summary(usage)
+  return (f"K={num_codes} codes, usage {used / max(num_codes, 1):.1%} ({used} used), "
+          f"perplexity {perplexity:.2f}")
+
+
+def _share_label(exponent: int) -> str:
+  """10 ** exponent as a percentage: 100%, 10%, 1%, 0.1%, 0.01%, ..."""
+  return f"{10.0 ** (exponent + 2):.{max(0, -(exponent + 2))}f}%"
+
+
+def _nice_step(span: float) -> int:
+  """The least of 1, 2, 5, 10, 20, 50, ... that is at least `span`."""
+  power = 1
+  while True:
+    for multiple in (1, 2, 5):
+      if power * multiple >= span:
+        return power * multiple
+    power *= 10
+
+
 def usage_histogram(usage: np.ndarray, code_class: np.ndarray, num_classes: int,
-                    height: int = 200, bar_width: int = 2) -> np.ndarray:
-  """Tokens per code, codes sorted by use, bars coloured by the code's class;
-  log scale, so that rarely used codes stay visible."""
+                    class_names: Sequence[str] | None = None, height: int = 200,
+                    bar_width: int = 2) -> np.ndarray:
+  """A bar chart of the share of tokens per code: x, the code's rank (codes
+  sorted by use, most used first); y, its share of the tokens on a log axis
+  (whole decades), so that rarely used codes stay visible (unused codes have no
+  bar); bars coloured by the class each code stands for (black: none), with a
+  legend of `class_names` below; title: `usage_title`. The plot is
+  `bar_width` pixels per code, between 360 and 1024 pixels wide: with more
+  codes than pixels, each pixel column shows the most used code of its ranks."""
+  usage = np.asarray(usage, np.float64)
+  code_class = np.asarray(code_class)
+  num_codes = usage.shape[0]
+  if class_names is None:
+    class_names = [f"class {k}" for k in range(num_classes)]
   order = np.argsort(-usage, kind="stable")
-  values = np.log1p(np.asarray(usage, np.float64)[order])
-  values = values / max(values.max(), 1e-12)
-  palette = class_palette(num_classes)
-  colours = palette[np.where(code_class[order] < num_classes, code_class[order], num_classes)]
-  max_width = 1024
-  step = max(1, int(np.ceil(len(order) * bar_width / max_width)))
-  bars = range(0, len(order), step)
-  image = np.full((height, len(bars) * bar_width, 3), 255, np.uint8)
-  for n, start in enumerate(bars):
-    bar = int(round(values[start] * (height - 1)))
-    image[height - bar:, n * bar_width:(n + 1) * bar_width] = colours[start]
-  return image
+  share = usage[order] / max(usage.sum(), 1e-12)
+  classes = code_class[order]
+  known = (classes >= 0) & (classes < num_classes)
+  colours = class_palette(num_classes)[np.where(known, classes, num_classes)]
+  used = share[share > 0]
+  low = int(np.floor(np.log10(used.min()))) if used.size else -2
+  high = max(int(np.ceil(np.log10(used.max()))) if used.size else 0, low + 1)
+  with np.errstate(divide="ignore"):
+    level = np.clip((np.log10(share) - low) / (high - low), 0.0, 1.0)
+  bar = np.where(share > 0, np.maximum(1, np.rint(level * height)), 0).astype(np.int64)
+
+  plot_width = int(np.clip(num_codes * bar_width, 360, 1024))
+  column = np.arange(plot_width)
+  rank = column * num_codes // plot_width  # the code each pixel column shows
+  heights = bar[rank]
+  if plot_width >= 4 * num_codes:  # wide bars: a white gap after each
+    heights = np.where((column + 1) * num_codes // plot_width != rank, 0, heights)
+
+  line = CAPTION_LINE_HEIGHT
+  measure = PIL.ImageDraw.Draw(PIL.Image.new("RGB", (1, 1)))
+  y_labels = {e: _share_label(e) for e in range(low, high + 1)}
+  left = int(max(measure.textlength(label) for label in y_labels.values())) + 10
+  top = 4 + 2 * line + 6  # title, the y axis's name, room for its top label
+  width = left + plot_width + 16
+  axis = top + height  # the row of the x axis, under the bars
+  image = PIL.Image.new("RGB", (width, axis + 6 + 2 * line + 4), "white")
+  draw = PIL.ImageDraw.Draw(image)
+  y_of = lambda e: round(axis - (e - low) / (high - low) * height)  # noqa: E731
+  for e in y_labels:
+    draw.line([(left, y_of(e)), (left + plot_width - 1, y_of(e))], fill=(225, 225, 225))
+  canvas = np.array(image)
+  filled = np.arange(height)[:, None] >= height - heights[None, :]
+  plot = canvas[top:axis, left:left + plot_width]
+  plot[filled] = np.broadcast_to(colours[rank], plot.shape)[filled]
+  image = PIL.Image.fromarray(canvas)
+  draw = PIL.ImageDraw.Draw(image)
+
+  draw.line([(left - 1, top), (left - 1, axis)], fill="black")
+  draw.line([(left - 1, axis), (left + plot_width, axis)], fill="black")
+  for e, label in y_labels.items():
+    draw.line([(left - 4, y_of(e)), (left - 1, y_of(e))], fill="black")
+    draw.text((left - 6 - draw.textlength(label), y_of(e) - 6), label, fill="black")
+  step = _nice_step(num_codes / 6)
+  right_end = -np.inf
+  for r in [1] + [r for r in range(step, num_codes + 1, step) if r > 1]:
+    x = left + (r - 0.5) * plot_width / num_codes
+    label = str(r)
+    half = draw.textlength(label) / 2
+    if x - half < right_end + 6:  # no labels on top of each other
+      continue
+    draw.line([(x, axis), (x, axis + 3)], fill="black")
+    draw.text((x - half, axis + 4), label, fill="black")
+    right_end = x + half
+  title = usage_title(usage)
+  draw.text((max(4, (width - draw.textlength(title)) / 2), 4), title, fill="black")
+  draw.text((4, 4 + line), "share of tokens (log scale)", fill="black")
+  x_name = "code rank (codes sorted by share of tokens)"
+  draw.text((left + max(0, (plot_width - draw.textlength(x_name)) / 2), axis + 4 + line),
+            x_name, fill="black")
+  strip = legend(class_names, width, unclassed=None if known.all() else "no class")
+  return np.concatenate([np.asarray(image), strip], 0)
 
 
 UNUSED_COLOUR = (200, 200, 200)
