@@ -49,6 +49,7 @@ sgc_jax/tools/bench_versus_taming.py).
 
 from __future__ import annotations
 
+import importlib
 import time
 
 from sgc_jax.runtime import hugepages
@@ -62,11 +63,11 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from sgc_jax import config_lib
-from sgc_jax.utils import logs, run_output
-from sgc_jax.tools import synthetic  # noqa: E402
-from sgc_jax.core import sharding  # noqa: E402
+from sgc_jax import config_lib  # noqa: E402
 from sgc_jax.data import pipeline, sources  # noqa: E402
+from sgc_jax.runtime import sharding  # noqa: E402
+from sgc_jax.tools import synthetic  # noqa: E402
+from sgc_jax.utils import logs, run_output  # noqa: E402
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's).")
 _WORKERS = flags.DEFINE_integer("workers", 2, "grain worker processes.")
@@ -211,13 +212,19 @@ def main(argv):
           "float32, 5 concepts")
     print(run_output.markdown_table(list(row), [list(row.values())], "r" * len(row)))
     return
-  if argv[1:] == ["versus-slotcon"]:
-    from sgc_jax.tools import bench_versus_slotcon
-    config = bench_versus_slotcon.default_config() if _CONFIG.value is None else _CONFIG.value
-    about, header, rows = bench_versus_slotcon.versus(_OFFICIAL.value, config, _BATCH.value,
-                                              _STEPS.value)
+  if argv[1:] in (["versus-slotcon"], ["versus-taming"]):
+    # (module, its default config, the number of left-aligned columns of its table)
+    module, default_config, labels = {
+        "versus-slotcon": ("sgc_jax.tools.bench_versus_slotcon", "sgc_jax.configs.slotcon_scenes",
+                           5),
+        "versus-taming": ("sgc_jax.tools.bench_versus_taming", "sgc_jax.configs.bench_taming64",
+                          2)}[argv[1]]
+    config = (importlib.import_module(default_config).get_config() if _CONFIG.value is None
+              else _CONFIG.value)
+    about, header, rows = importlib.import_module(module).versus(
+        _OFFICIAL.value, config, _BATCH.value, _STEPS.value)
     print(f"\n{about}")
-    print(run_output.markdown_table(header, rows, "l" * 5 + "r" * (len(header) - 5)))
+    print(run_output.markdown_table(header, rows, "l" * labels + "r" * (len(header) - labels)))
     return
   if argv[1:] == ["profile"]:
     if _CONFIG.value is None:
@@ -239,15 +246,6 @@ def main(argv):
           f"{jax.devices()[0].platform} (XLA's default compiler options vs "
           f"sgc_jax/runtime/compiler.py's); {bench_convolutions.machine()}")
     print(run_output.markdown_table(header, rows, "lll" + "r" * (len(header) - 3)))
-    return
-  if argv[1:] == ["versus-taming"]:
-    from sgc_jax.configs import bench_taming64
-    from sgc_jax.tools import bench_versus_taming
-    config = bench_taming64.get_config() if _CONFIG.value is None else _CONFIG.value
-    about, header, rows = bench_versus_taming.versus(_OFFICIAL.value, config, _BATCH.value,
-                                                     _STEPS.value)
-    print(f"\n{about}")
-    print(run_output.markdown_table(header, rows, "l" * 2 + "r" * (len(header) - 2)))
     return
   if argv[1:] != ["data"]:
     raise app.UsageError(

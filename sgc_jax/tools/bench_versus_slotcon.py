@@ -471,8 +471,3 @@ def versus(official_path: str | None, config, batch_size: int, steps: int,
   if not all(map(math.isfinite, losses)):
     about += " NOTE: a loss is not finite."
   return about, header, [row]
-
-
-def default_config():
-  from sgc_jax.configs import slotcon_scenes
-  return slotcon_scenes.get_config()
