@@ -85,7 +85,9 @@ class Pictures(Evaluator):
       vectors = context.units.vectors
       pictures["codebook_usage"] = viz.usage_histogram(usage, unit_class, num_classes,
                                                        method.class_names)
-      pictures["codes_pca"] = np.concatenate([  # grey: unused units
+      pictures["codes_pca"] = np.concatenate([
+          viz.caption_row([f"the {len(vectors)} units on their first two principal axes "
+                           "(1st: right, 2nd: up), coloured by class; grey: unused"], 396, 400),
           viz.scatter(_pca(vectors, used), np.where(used, unit_class, -1), num_classes),
           viz.legend(method.class_names, 400)])
     if context.units is not None and reconstructions is None:
