@@ -18,11 +18,10 @@ import pytest
 from sgc_jax.bundle import inference
 from sgc_jax.config_lib import ConfigError
 from sgc_jax.configs import pat_scenes
-from sgc_jax.core import loop
+from sgc_jax.core import class_embeddings, loop
 from sgc_jax.core.method import Levels, Prediction
 from sgc_jax.evaluators import open_vocab, pyramid
 from sgc_jax.methods import pat
-from sgc_jax.models import class_embeddings
 from sgc_jax.models import codebook as codebook_lib
 from sgc_jax.models import pat as pat_model
 from sgc_jax.modes import export, train

@@ -41,8 +41,7 @@ import PIL.Image
 import tqdm
 
 from sgc_jax.bundle import inference
-from sgc_jax.config_lib import ConfigError
-from sgc_jax.models import class_embeddings as class_text
+from sgc_jax.models import clip_tokenizer
 from sgc_jax.utils import run_output, tree_io, viz
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -275,12 +274,12 @@ def embed_with_bundle(model, names: Sequence[str]) -> np.ndarray:
         f"{os.path.join(model.directory, 'model.json')}: text_prompts is {text!r}, expected "
         "{context_length: a positive integer, templates: prompts with one {} each} (a bundle "
         "of an older sgc_jax: export it again)")
-  path = model.file(class_text.VOCABULARY_FILE)
+  path = model.file(inference.VOCABULARY_FILE)
   try:
-    bpe = class_text.tokenizer(path, "the bundle's vocabulary")
-  except ConfigError as error:
-    raise inference.BundleError(str(error)) from None
-  return class_text.ensemble(lambda ids: model.call("embed_text", ids), bpe,
+    bpe = clip_tokenizer.Tokenizer(path)
+  except ValueError as error:
+    raise inference.BundleError(f"the bundle's vocabulary: {error}") from None
+  return clip_tokenizer.ensemble(lambda ids: model.call("embed_text", ids), bpe,
                              text["context_length"], text["templates"], names)
 
 

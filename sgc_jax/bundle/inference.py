@@ -35,6 +35,7 @@ from sgc_jax.utils import tree_io
 
 FORMAT = "sgc_jax.bundle"
 VERSION = 1
+VOCABULARY_FILE = "vocabulary.txt.gz"  # a text tower's BPE vocabulary inside a bundle
 
 
 class BundleError(ValueError):

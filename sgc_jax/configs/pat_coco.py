@@ -21,7 +21,7 @@ Args: size (448: the ViT's 28 x 28 grid; strides 4-32 give 112 ... 14), steps.
 
 from sgc_jax import config_lib
 from sgc_jax.configs import pat_scenes
-from sgc_jax.models import class_embeddings
+from sgc_jax.core import class_embeddings
 
 ZERO_SHOT_UNSEEN = ("frisbee", "skateboard", "cardboard", "carrot", "scissors", "suitcase",
                     "giraffe", "cow", "road", "tree-merged", "grass-merged", "river",

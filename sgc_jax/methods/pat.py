@@ -38,12 +38,12 @@ import numpy as np
 import optax
 
 from sgc_jax import config_lib
+from sgc_jax.bundle import inference
 from sgc_jax.convert import clip as clip_convert
 from sgc_jax.convert import lpips as lpips_weights
-from sgc_jax.core import backbones, gan, optim
+from sgc_jax.core import backbones, class_embeddings, gan, optim
 from sgc_jax.core.method import Levels, Method, Prediction, Units
 from sgc_jax.data import pipeline, sources
-from sgc_jax.models import class_embeddings
 from sgc_jax.models import codebook as codebook_lib
 from sgc_jax.models import lpips as lpips_lib
 from sgc_jax.models.pat import PAT, PATConfig
@@ -406,7 +406,7 @@ class PATMethod(Method):
   def bundle_files(self) -> dict[str, str]:
     if self.text_tower is None:
       return {}
-    return {class_embeddings.VOCABULARY_FILE: self.config.model.text.vocabulary}
+    return {inference.VOCABULARY_FILE: self.config.model.text.vocabulary}
 
   def bundle_fields(self) -> dict:
     m = self.config.model
@@ -449,7 +449,6 @@ class PATMethod(Method):
                 "text": jax.ShapeDtypeStruct((num_classes, net_config.text_dim), jnp.float32)}
     functions = _functions(net)
     if fields["text"]["kind"] == "clip":
-      from sgc_jax.convert import clip as clip_convert
       from sgc_jax.models import clip
       tower = clip.text_tower(clip_convert.config(fields["backbone"]["clip"]))
       context_length = fields["text"]["context_length"]

@@ -36,11 +36,15 @@ from __future__ import annotations
 import functools
 import gzip
 import html
+import re
 import zlib
+from typing import Callable, Sequence
 
 import ftfy
 import numpy as np
 import regex
+
+from sgc_jax.ops import kmeans
 
 START_OF_TEXT, END_OF_TEXT = "<|startoftext|>", "<|endoftext|>"
 END_OF_WORD = "</w>"
@@ -184,3 +188,25 @@ class Tokenizer:
       ids = [self.start_of_text, *self.encode(text)][:context_length - 1] + [self.end_of_text]
       out[row, :len(ids)] = ids
     return out
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+  """Unit rows, float32 (computed in float64)."""
+  return kmeans.unit_rows(vectors).astype(np.float32)
+
+
+def prompt_name(name: str) -> str:
+  """A data set's class name as words: COCO panoptic's "wall-other-merged" ->
+  "wall", "playingfield" stays, "traffic_light" -> "traffic light"."""
+  name = re.sub(r"(-(merged|other|stuff))+$", "", name)
+  return re.sub(r"[-_]+", " ", name).strip()
+
+
+def ensemble(embed: Callable[[np.ndarray], np.ndarray], tokenizer, context_length: int,
+             templates: Sequence[str], names: Sequence[str]) -> np.ndarray:
+  """[C, E] unit vectors: per class, the normalised mean of its prompts' unit
+  embeddings."""
+  prompts = [t.format(prompt_name(n)) for n in names for t in templates]
+  vectors = normalize(np.asarray(
+      embed(tokenizer.tokenize(prompts, context_length)), np.float64))
+  return normalize(vectors.reshape(len(names), len(templates), -1).mean(1))

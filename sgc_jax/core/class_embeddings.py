@@ -23,14 +23,13 @@ size than `text.dim`, is a ConfigError naming it.
 
 from __future__ import annotations
 
-import re
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
 
 from sgc_jax.config_lib import ConfigError
-from sgc_jax.ops import kmeans
+from sgc_jax.models import clip_tokenizer
 
 KINDS = ("learned", "file", "clip")
 # Prompt templates for class names, a subset of those CLIP's authors wrote for
@@ -75,7 +74,7 @@ def build(text, class_names, text_tower=None) -> np.ndarray | None:
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
-  return kmeans.unit_rows(vectors).astype(np.float32)
+  return clip_tokenizer.normalize(vectors)
 
 
 def from_file(path: str, class_names) -> np.ndarray:
@@ -101,29 +100,8 @@ def from_file(path: str, class_names) -> np.ndarray:
     raise ConfigError(f"config.model.text.file={path}: a zero vector has no direction")
   return vectors.astype(np.float32)
 
-VOCABULARY_FILE = "vocabulary.txt.gz"  # the BPE vocabulary's name inside a bundle
-
-
-def prompt_name(name: str) -> str:
-  """A data set's class name as words: COCO panoptic's "wall-other-merged" ->
-  "wall", "playingfield" stays, "traffic_light" -> "traffic light"."""
-  name = re.sub(r"(-(merged|other|stuff))+$", "", name)
-  return re.sub(r"[-_]+", " ", name).strip()
-
-
-def ensemble(embed: Callable[[np.ndarray], np.ndarray], tokenizer, context_length: int,
-             templates: Sequence[str], names: Sequence[str]) -> np.ndarray:
-  """[C, E] unit vectors: per class, the normalised mean of its prompts' unit
-  embeddings."""
-  prompts = [t.format(prompt_name(n)) for n in names for t in templates]
-  vectors = normalize(np.asarray(
-      embed(tokenizer.tokenize(prompts, context_length)), np.float64))
-  return normalize(vectors.reshape(len(names), len(templates), -1).mean(1))
-
-
 
 def tokenizer(vocabulary: str, field: str = "config.model.text.vocabulary"):
-  from sgc_jax.models import clip_tokenizer
   try:
     return clip_tokenizer.Tokenizer(vocabulary)
   except ValueError as error:
@@ -135,4 +113,5 @@ def embed_class_names(loaded_tower, vocabulary: str, templates: Sequence[str],
   """`ensemble` by a tower `text_tower` loaded."""
   tower, params, context_length = loaded_tower
   apply = jax.jit(lambda ids: tower.apply({"params": params}, ids))
-  return ensemble(apply, tokenizer(vocabulary), context_length, templates, names)
+  return clip_tokenizer.ensemble(apply, tokenizer(vocabulary), context_length, templates,
+                                names)
