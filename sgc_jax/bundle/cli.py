@@ -49,7 +49,6 @@ MAX_ASPECT = 64  # Long side : short side; why 64, see the module docstring.
 MAX_CLASSES = 2 ** 16  # What a 16-bit class PNG holds.
 
 
-
 class InputError(ValueError):
   pass
 
@@ -142,9 +141,9 @@ def _levels(model) -> list[tuple[int, int]] | None:
   return list(zip(fields["grids"], fields["level_codes"]))
 
 
-def _encoder(tokenizer):
-  """The bundle's encode as images [N, ...] -> {name in the token files: [N, ...]}."""
-  levels = _levels(tokenizer)
+def _encoder(tokenizer, levels):
+  """The bundle's encode as images [N, ...] -> {name in the token files: [N, ...]};
+  `levels`: a pyramid's (`_levels`), None for a one-grid tokenizer."""
   if levels is None:
     def encode(images):
       indices, semantic = tokenizer.encode(images)
@@ -165,10 +164,10 @@ def tokenize(images_dir: str, bundle: str, out: str, batch_size: int = 16) -> in
   for path in paths:  # Headers only: a refused image stops the command before any work.
     _open(path).close()
   tokenizer = inference.load(bundle)
-  pyramid = "encode_levels" in tokenizer.functions
-  _require(tokenizer, bundle, "encode_levels" if pyramid else "encode", "sgc-tokenize",
+  levels = _levels(tokenizer)
+  _require(tokenizer, bundle, "encode" if levels is None else "encode_levels", "sgc-tokenize",
            "encoder")
-  encode = _encoder(tokenizer)
+  encode = _encoder(tokenizer, levels)
   size = tokenizer.image_size
   # A first batch of zeros compiles the program before any output: damage
   # that only compilation finds stops the command with nothing written.
@@ -237,10 +236,9 @@ def read_levels(path: str, levels) -> tuple[np.ndarray, ...]:
 def detokenize(tokens_dir: str, bundle: str, out: str, batch_size: int = 16) -> int:
   paths = _inputs(tokens_dir, (".npz",), batch_size)
   tokenizer = inference.load(bundle)
-  pyramid = "decode_levels" in tokenizer.functions
-  _require(tokenizer, bundle, "decode_levels" if pyramid else "decode", "sgc-detokenize",
-           "decoder")
   levels = _levels(tokenizer)
+  _require(tokenizer, bundle, "decode" if levels is None else "decode_levels",
+           "sgc-detokenize", "decoder")
   if levels is None:
     read = lambda path: read_tokens(path, tokenizer.grid, tokenizer.num_codes)  # noqa: E731
     decode = lambda tokens: tokenizer.decode(np.stack(tokens))  # noqa: E731
@@ -280,7 +278,7 @@ def embed_with_bundle(model, names: Sequence[str]) -> np.ndarray:
   except ValueError as error:
     raise inference.BundleError(f"the bundle's vocabulary: {error}") from None
   return clip_tokenizer.ensemble(lambda ids: model.call("embed_text", ids), bpe,
-                             text["context_length"], text["templates"], names)
+                                 text["context_length"], text["templates"], names)
 
 
 def class_embeddings(model, classes: str | None) -> tuple[list[str], np.ndarray]:
@@ -304,7 +302,7 @@ def class_embeddings(model, classes: str | None) -> tuple[list[str], np.ndarray]
   return names, own[[model.class_names.index(n) for n in names]]
 
 
-def segment_names(model, bundle: str, classes: str | None) -> list[str]:
+def segment_names(model, classes: str | None) -> list[str]:
   """The names of what a bundle's `segment` returns (model.json's
   `segment_names`: SlotCon's prototypes, ACSeg's clusters ...); such a bundle
   takes no class names."""
@@ -333,7 +331,7 @@ def segment(images_dir: str, bundle: str, out: str, batch_size: int = 16,
     names, text = class_embeddings(model, classes)
     run = lambda images: model.call("segment_with_text", (images, text))  # noqa: E731
   else:
-    names = segment_names(model, bundle, classes)
+    names = segment_names(model, classes)
     run = lambda images: model.call("segment", images)  # noqa: E731
   if len(names) > MAX_CLASSES:
     raise InputError(f"--classes: {len(names)} classes; the class PNGs hold at most "

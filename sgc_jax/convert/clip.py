@@ -54,7 +54,6 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from sgc_jax.config_lib import ConfigError
 from sgc_jax.convert import common, torch_file
 from sgc_jax.models import clip
 
@@ -224,12 +223,9 @@ def load(path: str, vision_heads: int | None = None,
 
 
 def text_tower(weights: str):
-  """(CLIP's text tower module, its params, context length) from a weight file;
-  ConfigError naming the file."""
-  try:
-    fields, variables = load(weights)
-  except torch_file.WeightFileError as error:
-    raise ConfigError(f"config.model.backbone.weights: {error}") from None
+  """(CLIP's text tower module, its params, context length) from a weight file
+  (a refused one: WeightFileError naming it)."""
+  fields, variables = load(weights)
   tower_config = config(fields)
   return clip.text_tower(tower_config), variables["params"]["text"], tower_config.context_length
 

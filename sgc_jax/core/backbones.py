@@ -152,7 +152,7 @@ def from_description(description: dict, image_size: int) -> Backbone:
   return _library(description["bundle"], None, lambda: None)
 
 
-def _read_weights(load, weights: str, field: str):
+def read_weights(load, weights: str, field: str):
   """`load(weights)`; a refused weight file is a ConfigError naming the field."""
   from sgc_jax.convert import torch_file
   try:
@@ -166,7 +166,7 @@ def _dino(fields: dict, weights: str | None, image_size: int) -> Backbone:
   loaded = None
   if weights is not None:
     from sgc_jax.convert import dino
-    found, loaded = _read_weights(dino.load, weights, "model.backbone")
+    found, loaded = read_weights(dino.load, weights, "model.backbone")
     differ = [f"{k} {found[k]!r} (config: {fields[k]!r})" for k in ("arch", "patch_size")
               if found[k] != fields[k]]
     if differ:
@@ -211,7 +211,7 @@ def _clip(fields: dict, weights: str | None, image_size: int,
   from sgc_jax.models import clip
   loaded = None
   if weights is not None:
-    found, variables = _read_weights(clip_convert.load, weights, field)
+    found, variables = read_weights(clip_convert.load, weights, field)
     if fields["arch"] is not None and found["arch"] != fields["arch"]:
       raise ConfigError(f"config.{field}.weights={weights}: a CLIP "
                         f"{found['arch'] or 'of no released architecture'} (config: "

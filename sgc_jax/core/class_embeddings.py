@@ -65,7 +65,7 @@ def build(text, class_names, text_tower=None) -> np.ndarray | None:
     vectors, source = from_file(text.file, class_names), text.file
   else:
     vectors = embed_class_names(text_tower, text.vocabulary, tuple(text.templates),
-                                          class_names)
+                                class_names)
     source = "CLIP's text tower"
   if vectors.shape[1] != text.dim:
     raise ConfigError(f"config.model.text.dim={text.dim}: the class embeddings of "

@@ -20,7 +20,6 @@ from jax.experimental import multihost_utils
 from sgc_jax.core.evaluation import Evaluator
 from sgc_jax.data import pipeline
 from sgc_jax.evaluators import segmentation
-from sgc_jax.evaluators.codebook import unit_usage
 from sgc_jax.ops import metrics
 from sgc_jax.runtime import compiler
 from sgc_jax.utils import viz
@@ -38,12 +37,10 @@ class Pictures(Evaluator):
 
   def batch_sums(self, predictions, batch, constants, static):
     num_units, num_classes = static
-    weight = batch["mask"].astype(jnp.float32)
     pixel_counts = metrics.patch_class_counts(batch["segmentation"][:, 0],
                                               predictions.indices.shape[1], num_classes)
-    return {"usage": unit_usage(predictions.indices, weight, num_units),
-            "pixels": metrics.code_class_cooccurrence(predictions.indices, pixel_counts,
-                                                      num_units, weight)}
+    return segmentation.unit_pixel_sums(predictions.indices, pixel_counts,
+                                        batch["mask"].astype(jnp.float32), num_units)
 
   def finish(self, totals, state, context):
     method, dataset, config = context.method, context.dataset, context.config

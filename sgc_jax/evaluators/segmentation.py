@@ -48,6 +48,14 @@ from sgc_jax.evaluators.codebook import unit_usage
 from sgc_jax.ops import grids, kmeans, metrics
 
 
+def unit_pixel_sums(indices, pixel_counts, weight, num_units: int) -> dict:
+  """A batch's tokens per unit ("usage" [K]) and pixels of each class under
+  each unit ("pixels" [K, C]), examples weighted by `weight` [N]; `pixel_counts`
+  [N, g, g, C] from `metrics.patch_class_counts`."""
+  return {"usage": unit_usage(indices, weight, num_units),
+          "pixels": metrics.code_class_cooccurrence(indices, pixel_counts, num_units, weight)}
+
+
 def cluster_units(units, pixels: np.ndarray, usage: np.ndarray, num_classes: int,
                   seed: int) -> tuple[np.ndarray, np.ndarray]:
   """The units in as many k-means clusters as classes (weighted by use): each
@@ -142,8 +150,7 @@ class Segmentation(Evaluator):
     if tokens_only:
       return out
     pixel_counts = metrics.patch_class_counts(segmentation, grid, num_classes)
-    out["usage"] = unit_usage(indices, weight, num_units)
-    out["pixels"] = metrics.code_class_cooccurrence(indices, pixel_counts, num_units, weight)
+    out.update(unit_pixel_sums(indices, pixel_counts, weight, num_units))
     if predictions.posterior is not None:  # [C predicted, C true] pixels of argmax_c p(c|z)
       out["posterior_pixels"] = metrics.code_class_cooccurrence(
           predictions.posterior, pixel_counts, num_classes, weight)

@@ -48,7 +48,6 @@ from sgc_jax.models import codebook as codebook_lib
 from sgc_jax.models import lpips as lpips_lib
 from sgc_jax.models.pat import PAT, PATConfig
 from sgc_jax.ops import grids, losses
-from sgc_jax.ops.grids import area_downsample
 from sgc_jax.ops.vectors import divide_by_norm
 from sgc_jax.runtime import sharding
 from sgc_jax.utils import logs
@@ -202,7 +201,10 @@ class PATMethod(Method):
                                         dataset.num_classes)
     m = config.model
     # Read once: it embeds the class names and goes into the bundle.
-    tower = clip_convert.text_tower(m.backbone.weights) if m.text.kind == "clip" else None
+    tower = None
+    if m.text.kind == "clip":
+      tower = backbones.read_weights(clip_convert.text_tower, m.backbone.weights,
+                                     "model.backbone")
     text = class_embeddings.build(m.text, dataset.class_names, tower)
     lpips_params = None
     if config.loss.lpips_weights:
@@ -315,7 +317,7 @@ class PATMethod(Method):
     labels = jnp.asarray(self.train_label)[batch["segmentation"][:, 0].astype(jnp.int32)]
     num_train = len(self.seen_class_ids)
     level_labels = [grids.token_labels(labels, self.net_config.grid(l), num_train,
-                                              m.codebook.label_threshold)
+                                       m.codebook.label_threshold)
                     for l in range(self.net_config.num_levels)]
     maps = self.net.maps({"backbone": state.backbone}, x)
     key, k_restart = jax.random.split(state.key)
@@ -333,7 +335,7 @@ class PATMethod(Method):
       terms = {"reconstruction": nll(x_hat), **out["losses"]}
       if m.level_weight > 0:
         terms["levels"] = m.level_weight * sum(
-            losses.reconstruction(area_downsample(x, s), picture, weight, "l1")
+            losses.reconstruction(grids.area_downsample(x, s), picture, weight, "l1")
             for s, picture in zip(self.net_config.strides, out["pictures"])) / len(
                 out["pictures"])
       if m.semantic_weight > 0:
@@ -410,11 +412,10 @@ class PATMethod(Method):
 
   def bundle_fields(self) -> dict:
     m = self.config.model
-    text = m.text.to_dict()
+    text, prompts = m.text.to_dict(), {}
     if self.text_tower is not None:
       text["context_length"] = self.text_tower[2]
-    prompts = {}
-    if self.text_tower is not None:  # what `embed_text` needs to embed class names
+      # What `embed_text` needs to embed class names (read by sgc-segment).
       prompts = {"text_prompts": {"context_length": self.text_tower[2],
                                   "templates": list(m.text.templates)}}
     return {"image_size": self.config.data.image_size, **prompts,

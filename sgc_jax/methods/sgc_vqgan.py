@@ -61,7 +61,7 @@ def model_config(config, num_classes: int) -> ModelConfig:
   codebook = dict(m.pop("codebook"))
   codebook["num_classes"] = num_classes if codebook["mode"] == "sgc" else 1
   codebook_lib.check_allocation(codebook.pop("alpha"), codebook.pop("min_codes"),
-                    codebook.pop("label_threshold"), codebook, num_classes)
+                                codebook.pop("label_threshold"), codebook, num_classes)
   model = model_config_from_dict(dict(m, codebook=codebook))
   model.validate()
   return model

@@ -16,7 +16,6 @@ from sgc_jax.modes import train
 from sgc_jax.utils import run_output, viz
 
 
-
 def format_value(value, spec: str) -> str:
   return "absent" if value is None else format(value, spec)
 
