@@ -62,6 +62,13 @@ def validate(config) -> None:
   if config.data.get("photometric", None) is not None:
     from sgc_jax.data import pipeline
     config_lib.check_choice(config, "data.photometric", tuple(pipeline.PHOTOMETRIC))
+  frame = config.data.get("eval_frame")
+  if frame is not None and not (
+      isinstance(frame, (tuple, list)) and len(frame) == 2
+      and all(isinstance(side, int) and not isinstance(side, bool) and side > 0
+              for side in frame)):
+    raise config_lib.ConfigError(f"config.data.eval_frame={frame!r}: must be (height, "
+                                 "width), two positive integers, or None")
   crop = config.data.crop
   if not 0 < crop.min_area <= crop.max_area <= 1:
     raise config_lib.ConfigError(
@@ -197,7 +204,9 @@ def run_mode(mode: str, config, workdir: str) -> None:
   from sgc_jax.modes import train
   if mode == "train":
     metrics = train.train_and_evaluate(config, workdir)
-    print("final: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    # Per-class results ("val/NAME/CLASS") are in metrics.jsonl and eval.md.
+    print("final: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())
+                                if k.count("/") < 2))
   elif mode == "eval":
     from sgc_jax.modes import eval_checkpoint
     results = eval_checkpoint.evaluate_checkpoint(config, workdir, _EVAL_INITIAL.value)

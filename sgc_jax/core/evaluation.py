@@ -52,6 +52,9 @@ class Evaluator:
   the tables of eval.md and of several runs side by side."""
   # (metric key, label, format) in table order.
   rows: tuple[tuple[str, str, str], ...] = ()
+  # Per-class results, reported as "NAME/CLASS": (NAME, label, format) in
+  # the column order of the per-class table.
+  class_columns: tuple[tuple[str, str, str], ...] = ()
 
   def __init__(self, name: str, options: dict):
     self.name, self.options = name, options
@@ -97,6 +100,34 @@ class Evaluator:
   def table_rows(cls, results: dict) -> list[tuple[str, str, str]]:
     """The rows of `rows` whose metric `results` holds."""
     return [row for row in cls.rows if row[0] in results]
+
+
+def predicted_shapes(context: Context) -> Prediction:
+  """The shapes of the method's predictions on one evaluation image."""
+  height, width = pipeline.eval_shape(context.config)
+  return _predicted_shapes(context.method, context.variables, height, width)
+
+
+def _predicted_shapes(method: Method, variables, height: int, width: int) -> Prediction:
+  return jax.eval_shape(method.predict, variables,
+                        jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32))
+
+
+def check_eval_frame(method: Method, variables, config) -> None:
+  """A ConfigError unless `data.eval_frame` splits into the method's token grid."""
+  frame = pipeline.eval_frame(config)
+  if frame is None:
+    return
+  try:
+    grid = _predicted_shapes(method, variables, *frame).indices.shape[1:3]
+  except Exception as error:
+    raise ConfigError(f"config.data.eval_frame={frame}: method {method.name!r} cannot "
+                      f"take {frame[0]}x{frame[1]} images ({type(error).__name__}: "
+                      f"{str(error).splitlines()[0] if str(error) else ''})") from None
+  if frame[0] % grid[0] or frame[1] % grid[1]:
+    raise ConfigError(f"config.data.eval_frame={frame}: its {grid[0]}x{grid[1]} tokens do "
+                      f"not tile {frame[0]}x{frame[1]} pixels; use multiples of "
+                      f"{config.data.image_size // max(grid)} pixels")
 
 
 def split_pass(method: Method, variables, source, config,
@@ -174,6 +205,7 @@ def create(config) -> list[Evaluator]:
 def run(evaluators: list[Evaluator], context: Context) -> dict[str, float | None]:
   """`evaluators` on `context`: one pass over the evaluation split for all
   that read it, then each one's `finish`; their metrics merged."""
+  check_eval_frame(context.method, context.variables, context.config)
   states = {e.name: e.start(context) for e in evaluators}
   readers = [(e, states[e.name], e.static(context)) for e in evaluators
              if e.reads_split(context)]
@@ -187,6 +219,17 @@ def run(evaluators: list[Evaluator], context: Context) -> dict[str, float | None
     results.update(evaluator.finish(totals.get(evaluator.name), states[evaluator.name],
                                     context))
   return results
+
+
+def class_columns(results: dict, class_names) -> list[tuple[str, str, str]]:
+  """(name, label, format) of every per-class result ("NAME/CLASS") that
+  `results` holds, in the registry's order."""
+  columns = []
+  for type_name in _REGISTRY:
+    columns += [column for column in _class(type_name).class_columns
+                if any(f"{column[0]}/{name}" in results for name in class_names)
+                and column not in columns]
+  return columns
 
 
 def table_rows(results: dict) -> list[tuple[str, str, str]]:

@@ -35,7 +35,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags
 
 from sgc_jax.data.sgc_scenes import encode_png
-from sgc_jax.data.sources import DataError, IGNORE_LABEL, check_label_range
+from sgc_jax.data.sources import DataError, FOLDER_VERSION, IGNORE_LABEL, check_label_range
 from sgc_jax.utils import logs
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -131,7 +131,7 @@ def load_label_map(path: str, image_shape, num_classes: int) -> np.ndarray:
 class SegFolder(tfds.core.GeneratorBasedBuilder):
   """Images (and label maps) from a local folder."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version(FOLDER_VERSION)
   RELEASE_NOTES = {"1.0.0": "First release."}
 
   def _has_labels(self) -> bool:

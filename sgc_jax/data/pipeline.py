@@ -74,13 +74,16 @@ class MakeViews(grain.transforms.RandomMap):
   first by `crop.min_overlap`) and flips. Clips: the views are distinct frames
   seen through one crop and flip (a static camera), so token i of one view and
   token i of the other look at the same place. With `crop=None` (evaluation) a
-  single centred square view, no flip.
+  single centred view, no flip: the largest centred box of the `frame`'s
+  aspect resized to the frame (height, width), e.g. a whole 480x360 photo at
+  128x96; without a frame, the largest centred square at image_size².
   """
 
   def __init__(self, image_size: int, num_views: int,
                crop: views.CropSpec | None, normalization: str = "symmetric",
-               photometric: str | None = None):
+               photometric: str | None = None, frame: tuple[int, int] | None = None):
     self.image_size = image_size
+    self.frame = tuple(frame) if frame else None
     self.num_views = num_views
     self.crop = crop
     self.normalization = normalization
@@ -91,9 +94,8 @@ class MakeViews(grain.transforms.RandomMap):
     clip = len(shape) == 4
     height, width = shape[-3:-1]
     if self.crop is None:
-      side = min(height, width)
-      y0, x0 = (height - side) / 2 / height, (width - side) / 2 / width
-      box = np.array([y0, x0, y0 + side / height, x0 + side / width], np.float32)
+      aspect = self.frame[1] / self.frame[0] if self.frame else 1.0
+      box = views.centred_box(height, width, aspect)
       return [box] * self.num_views, [False] * self.num_views, [0] * self.num_views
     if clip:
       num_frames = shape[0]
@@ -118,8 +120,8 @@ class MakeViews(grain.transforms.RandomMap):
     out = {"image": [], "segmentation": [], "instances": []}
     for box, flip, frame in zip(boxes, flips, frames):
       def view(array, nearest):
-        return views.crop_resize(array[frame] if clip else array, box,
-                                 self.image_size, flip, nearest)
+        size = self.frame if self.crop is None and self.frame else self.image_size
+        return views.crop_resize(array[frame] if clip else array, box, size, flip, nearest)
       pixels = view(image, nearest=False)
       if self.photometric is not None:
         spec = self.photometric[min(len(out["image"]), len(self.photometric) - 1)]
@@ -151,6 +153,7 @@ class PipelineSpec:
   num_shards: int | None = None  # data shards; default: one per JAX process
   normalization: str = "symmetric"  # a key of NORMALIZATIONS
   photometric: str | None = None  # a key of PHOTOMETRIC (training views only)
+  frame: tuple[int, int] | None = None  # (height, width) of evaluation views
 
 
 class InputPipeline:
@@ -208,7 +211,7 @@ class InputPipeline:
         seed=int(np.random.SeedSequence([spec.seed, shard]).generate_state(1)[0]))
     make_views = MakeViews(spec.image_size, spec.num_views if spec.train else 1,
                            spec.crop if spec.train else None, spec.normalization,
-                           spec.photometric if spec.train else None)
+                           spec.photometric if spec.train else None, spec.frame)
     return grain.DataLoader(
         data_source=records, sampler=sampler,
         operations=[make_views,
@@ -246,7 +249,8 @@ class InputPipeline:
         lambda x: jax.make_array_from_process_local_data(batch_sharding, x), local)
 
   def _empty_batch(self) -> Batch:
-    example, = centred_examples(self.source, 1, self.spec.image_size)
+    example, = centred_examples(self.source, 1, self.spec.image_size,
+                                frame=self.spec.frame)
     return {k: np.zeros((1,) + v.shape, v.dtype) for k, v in example.items()}
 
   def get_state(self) -> bytes:
@@ -302,13 +306,26 @@ class RecordRange:
     return self._name
 
 
+def eval_frame(config) -> tuple[int, int] | None:
+  """`config.data.eval_frame`, (height, width) of whole-frame evaluation, or None."""
+  frame = config.data.get("eval_frame")
+  return tuple(frame) if frame else None
+
+
+def eval_shape(config) -> tuple[int, int]:
+  """(height, width) of the images evaluators see."""
+  return eval_frame(config) or (config.data.image_size, config.data.image_size)
+
+
 def evaluation_pipeline(source, config, mesh: jax.sharding.Mesh) -> InputPipeline:
-  """One ordered pass over `source` in centred views of the config's size and
-  normalisation, in the config's global batches (the last ones padded)."""
+  """One ordered pass over `source` in centred views of the config's size (or
+  whole frames, `data.eval_frame`) and normalisation, in the config's global
+  batches (the last ones padded)."""
   spec = PipelineSpec(split=repr(source), global_batch_size=config.data.batch_size,
                       image_size=config.data.image_size, train=False,
                       num_shards=config.data.num_shards,
-                      normalization=config.data.get("normalization", "symmetric"))
+                      normalization=config.data.get("normalization", "symmetric"),
+                      frame=eval_frame(config))
   return InputPipeline(source, spec, mesh)
 
 
@@ -328,9 +345,10 @@ def head(source, count: int) -> RecordRange:
 
 
 def centred_examples(source, count: int, image_size: int,
-                     normalization: str = "symmetric") -> list[Batch]:
+                     normalization: str = "symmetric",
+                     frame: tuple[int, int] | None = None) -> list[Batch]:
   """The first `count` records as one centred view each (previews and pictures)."""
-  make = MakeViews(image_size, 1, None, normalization)
+  make = MakeViews(image_size, 1, None, normalization, frame=frame)
   return [make.random_map(source[i], np.random.default_rng(0))
           for i in range(min(count, len(source)))]
 

@@ -22,6 +22,8 @@ from sgc_jax.utils import logs
 
 logs.drop_known_noise()  # also in grain's workers, which import this module
 IGNORE_LABEL = 255
+# The version of data sets prepared from a folder (`sgc_jax.data.folder`).
+FOLDER_VERSION = "1.0.0"
 Record = dict[str, np.ndarray]
 Adapter = Callable[[dict], Record]
 
@@ -223,13 +225,23 @@ def open_dataset(name: str, data_dir: str | None) -> Dataset:
 
   `name` is `sgc_scenes/<config>`, a catalog name with an adapter (coco/2017_panoptic,
   cityscapes/..., scene_parse150), another TFDS name prepared in `data_dir` with
-  the common features, or `folder:<dir>` for a directory prepared by
-  `sgc_jax.data.folder`. Nothing is downloaded.
+  the common features, `folder:<dir>` for a directory prepared by
+  `sgc_jax.data.folder`, or `folder:<name>` for the folder data set of that
+  name prepared under `data_dir`. Nothing is downloaded.
   """
   if not isinstance(name, str) or not name:
     raise DataError(f"config.data.name={name!r}: expected a data set name")
   if name.startswith("folder:"):
     path = name[len("folder:"):]
+    if path and os.sep not in path and not os.path.isdir(path):  # a prepared name
+      if data_dir is None:
+        raise DataError(f"config.data.name={name!r}: set config.data.data_dir to the "
+                        f"--data_dir the folder {path!r} was prepared in")
+      path = os.path.join(data_dir, "seg_folder", path, FOLDER_VERSION)
+      if not os.path.isdir(path):
+        raise DataError(f"{name}: not prepared under {data_dir!r} (prepare it with "
+                        f"`python -m sgc_jax.data.folder SRC --data_dir={data_dir} "
+                        f"--name={name[len('folder:'):]}`)")
     if not os.path.isdir(path):
       raise DataError(f"{name}: no prepared data set in {path!r} (prepare one with "
                       "`python -m sgc_jax.data.folder`)")

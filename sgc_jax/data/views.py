@@ -62,9 +62,11 @@ def sample_overlapping_box(rng: np.random.Generator, spec: CropSpec,
   return first.copy()  # always valid: full overlap
 
 
-def crop_resize(array: np.ndarray, box: Box, size: int, flip: bool,
+def crop_resize(array: np.ndarray, box: Box, size: int | tuple[int, int], flip: bool,
                 nearest: bool) -> np.ndarray:
-  """Crops `box` out of an [H, W(, C)] uint8/uint16 array and resizes it to size²."""
+  """Crops `box` out of an [H, W(, C)] uint8/uint16 array and resizes it to
+  size² (or to (height, width))."""
+  out_height, out_width = (size, size) if isinstance(size, int) else size
   height, width = array.shape[:2]
   pixel_box = (float(box[1]) * width, float(box[0]) * height,
                float(box[3]) * width, float(box[2]) * height)
@@ -73,8 +75,16 @@ def crop_resize(array: np.ndarray, box: Box, size: int, flip: bool,
     image = PIL.Image.fromarray(array.astype(np.uint16), mode="I;16")
   else:
     image = PIL.Image.fromarray(array)
-  out = np.asarray(image.resize((size, size), resample=resample, box=pixel_box))
+  out = np.asarray(image.resize((out_width, out_height), resample=resample, box=pixel_box))
   return out[:, ::-1] if flip else out
+
+
+def centred_box(height: int, width: int, aspect: float) -> Box:
+  """The largest centred box of `aspect` (width / height) in an image, as
+  fractions [y0, x0, y1, x1]."""
+  box_height, box_width = min(height, width / aspect), min(width, height * aspect)
+  y0, x0 = (height - box_height) / 2 / height, (width - box_width) / 2 / width
+  return np.array([y0, x0, y0 + box_height / height, x0 + box_width / width], np.float32)
 
 
 def token_correspondence(box_a, flip_a, box_b, flip_b, grid: int, xp=np):

@@ -7,12 +7,11 @@ labels and the predictions does not enter its mean."""
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sgc_jax.config_lib import ConfigError
-from sgc_jax.core.evaluation import Evaluator
+from sgc_jax.core.evaluation import Evaluator, predicted_shapes
 from sgc_jax.ops import metrics
 
 
@@ -50,9 +49,7 @@ class OpenVocab(Evaluator):
   def static(self, context):
     if not context.method.num_classes:
       raise ConfigError(f"config.evals.{self.name}: the data set has no segmentation labels")
-    size = context.config.data.image_size
-    predictions = jax.eval_shape(context.method.predict, context.variables,
-                                 jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+    predictions = predicted_shapes(context)
     if predictions.class_maps is None:
       raise ConfigError(f"config.evals.{self.name}: method {context.method.name!r} predicts "
                         "no class maps")

@@ -38,7 +38,7 @@ class Pictures(Evaluator):
   def batch_sums(self, predictions, batch, constants, static):
     num_units, num_classes = static
     pixel_counts = metrics.patch_class_counts(batch["segmentation"][:, 0],
-                                              predictions.indices.shape[1], num_classes)
+                                              predictions.indices.shape[1:3], num_classes)
     return segmentation.unit_pixel_sums(predictions.indices, pixel_counts,
                                         batch["mask"].astype(jnp.float32), num_units)
 
@@ -48,7 +48,7 @@ class Pictures(Evaluator):
     normalization = config.data.get("normalization", "symmetric")
     records = pipeline.centred_examples(dataset.split(config.data.eval_split),
                                         self.options["num_examples"], config.data.image_size,
-                                        normalization)
+                                        normalization, pipeline.eval_frame(config))
     images = np.stack([r["image"][0] for r in records])
     # Every process computes them: the model may be sharded over processes.
     predictions = multihost_utils.process_allgather(
@@ -73,7 +73,9 @@ class Pictures(Evaluator):
         images, (np.asarray(pipeline.to_symmetric(reconstructions, normalization))
                  if reconstructions is not None else None),
         np.stack([r["segmentation"][0] for r in records]), semantic, num_classes,
-        method.class_names)}
+        method.class_names,
+        codes=(viz.colour_codes(np.asarray(predictions.indices), unit_class, num_classes)
+               if unit_class is not None and reconstructions is not None else None))}
     if predictions.levels is not None:  # a pyramid tokenizer: each level's own picture
       pictures["levels"] = _level_rows(images, predictions.levels.pictures, reconstructions,
                                        normalization)

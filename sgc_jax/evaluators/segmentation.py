@@ -42,10 +42,11 @@ import numpy as np
 import optax
 
 from sgc_jax.config_lib import ConfigError
-from sgc_jax.core.evaluation import Evaluator, split_pass
+from sgc_jax.core.evaluation import Evaluator, predicted_shapes, split_pass
 from sgc_jax.data import pipeline
 from sgc_jax.evaluators.codebook import unit_usage
 from sgc_jax.ops import grids, kmeans, metrics
+from sgc_jax.utils import viz
 
 
 def unit_pixel_sums(indices, pixel_counts, weight, num_units: int) -> dict:
@@ -94,6 +95,16 @@ class Segmentation(Evaluator):
            ".3f"),
           ("feature_probe_miou", "features: linear-probe mIoU", ".3f"),
           ("feature_probe_pixel_accuracy", "features: linear-probe pixel accuracy", ".3f"))
+  class_columns = (("zero_shot_iou", "zero-shot IoU", ".3f"),
+                   ("posterior_iou", "argmax p(c|z) IoU", ".3f"),
+                   ("probe_iou", "linear-probe IoU", ".3f"),
+                   ("hungarian_iou", "Hungarian IoU", ".3f"),
+                   ("majority_iou", "many-to-one IoU", ".3f"),
+                   ("feature_hungarian_iou", "features: Hungarian IoU", ".3f"),
+                   ("feature_probe_iou", "features: probe IoU", ".3f"),
+                   ("pixel_share", "share of pixels", ".1%"),
+                   ("token_share", "share of tokens", ".1%"),
+                   ("units", "units", ".0f"))
 
   def __init__(self, name: str, options: dict):
     super().__init__(name, options)
@@ -105,10 +116,7 @@ class Segmentation(Evaluator):
   def _dense(self, context) -> bool:
     method = context.method
     if id(method) not in self._dense_methods:
-      size = context.config.data.image_size
-      self._dense_methods[id(method)] = jax.eval_shape(
-          method.predict, context.variables,
-          jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)).features is not None
+      self._dense_methods[id(method)] = predicted_shapes(context).features is not None
     return self._dense_methods[id(method)]
 
   def static(self, context):
@@ -141,7 +149,7 @@ class Segmentation(Evaluator):
   def batch_sums(self, predictions, batch, constants, static, tokens_only: bool = False):
     num_units, num_classes, label_threshold, dense = static
     indices = predictions.indices
-    grid = indices.shape[1]
+    grid = indices.shape[1:3]
     weight = batch["mask"].astype(jnp.float32)
     segmentation = batch["segmentation"][:, 0]
     labels = grids.token_labels(segmentation, grid, num_classes, label_threshold)
@@ -170,25 +178,29 @@ class Segmentation(Evaluator):
     labeled = max(tokens.sum(), 1.0)
     results = {"code_purity": float(tokens.max(1).sum() / labeled), "token_purity": None,
                "zero_shot_miou": None, "posterior_miou": None}
+    confusions = {}  # per-class IoU name -> its [predicted, true] pixel confusion
     unit_class = units.classes
     if unit_class is not None:
       results["token_purity"] = float(tokens[np.arange(len(unit_class)), unit_class].sum()
                                       / labeled)
-      results["zero_shot_miou"] = metrics.mean_iou(
-          metrics.confusion_from_assignment(pixels, unit_class, num_classes))
+      confusions["zero_shot_iou"] = metrics.confusion_from_assignment(
+          pixels, unit_class, num_classes)
+      results["zero_shot_miou"] = metrics.mean_iou(confusions["zero_shot_iou"])
     results.update(class_matched_miou=None, class_matched_token_purity=None)
     if unit_class is not None:
       results["class_matched_miou"], results["class_matched_token_purity"] = class_matched(
           pixels, tokens, unit_class)
     if "posterior_pixels" in totals:
+      confusions["posterior_iou"] = totals["posterior_pixels"]
       results["posterior_miou"] = metrics.mean_iou(totals["posterior_pixels"])
     clusters, cluster_confusion = cluster_units(units, pixels, usage, num_classes,
                                                 context.config.seed)
-    matched = metrics.matched_confusion(cluster_confusion)
+    matched = confusions["hungarian_iou"] = metrics.matched_confusion(cluster_confusion)
     results["hungarian_miou"] = metrics.mean_iou(matched)
     results["hungarian_pixel_accuracy"] = _pixel_accuracy(matched)
     # Many-to-one: each unit predicts its majority class (by pixels).
-    majority = metrics.confusion_from_assignment(pixels, pixels.argmax(1), num_classes)
+    majority = confusions["majority_iou"] = metrics.confusion_from_assignment(
+        pixels, pixels.argmax(1), num_classes)
     results["majority_miou"] = metrics.mean_iou(majority)
     results["majority_pixel_accuracy"] = _pixel_accuracy(majority)
     results.update(probe_miou=None, feature_hungarian_miou=None,
@@ -196,16 +208,51 @@ class Segmentation(Evaluator):
                    feature_probe_pixel_accuracy=None)
     if state is not None:
       unit_probe = linear_probe(units.vectors, state["tokens"], self.options["probe_steps"])
-      results["probe_miou"] = metrics.mean_iou(
-          metrics.confusion_from_assignment(pixels, unit_probe, num_classes))
+      confusions["probe_iou"] = metrics.confusion_from_assignment(pixels, unit_probe,
+                                                                  num_classes)
+      results["probe_miou"] = metrics.mean_iou(confusions["probe_iou"])
     if "feature_cluster_pixels" in totals:
-      clustered = metrics.matched_confusion(totals["feature_cluster_pixels"])
-      probed = totals["feature_probe_pixels"]
+      clustered = confusions["feature_hungarian_iou"] = metrics.matched_confusion(
+          totals["feature_cluster_pixels"])
+      probed = confusions["feature_probe_iou"] = totals["feature_probe_pixels"]
       results.update(feature_hungarian_miou=metrics.mean_iou(clustered),
                      feature_hungarian_pixel_accuracy=_pixel_accuracy(clustered),
                      feature_probe_miou=metrics.mean_iou(probed),
                      feature_probe_pixel_accuracy=_pixel_accuracy(probed))
-    return results
+    per_class = class_results(confusions, pixels, usage, unit_class,
+                              context.method.class_names)
+    if context.final:
+      context.write_image("per_class", viz.per_class_chart(
+          per_class, context.method.class_names, labels={key: label for key, label, _ in self.class_columns}))
+    return {**results, **flat_class_results(per_class, context.method.class_names)}
+
+
+def class_results(confusions: dict, pixels: np.ndarray, usage: np.ndarray,
+                  unit_class: np.ndarray | None, class_names) -> dict[str, np.ndarray]:
+  """Per class, each [C]: the IoU of every confusion (NaN where a class is in
+  neither truth nor prediction); its share of the labelled pixels; the share
+  of the split's tokens whose unit stands for it and the number of used units
+  that do (a unit stands for its own class where the method gives units
+  classes, else for its majority class by pixels): a class no unit stands for
+  is lost."""
+  num_classes = len(class_names)
+  results = {name: metrics.iou_from_confusion(confusion)[:num_classes]
+             for name, confusion in confusions.items()}
+  represented = unit_class if unit_class is not None else pixels.argmax(1)
+  used = usage > 0
+  results["pixel_share"] = pixels.sum(0) / max(pixels.sum(), 1.0)
+  results["token_share"] = np.bincount(represented, weights=usage, minlength=num_classes
+                                       )[:num_classes] / max(usage.sum(), 1.0)
+  results["units"] = np.bincount(represented[used], minlength=num_classes
+                                 )[:num_classes].astype(np.float64)
+  return results
+
+
+def flat_class_results(per_class: dict[str, np.ndarray], class_names) -> dict:
+  """{"NAME/CLASS": value}: per-class results as scalars (None for NaN)."""
+  return {f"{name}/{class_name}": (None if np.isnan(value) else float(value))
+          for name, values in per_class.items()
+          for class_name, value in zip(class_names, values)}
 
 
 class _ProbeFit(Evaluator):
@@ -228,8 +275,8 @@ class _ProbeFit(Evaluator):
     if not dense:
       return None
     features = predictions.features.astype(jnp.float32)
-    labels = grids.token_labels(batch["segmentation"][:, 0], features.shape[1],
-                                       num_classes, label_threshold)
+    labels = grids.token_labels(batch["segmentation"][:, 0], features.shape[1:3],
+                                num_classes, label_threshold)
     return features, labels
 
   def add_examples(self, state, arrays) -> None:

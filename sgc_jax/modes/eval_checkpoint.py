@@ -11,7 +11,7 @@ import os
 import jax
 
 from sgc_jax.core import evaluation, loop
-from sgc_jax.data import sources
+from sgc_jax.data import pipeline, sources
 from sgc_jax.modes import train
 from sgc_jax.utils import run_output, viz
 
@@ -22,14 +22,30 @@ def format_value(value, spec: str) -> str:
 
 def markdown(results: dict) -> str:
   """The table of the metrics the results hold (those the evaluators label, in
-  their order, then the rest)."""
+  their order, then the rest), then the table of per-class results ("NAME/CLASS")."""
   known = evaluation.table_rows(results)
   others = [(key, key, ".4g") for key, value in results.items()
             if key not in {row[0] for row in known} | {"images", "step"}
-            and isinstance(value, float)]
-  return run_output.markdown_table(
+            and isinstance(value, float) and "/" not in key]
+  text = run_output.markdown_table(
       ("metric", "value"), [(label, format_value(results[key], spec))
                             for key, label, spec in known + others], align="lr")
+  class_names = results.get("class_names", ())
+  columns = evaluation.class_columns(results, class_names)
+  if columns:
+    text += "\nPer class:\n\n" + run_output.markdown_table(
+        ("class",) + tuple(label for _, label, _ in columns),
+        [(name,) + tuple(format_value(results.get(f"{key}/{name}"), spec)
+                         for key, _, spec in columns) for name in class_names],
+        align="l" + "r" * len(columns))
+  return text
+
+
+def _frame_text(config) -> str:
+  frame = pipeline.eval_frame(config)
+  if frame:
+    return f" (whole frames at {frame[1]}x{frame[0]})"
+  return f" (centred squares at {config.data.image_size}x{config.data.image_size})"
 
 
 def evaluate(config, dataset, method, state, step: int, write_image) -> dict:
@@ -57,7 +73,8 @@ def evaluate_checkpoint(config, workdir: str, initial: bool = False) -> dict:
     dataset, method, state, step = train.restore_latest(config, workdir)
   pictures = {}
   metrics = evaluate(config, dataset, method, state, step, pictures.__setitem__)
-  results = {"step": step, "method": method.name, **method.summary(), **metrics}
+  results = {"step": step, "method": method.name, **method.summary(),
+             "class_names": list(method.class_names), **metrics}
   if jax.process_index() == 0:
     # Whole or not at all: the table never describes pictures of another step.
     with run_output.replacing_folder(directory) as partial:
@@ -67,7 +84,8 @@ def evaluate_checkpoint(config, workdir: str, initial: bool = False) -> dict:
         described = ", ".join(f"{k} {v}" for k, v in method.summary().items())
         f.write(f"Step {step}, {method.name}{', ' + described if described else ''}, "
                 f"{int(results.get('images', 0))} images of {config.data.name}:"
-                f"{config.data.eval_split}\n\n" + markdown(results))
+                f"{config.data.eval_split}{_frame_text(config)}\n\n"
+                + markdown(results))
       for name, image in pictures.items():
         viz.save_png(image, os.path.join(partial, f"{name}.png"))
   return results

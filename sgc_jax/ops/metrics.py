@@ -13,6 +13,8 @@ import numpy as np
 import scipy.linalg
 import scipy.optimize
 
+from sgc_jax.ops import grids
+
 IGNORE_LABEL = 255
 
 # ------------------------------------------------------------------ reconstruction
@@ -130,13 +132,16 @@ def codebook_statistics(usage: np.ndarray) -> dict[str, float]:
 # ------------------------------------------------------------------ semantics
 
 
-def patch_class_counts(segmentation: jax.Array, grid: int, num_classes: int) -> jax.Array:
-  """[N, H, W] pixel classes -> [N, g, g, C] pixel counts per token patch
-  (ignore and out-of-range labels count nowhere)."""
+def patch_class_counts(segmentation: jax.Array, grid: int | tuple[int, int],
+                       num_classes: int) -> jax.Array:
+  """[N, H, W] pixel classes -> [N, rows, columns, C] pixel counts per token
+  patch (`grid`: rows, columns, or one int for a square grid; ignore and
+  out-of-range labels count nowhere)."""
   chex.assert_rank(segmentation, 3)
   batch, height, width = segmentation.shape
-  ph, pw = height // grid, width // grid
-  patches = segmentation.reshape(batch, grid, ph, grid, pw).astype(jnp.int32)
+  rows, columns = grids.grid_shape(grid)
+  ph, pw = height // rows, width // columns
+  patches = segmentation.reshape(batch, rows, ph, columns, pw).astype(jnp.int32)
   # one_hot of an out-of-range label is all zeros, so ignore pixels vanish.
   return jax.nn.one_hot(patches, num_classes, dtype=jnp.float32).sum((2, 4))
 

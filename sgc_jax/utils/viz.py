@@ -140,21 +140,34 @@ def save_png(array: np.ndarray, path: str) -> None:
   PIL.Image.fromarray(array).save(path)
 
 
+def colour_codes(indices: np.ndarray, code_class: np.ndarray, num_classes: int) -> np.ndarray:
+  """[..., g, g] code indices -> [..., g, g, 3] uint8: the hue of the code's
+  class, each code of a class its own shade (lighter or darker), so that
+  regions of one class show which codes tile them."""
+  shade = 0.55 + 0.45 * ((np.asarray(indices) * 0.618034) % 1.0)
+  return np.rint(colour_classes(code_class[indices], num_classes) * shade[..., None]
+                 ).astype(np.uint8)
+
+
 def reconstruction_grid(images, reconstructions, segmentation, token_classes,
-                        num_classes: int, class_names: Sequence[str]) -> np.ndarray:
+                        num_classes: int, class_names: Sequence[str],
+                        codes: np.ndarray | None = None) -> np.ndarray:
   """Rows of input | reconstruction | true classes | semantic map (the token
-  classes), under a row of captions and above a legend of the classes (no
-  reconstruction column where `reconstructions` is None)."""
-  size = images.shape[1]
+  classes) | codes coloured by class (`codes`: [N, g, g, 3] of
+  `colour_codes`), under a row of captions and above a legend of the classes
+  (no reconstruction or codes column where they are None)."""
+  height = images.shape[1]
   rows = []
   for i, (x, seg, tokens) in enumerate(zip(images, segmentation, token_classes)):
-    factor = size // tokens.shape[0]
+    factor = height // tokens.shape[0]
     token_map = enlarge(tokens, factor)
     rows.append([to_uint8(x)]
                 + ([] if reconstructions is None else [to_uint8(reconstructions[i])])
-                + [colour_classes(seg, num_classes), colour_classes(token_map, num_classes)])
+                + [colour_classes(seg, num_classes), colour_classes(token_map, num_classes)]
+                + ([] if codes is None else [enlarge(codes[i], factor)]))
   captions = (["input"] + ([] if reconstructions is None else ["reconstruction"])
-              + ["true classes", "semantic map"])
+              + ["true classes", "semantic map"]
+              + ([] if codes is None else ["codes (hue: class, shade: code)"]))
   tiles = grid(rows, captions=captions)
   return np.concatenate([tiles, legend(class_names, tiles.shape[1])], 0)
 
@@ -294,4 +307,94 @@ def scatter(points: np.ndarray, classes: np.ndarray, num_classes: int,
   for (x, y), k in zip(scaled[order], classes[order]):
     colour = tuple(int(c) for c in palette[k]) if 0 <= k < num_classes else UNUSED_COLOUR
     draw.ellipse([x - radius, size - y - radius, x + radius, size - y + radius], fill=colour)
+  return np.asarray(image)
+
+
+# Colours of the per-class chart's metrics, in the order they are drawn.
+_METRIC_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40),
+                   (148, 103, 189), (140, 86, 75), (227, 119, 194))
+
+
+def per_class_chart(per_class: dict[str, np.ndarray], class_names: Sequence[str],
+                    labels: dict[str, str] | None = None, bar_length: int = 300) -> np.ndarray:
+  """One row per class (its colour and name on the left): grouped bars of
+  every per-class IoU (x: IoU, 0 to 1; a key ending in `_iou`, coloured as in
+  the legend on top; no bar where the class is absent), then the class's share
+  of the labelled pixels (grey) against the share of tokens its units take
+  (black), on one axis (0 to the largest share), and how many units stand
+  for it, so that a class the tokenizer lost reads at a glance (no black bar,
+  0 units). `labels`: the legend's text of each key."""
+  labels = labels or {}
+  ious = [key for key in per_class if key.endswith("_iou")]
+  line = CAPTION_LINE_HEIGHT
+  bar, gap = 6, 6
+  row_height = max(line, bar * len(ious)) + gap
+  measure = PIL.ImageDraw.Draw(PIL.Image.new("RGB", (1, 1)))
+  name_width = int(max(measure.textlength(name) for name in class_names)) + 22
+  share_length = 160
+  iou_left = name_width + 8
+  share_left = iou_left + bar_length + 30
+  units_left = share_left + share_length + 12
+  width = units_left + 70
+  entries = [(_METRIC_COLOURS[n % len(_METRIC_COLOURS)], labels.get(key, key))
+             for n, key in enumerate(ious)]
+  entries += [((170, 170, 170), "share of labelled pixels"),
+              ((0, 0, 0), "share of tokens of its units")]
+  legend_rows, x = [[]], 4
+  for colour, text in entries:  # wrapped to the chart's width
+    entry_width = 28 + measure.textlength(text)
+    if legend_rows[-1] and x + entry_width > width:
+      legend_rows.append([])
+      x = 4
+    legend_rows[-1].append((colour, text))
+    x += entry_width
+  top = 4 + line * (1 + len(legend_rows)) + 8
+  axis = top + row_height * len(class_names)
+  image = PIL.Image.new("RGB", (width, axis + 2 * line + 8), "white")
+  draw = PIL.ImageDraw.Draw(image)
+  draw.text((4, 4), "per class: IoU of each prediction | pixels and tokens | units",
+            fill="black")
+  for r, entries in enumerate(legend_rows):
+    x = 4
+    for colour, text in entries:
+      y = 4 + line * (1 + r)
+      draw.rectangle([x, y + 2, x + 10, y + 10], fill=colour)
+      draw.text((x + 14, y), text, fill="black")
+      x += 14 + draw.textlength(text) + 14
+  shares = np.concatenate([per_class.get("pixel_share", np.zeros(1)),
+                           per_class.get("token_share", np.zeros(1))])
+  share_top = max(float(np.nanmax(shares)), 1e-6)
+  for tick in np.linspace(0, 1, 6):  # IoU grid and ticks
+    x = iou_left + tick * bar_length
+    draw.line([(x, top), (x, axis)], fill=(225, 225, 225))
+    draw.text((x - draw.textlength(f"{tick:.1f}") / 2, axis + 3), f"{tick:.1f}", fill="black")
+  for tick in (0.0, share_top):
+    x = share_left + tick / share_top * share_length
+    text = f"{tick:.0%}" if tick >= 0.01 or tick == 0 else f"{tick:.1%}"
+    draw.text((x - draw.textlength(text) / 2, axis + 3), text, fill="black")
+  draw.text((iou_left + bar_length / 2 - 10, axis + 3 + line), "IoU", fill="black")
+  draw.text((share_left + 10, axis + 3 + line), "share", fill="black")
+  palette = class_palette(len(class_names))
+  for c, name in enumerate(class_names):
+    y = top + c * row_height
+    draw.rectangle([4, y + 2, 14, y + 12], fill=tuple(int(v) for v in palette[c]))
+    draw.text((18, y), name, fill="black")
+    for n, key in enumerate(ious):
+      value = per_class[key][c]
+      if np.isfinite(value):
+        colour = _METRIC_COLOURS[n % len(_METRIC_COLOURS)]
+        draw.rectangle([iou_left, y + n * bar, iou_left + max(1, value * bar_length),
+                        y + (n + 1) * bar - 2], fill=colour)
+    for n, (key, colour) in enumerate((("pixel_share", (170, 170, 170)),
+                                       ("token_share", (0, 0, 0)))):
+      if key in per_class:
+        length = per_class[key][c] / share_top * share_length
+        draw.rectangle([share_left, y + n * 7, share_left + max(1, length), y + n * 7 + 5],
+                       fill=colour)
+    if "units" in per_class:
+      draw.text((units_left, y), f"{int(per_class['units'][c])} units", fill="black")
+  for x in (iou_left, share_left):
+    draw.line([(x - 1, top), (x - 1, axis)], fill="black")
+  draw.line([(iou_left - 1, axis), (iou_left + bar_length, axis)], fill="black")
+  draw.line([(share_left - 1, axis), (share_left + share_length, axis)], fill="black")
   return np.asarray(image)
