@@ -41,3 +41,18 @@ def test_pyramid_and_open_vocabulary_rows(tmp_path, capsys):
   assert "| pat map: mIoU | 0.500 |" in out
   assert "| pat map: mIoU, held-out classes | absent |" in out
   assert "| baseline map: mIoU | 0.250 |" in out and "level 0" not in out
+
+
+def test_seeds_of_one_name_are_one_column_of_mean_and_spread(tmp_path, capsys):
+  classes = {"class_names": ["road", "pole"]}
+  runs = [_run(tmp_path, f"sgc{seed}", "sgc", miou, **classes,
+               **{"zero_shot_iou/road": iou, "zero_shot_iou/pole": None, "units/road": 3.0})
+          for seed, (miou, iou) in enumerate([(0.2, 0.5), (0.3, 0.7), (0.4, 0.9)])]
+  ema = _run(tmp_path, "ema", "ema", 0.1, **classes, **{"units/road": 5.0})
+  compare.main(runs + [ema, "--names", "sgc,sgc,sgc,ema", "--seeds"])
+  out = capsys.readouterr().out
+  assert "| metric | sgc (3 seeds) | ema |" in out
+  assert "| Hungarian mIoU | 0.300 ± 0.100 | 0.100 |" in out
+  assert "| class | sgc: zero-shot IoU | sgc: units | ema: units |" in out
+  assert "| road | 0.700 ± 0.200 | 3 ± 0 | 5 |" in out
+  assert "| pole | absent | absent | absent |" in out

@@ -25,6 +25,10 @@ def get_config(arg=None):
   config.data.train_split = "train"
   config.data.eval_split = "validation"
   config.data.image_size = arg.size
+  # (height, width): evaluate whole frames, the largest centred box of this
+  # aspect resized to it (a 480x360 photo at (96, 128)); None: centred
+  # squares of image_size.
+  config.data.eval_frame = config_dict.placeholder(tuple)
   config.data.batch_size = 8  # global, over all processes and devices
   config.data.num_views = 2  # two views for Consistent Semantic Learning
   config.data.normalization = "symmetric"  # pixels to [-1, 1]; or imagenet, clip
