@@ -10,14 +10,14 @@ encoder, exported as a bundle (see launch/label_free.sh for the whole chain):
 normalization imagenet as SlotCon's). The labels of sgc_scenes are not used to
 train; the evaluators read them.
 
-Args: size (64 | 128), steps.
+Args: size (64 | 128), steps, data (scenes | camvid: see configs/data_sets.py).
 """
 
 import ml_collections
 from ml_collections import config_dict
 
 from sgc_jax import config_lib
-from sgc_jax.configs import sgc_scenes, slotcon_scenes
+from sgc_jax.configs import data_sets, sgc_scenes, slotcon_scenes
 
 
 def backbone_config(kind="bundle", arch="vit_small", patch_size=8, dtype="float32"):
@@ -30,8 +30,8 @@ def backbone_config(kind="bundle", arch="vit_small", patch_size=8, dtype="float3
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, size=64, steps=1000)
-  config = sgc_scenes.get_config(f"size={arg.size}")
+  arg = config_lib.parse_arg(arg, size=64, steps=1000, data="scenes")
+  config = data_sets.use(sgc_scenes.get_config(f"size={arg.size}"), arg.data)
   config.method = "acseg"
   config.data.num_views = 1
   config.data.normalization = "imagenet"  # SlotCon's and DINO's inputs

@@ -11,14 +11,15 @@ one map for every level), `kind=clip` a CLIP checkpoint. No text tower here:
 the class embeddings are learned, a closed vocabulary (`text.kind=file` or
 `clip` makes it open: then `unseen_classes` may hold classes out).
 
-Args: size (64 | 128), steps, quantizer (ema | sgc | vq).
+Args: size (64 | 128), steps, quantizer (ema | sgc | vq), data (scenes |
+camvid: see configs/data_sets.py).
 """
 
 import ml_collections
 from ml_collections import config_dict
 
 from sgc_jax import config_lib
-from sgc_jax.configs import acseg_scenes, sgc_scenes
+from sgc_jax.configs import acseg_scenes, data_sets, sgc_scenes
 
 
 def text_config(kind="learned", dim=64):
@@ -31,8 +32,9 @@ def text_config(kind="learned", dim=64):
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, size=64, steps=1000, quantizer="ema")
-  config = sgc_scenes.get_config(f"size={arg.size},quantizer={arg.quantizer}")
+  arg = config_lib.parse_arg(arg, size=64, steps=1000, quantizer="ema", data="scenes")
+  config = data_sets.use(
+      sgc_scenes.get_config(f"size={arg.size},quantizer={arg.quantizer}"), arg.data)
   config.method = "pat"
   config.data.num_views = 1
   config.data.batch_size = 16

@@ -23,20 +23,15 @@ fill half a token.
 """
 
 from sgc_jax import config_lib
-from sgc_jax.configs import sgc_scenes
-
-# (height, width) of whole-frame evaluation per training size: CamVid's 4:3.
-EVAL_FRAMES = {128: (96, 128), 256: (192, 256)}
+from sgc_jax.configs import data_sets, sgc_scenes
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, quantizer="sgc", size=128, steps=0)
-  if arg.size not in EVAL_FRAMES:
-    raise config_lib.ConfigError(f"sgc_camvid: size={arg.size}; one of "
-                                 f"{sorted(EVAL_FRAMES)}")
-  config = sgc_scenes.get_config(f"quantizer={arg.quantizer},size={arg.size}")
-  config.data.name = "folder:camvid"
-  config.data.eval_frame = EVAL_FRAMES[arg.size]
+  if arg.size not in (128, 256):
+    raise config_lib.ConfigError(f"sgc_camvid: size={arg.size}; 128 or 256")
+  config = data_sets.use(
+      sgc_scenes.get_config(f"quantizer={arg.quantizer},size={arg.size}"), "camvid")
   config.data.crop.update(dict(min_area=0.25, min_overlap=0.3))
   config.total_steps = arg.steps or (400 if arg.size == 128 else 20_000)
   config.log_every = 20

@@ -7,19 +7,19 @@ The labels of sgc_scenes are not used to train; the evaluators read them.
         --mode=train --config.data.data_dir=data
 
 Args: size (64 | 128), steps, batch_size (the learning rate scales with it, as
-the official recipe's).
+the official recipe's), data (scenes | camvid: see configs/data_sets.py).
 """
 
 import ml_collections
 from ml_collections import config_dict
 
 from sgc_jax import config_lib
-from sgc_jax.configs import sgc_scenes
+from sgc_jax.configs import data_sets, sgc_scenes
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, size=64, steps=300, batch_size=16)
-  config = sgc_scenes.get_config(f"size={arg.size}")
+  arg = config_lib.parse_arg(arg, size=64, steps=300, batch_size=16, data="scenes")
+  config = data_sets.use(sgc_scenes.get_config(f"size={arg.size}"), arg.data)
   config.method = "slotcon"
   config.data.num_views = 2
   config.data.normalization = "imagenet"

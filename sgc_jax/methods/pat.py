@@ -119,7 +119,8 @@ class PATNet:
 
   def encode(self, variables, images):
     """Every level's token indices, finest first."""
-    return self._apply(variables, self.maps(variables, images), method=PAT.nearest)
+    return self._apply(variables, self.maps(variables, images), images.shape[1:3],
+                       method=PAT.nearest)
 
   def decode(self, variables, indices):
     return self._apply(variables, tuple(indices), method=PAT.decode)

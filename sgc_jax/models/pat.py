@@ -75,15 +75,17 @@ class PATConfig:
 
 
 class LevelAdapter(nn.Module):
-  """A backbone map -> the level's tokens z [B, g, g, dim] (float32)."""
+  """A backbone map -> the level's tokens z [B, g, g, dim] (float32); `grid`
+  (rows, columns) for images of another shape than the training square."""
   dim: int
   grid: int
   dtype: jnp.dtype
 
   @nn.compact
-  def __call__(self, features):
+  def __call__(self, features, grid: tuple[int, int] | None = None):
     b, _, _, d = features.shape
-    x = jax.image.resize(features.astype(jnp.float32), (b, self.grid, self.grid, d),
+    rows, columns = grid or (self.grid, self.grid)
+    x = jax.image.resize(features.astype(jnp.float32), (b, rows, columns, d),
                          "linear", antialias=True)
     # No bias: the GroupNorm after it would take it away (and its gradient is 0).
     x = nn.Dense(self.dim, use_bias=False, dtype=self.dtype, name="proj")(x)
@@ -123,9 +125,9 @@ class SemanticHead(nn.Module):
   @nn.compact
   def __call__(self, quantized: Sequence[jax.Array]):
     c, dtype = self.config, jnp.dtype(self.config.dtype)
-    g = quantized[0].shape[1]
+    rows, columns = quantized[0].shape[1:3]
     # Coarse codes repeat over the finer grid (each covers that block of it).
-    maps = [jnp.repeat(jnp.repeat(q, g // q.shape[1], 1), g // q.shape[2], 2)
+    maps = [jnp.repeat(jnp.repeat(q, rows // q.shape[1], 1), columns // q.shape[2], 2)
             for q in quantized]
     # No biases before the GroupNorms: they would take them away.
     x = nn.Dense(c.fuse_ch, use_bias=False, dtype=dtype, name="fuse")(
@@ -158,8 +160,14 @@ class PAT(nn.Module):
     self.conv_out = _conv(3, 3, dtype)
     self.semantic_head = SemanticHead(c)
 
-  def tokens(self, maps: Sequence[jax.Array]) -> list[jax.Array]:
-    return [adapter(maps[l if len(maps) > 1 else 0])
+  def tokens(self, maps: Sequence[jax.Array],
+             image_shape: tuple[int, int] | None = None) -> list[jax.Array]:
+    """Every level's tokens; `image_shape` (height, width) of the images the
+    maps are of, where it is not the training square."""
+    strides = self.config.strides
+    return [adapter(maps[l if len(maps) > 1 else 0],
+                    None if image_shape is None else
+                    (image_shape[0] // strides[l], image_shape[1] // strides[l]))
             for l, adapter in enumerate(self.adapters)]
 
   def quantize(self, zs, labels=None, weight=None, train: bool = False):
@@ -209,9 +217,10 @@ class PAT(nn.Module):
             "pictures": pictures, "semantic": self.semantic(qs), "indices": indices,
             "losses": losses, "metrics": metrics}
 
-  def nearest(self, maps):
+  def nearest(self, maps, image_shape: tuple[int, int] | None = None):
     """Inference: every level's nearest codes (over all K, no grouping)."""
-    return tuple(codebook.nearest(z) for codebook, z in zip(self.codebooks, self.tokens(maps)))
+    return tuple(codebook.nearest(z) for codebook, z in
+                 zip(self.codebooks, self.tokens(maps, image_shape)))
 
   def lookup(self, indices):
     return [codebook.lookup(i) for codebook, i in zip(self.codebooks, indices)]
