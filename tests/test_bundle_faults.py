@@ -101,9 +101,11 @@ BUNDLE_FAULTS = {  # id: (file, fault, what the message says)
                            lambda p: (add_digests(p.parent), p.write_bytes(p.read_bytes() + b"0")),
                            r"damaged \(its SHA-256 differs from the one model.json lists\)"),
     "json_grid_other": ("model.json", edit_json(lambda d: d.update(grid=4)),
-                        r"encode.jax_export: float32\[b,32,32,3\] -> int32\[b,8,8\], "
-                        r"int32\[b,8,8\], .*model.json \(image_size 32, grid 4\) needs "
-                        r"float32\[b,32,32,3\] -> int32\[b,4,4\]"),
+                        r"encode.jax_export: float32\[b,4\*h,4\*w,3\] -> int32\[b,h,w\], "
+                        r"int32\[b,h,w\], .*model.json \(image_size 32, grid 4\) needs "
+                        r"float32\[b,32,32,3\] -> int32\[b,4,4\], int32\[b,4,4\] \(fixed "
+                        r"size\) or float32\[b,8\*h,8\*w,3\] -> int32\[b,h,w\], "
+                        r"int32\[b,h,w\] \(any size\)"),
 }
 
 
@@ -285,8 +287,8 @@ TOKEN_FAULTS = {  # id: (write bad.npz, what the message says)
                      r"token indices in \[64, 64\], the bundle has 64 codes"),
     "float": (lambda p: np.savez(p, indices=np.zeros((8, 8), np.float32)),
               "token indices of dtype float32, integers expected"),
-    "grid": (lambda p: np.savez(p, indices=np.zeros((4, 4), np.int32)),
-             r"token grid \(4, 4\), the bundle decodes \(8, 8\)"),
+    "grid": (lambda p: np.savez(p, indices=np.zeros((2, 2), np.int32)),
+             r"token grid \(2, 2\), the bundle decodes \(h, w\) grids with h\*w >= 5"),
 }
 
 

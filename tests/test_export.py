@@ -60,8 +60,9 @@ def test_bundle_errors(bundle, tmp_path):
   with pytest.raises(inference.BundleError, match="not an sgc_jax bundle"):
     inference.load(str(tmp_path))
   tokenizer = inference.load(bundle)
-  with pytest.raises(inference.BundleError, match=r"this bundle encodes \[N, 32, 32, 3\]"):
-    tokenizer.encode(np.zeros((1, 64, 64, 3)))
+  with pytest.raises(inference.BundleError, match=r"this bundle encodes \[N, H, W, 3\] with "
+                     "sides multiples of 4 pixels"):
+    tokenizer.encode(np.zeros((1, 30, 30, 3)))
   with pytest.raises(inference.BundleError, match="has 64 codes"):
     tokenizer.decode(np.full((1, 8, 8), 64))
 
@@ -90,20 +91,24 @@ def test_tokenize_and_detokenize_cli(bundle, tmp_path):
   assert cli.tokenize(str(images_dir), bundle, str(tokens), batch_size=2) == 3
   assert sorted(os.listdir(tokens)) == ["a.npz", "a_semantic.png", "b.npz", "b_semantic.png",
                                         "c.npz", "c_semantic.png"]
-  assert np.load(tokens / "a.npz")["indices"].shape == (8, 8)
-  assert np.asarray(PIL.Image.open(tokens / "a_semantic.png")).shape == (32, 32, 3)
-  # The CLI's tokens are the tokenizer's tokens of the resized, cropped image.
+  # Each photo keeps its aspect: 30x40 pixels, 8x10 tokens of 4x4 pixels.
+  assert np.load(tokens / "a.npz")["indices"].shape == (10, 8)
+  assert np.asarray(PIL.Image.open(tokens / "a_semantic.png")).shape == (40, 32, 3)
+  # The CLI's tokens are the tokenizer's tokens of the image resized to whole
+  # tokens (50x17 -> 52x16).
   direct, _ = inference.load(bundle).encode(
-      cli.read_image(str(images_dir / "c.png"), 32)[None])
+      cli.read_photo(str(images_dir / "c.png"), (52, 16))[None])
   np.testing.assert_array_equal(np.load(tokens / "c.npz")["indices"], direct[0])
 
   out = tmp_path / "decoded"
   assert cli.detokenize(str(tokens), bundle, str(out)) == 3
   assert np.asarray(PIL.Image.open(out / "b.png")).shape == (32, 32, 3)
-  np.savez(tokens / "d.npz", indices=np.zeros((4, 4), np.int32))
+  assert np.asarray(PIL.Image.open(out / "c.png")).shape == (17, 50, 3)  # the photo's size
+  np.savez(tokens / "d.npz", indices=np.zeros((2, 2), np.int32))
   result = run_cli("detokenize_main", str(tokens), "--bundle", bundle, "--out", str(out))
   assert result.returncode != 0
-  assert f"error: {tokens / 'd.npz'}: token grid (4, 4), the bundle decodes (8, 8)" in result.stderr
+  assert (f"error: {tokens / 'd.npz'}: token grid (2, 2), the bundle decodes (h, w) grids with "
+          "h*w >= 5") in result.stderr
 
 
 def test_the_bundle_features_are_the_encoders_tokens_and_make_an_acseg_backbone(

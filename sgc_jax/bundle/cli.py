@@ -1,14 +1,26 @@
 """Command lines around an inference bundle.
 
     sgc-tokenize IMAGES_DIR --bundle B --out OUT    # OUT/NAME.npz (+ NAME_semantic.png)
+                 [--max_side 512]
     sgc-detokenize TOKENS_DIR --bundle B --out OUT  # OUT/NAME.png
     sgc-segment IMAGES_DIR --bundle B --out OUT [--classes "sky,water,..."]
                                                     # OUT/NAME.png, NAME_classes.png
 
-Images of any size are resized (shorter side to the bundle's size, bicubic)
-and centre-cropped. The token files, what `sgc-detokenize` reads back:
-  one-grid bundle (SGC-VQGAN)  NAME.npz: `indices` [g, g] and, for a semantic
-                               bundle, `semantic` [g, g] (class per token)
+An SGC-VQGAN bundle of any-size functions (`inference.Tokenizer.any_size`)
+tokenizes each photo at about its own size, aspect kept: a photo longer than
+--max_side pixels is scaled down to it first (what bounds the memory), then
+each side is resized to the nearest multiple of the bundle's factor (pixels
+per token: at 4, a 480x360 photo stays 480x360, a 481x361 one becomes 480x360).
+Photos of one size share a batch. `sgc-detokenize` writes each image back at
+its photo's size, resized where tokenizing changed it. Other bundles (fixed-size
+SGC-VQGAN bundles of earlier releases, PAT, SlotCon, ACSeg) take images resized
+(shorter side to the bundle's size, bicubic) and centre-cropped.
+
+The token files, what `sgc-detokenize` reads back:
+  one-grid bundle (SGC-VQGAN)  NAME.npz: `indices` [h, w] and, for a semantic
+                               bundle, `semantic` [h, w] (class per token);
+                               any-size: `original_size` [height, width], the
+                               photo's; fixed-size: h = w = the bundle's grid
   pyramid bundle (PAT)         NAME.npz: each level's indices, `indices_0`
                                [g_0, g_0] (the finest) to `indices_{L-1}`
 `sgc-segment` writes each pixel's class: a PAT bundle's classes (its own, or
@@ -17,10 +29,11 @@ clusters (`prototype_k` / `cluster_k` in classes.txt); NAME_classes.png is 8-bit
 up to 256 classes, 16-bit past that. A bundle without the function a command
 needs (a SlotCon bundle has no decoder) is refused in one line.
 
-A file that is not an image, tokens of the wrong grid or range, two inputs
-that would write the same output or a directory that is not a bundle stop the
-command with a one-line error naming the file, before it writes anything (an
-image whose pixel data, past its header, is damaged stops it where it is met).
+A file that is not an image, a photo of fewer tokens than an any-size bundle
+takes, tokens of the wrong grid or range, two inputs that would write the same
+output or a directory that is not a bundle stop the command with a one-line
+error naming the file, before it writes anything (an image whose pixel data,
+past its header, is damaged stops it where it is met).
 
 Images are refused past Pillow's decompression-bomb limit (`MAX_IMAGE_PIXELS`,
 which Pillow only warns about below twice that) and past an aspect ratio of
@@ -46,6 +59,7 @@ from sgc_jax.utils import run_output, tree_io, viz
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAX_ASPECT = 64  # Long side : short side; why 64, see the module docstring.
+MAX_SIDE = 512  # --max_side's default: an any-size bundle's photos, longer side in pixels.
 MAX_CLASSES = 2 ** 16  # What a 16-bit class PNG holds.
 
 
@@ -71,19 +85,51 @@ def _open(path: str) -> PIL.Image.Image:
   return image
 
 
-def read_image(path: str, size: int) -> np.ndarray:
-  """An image file -> [size, size, 3] float32 in [-1, 1] (resize + centre crop)."""
+def _rgb(path: str) -> PIL.Image.Image:
   with _open(path) as image:
     try:
-      image = image.convert("RGB")
+      return image.convert("RGB")
     except (OSError, SyntaxError, ValueError) as error:
       raise InputError(f"{path}: not a readable image ({error})") from error
+
+
+def _symmetric(image: PIL.Image.Image) -> np.ndarray:
+  return np.asarray(image, np.float32) / 127.5 - 1.0
+
+
+def read_image(path: str, size: int) -> np.ndarray:
+  """An image file -> [size, size, 3] float32 in [-1, 1] (resize + centre crop)."""
+  image = _rgb(path)
   scale = size / min(image.size)
   width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
   image = image.resize((width, height), PIL.Image.BICUBIC)
   left, top = (width - size) // 2, (height - size) // 2
   image = image.crop((left, top, left + size, top + size))
-  return np.asarray(image, np.float32) / 127.5 - 1.0
+  return _symmetric(image)
+
+
+def fitted_size(path: str, width: int, height: int, factor: int, max_side: int,
+                min_tokens: int = 1) -> tuple[int, int]:
+  """(width, height) at which an any-size bundle encodes a `width` x `height`
+  photo: scaled down to `max_side` pixels on its longer side (aspect kept),
+  then each side rounded to the nearest multiple of `factor` (one at least,
+  `max_side` at most). A photo of fewer than `min_tokens` tokens is refused."""
+  scale = min(1.0, max_side / max(width, height))
+  columns, rows = (min(max(1, int(side * scale / factor + 0.5)), max_side // factor)
+                   for side in (width, height))
+  if columns * rows < min_tokens:
+    raise InputError(f"{path}: {width}x{height} pixels, {columns}x{rows} tokens of {factor}x"
+                     f"{factor} pixels; the bundle takes {min_tokens} tokens at least")
+  return columns * factor, rows * factor
+
+
+def read_photo(path: str, size: tuple[int, int]) -> np.ndarray:
+  """An image file -> [height, width, 3] float32 in [-1, 1] at `size`,
+  (width, height): resized (bicubic) where its own size differs, never cropped."""
+  image = _rgb(path)
+  if image.size != size:
+    image = image.resize(size, PIL.Image.BICUBIC)
+  return _symmetric(image)
 
 
 def _inputs(directory: str, extensions, batch_size: int) -> list[str]:
@@ -112,6 +158,15 @@ def _stem(path: str) -> str:
 def _batches(items, size):
   for start in range(0, len(items), size):
     yield items[start:start + size]
+
+
+def _batches_by_shape(paths, shapes: dict, size: int) -> list[list[str]]:
+  """Batches of at most `size` paths of one shape each (a batch is one array),
+  each shape's in the order of its first path."""
+  groups = {}
+  for path in paths:
+    groups.setdefault(shapes[path], []).append(path)
+  return [batch for group in groups.values() for batch in _batches(group, size)]
 
 
 def _require(model, bundle: str, function: str, command: str, lacks: str) -> None:
@@ -159,43 +214,64 @@ def _encoder(tokenizer, levels):
   return encode_levels
 
 
-def tokenize(images_dir: str, bundle: str, out: str, batch_size: int = 16) -> int:
+def tokenize(images_dir: str, bundle: str, out: str, batch_size: int = 16,
+             max_side: int = MAX_SIDE) -> int:
   paths = _inputs(images_dir, IMAGE_EXTENSIONS, batch_size)
+  if max_side < 1:
+    raise InputError(f"--max_side {max_side}: at least 1 expected")
+  photo_sizes = {}  # (width, height)
   for path in paths:  # Headers only: a refused image stops the command before any work.
-    _open(path).close()
+    with _open(path) as image:
+      photo_sizes[path] = image.size
   tokenizer = inference.load(bundle)
   levels = _levels(tokenizer)
   _require(tokenizer, bundle, "encode" if levels is None else "encode_levels", "sgc-tokenize",
            "encoder")
   encode = _encoder(tokenizer, levels)
-  size = tokenizer.image_size
+  any_size = levels is None and tokenizer.any_size
+  if any_size:  # Each photo near its own size, its aspect kept.
+    factor = tokenizer.factor
+    if max_side < factor:
+      raise InputError(f"--max_side {max_side}: under one token of the bundle ({factor} pixels)")
+    sizes = {path: fitted_size(path, *photo_sizes[path], factor, max_side,
+                               tokenizer.min_tokens) for path in paths}
+    read = lambda path: read_photo(path, sizes[path])  # noqa: E731
+  else:  # The bundle's size: resized and centre-cropped.
+    size = tokenizer.image_size
+    sizes = dict.fromkeys(paths, (size, size))
+    read = lambda path: read_image(path, size)  # noqa: E731
+  batches = _batches_by_shape(paths, sizes, batch_size)
   # A first batch of zeros compiles the program before any output: damage
   # that only compilation finds stops the command with nothing written.
-  encode(np.zeros((min(batch_size, len(paths)), size, size, 3), np.float32))
+  width, height = sizes[batches[0][0]]
+  encode(np.zeros((len(batches[0]), height, width, 3), np.float32))
   os.makedirs(out, exist_ok=True)
   num_classes = len(tokenizer.class_names)
   with tqdm.tqdm(total=len(paths), unit="image", desc="tokenize") as bar:
-    for chunk in _batches(paths, batch_size):
-      arrays = encode(np.stack([read_image(p, size) for p in chunk]))
+    for chunk in batches:
+      arrays = encode(np.stack([read(p) for p in chunk]))
       for i, path in enumerate(chunk):
         name = _stem(path)
         if "semantic" in arrays:
-          colours = viz.colour_classes(viz.enlarge(arrays["semantic"][i],
-                                                   size // tokenizer.grid), num_classes)
+          colours = viz.colour_classes(viz.enlarge(arrays["semantic"][i], tokenizer.factor),
+                                       num_classes)
           viz.save_png(colours, os.path.join(out, f"{name}_semantic.png"))
-        np.savez(os.path.join(out, f"{name}.npz"),
-                 **{key: value[i].astype(np.int32) for key, value in arrays.items()})
+        arrays_of_photo = {key: value[i].astype(np.int32) for key, value in arrays.items()}
+        if any_size:  # What sgc-detokenize writes the image back at.
+          arrays_of_photo["original_size"] = np.array(photo_sizes[path][::-1], np.int32)
+        np.savez(os.path.join(out, f"{name}.npz"), **arrays_of_photo)
       bar.update(len(chunk))
   return len(paths)
 
 
-def _read_npz(path: str, keys) -> dict[str, np.ndarray]:
+def _read_npz(path: str, keys, optional=()) -> dict[str, np.ndarray]:
+  """The arrays `keys` of an .npz file, and those of `optional` it holds."""
   try:
     with tree_io.NpzFile(path) as data:  # headers checked before anything is inflated
       for key in keys:
         if key not in data:
           raise InputError(f"{path}: no {key!r} array (holds {sorted(data.files)})")
-      return {key: np.asarray(data[key]) for key in keys}
+      return {key: np.asarray(data[key]) for key in [*keys, *optional] if key in data}
   except InputError:
     raise
   except tree_io.NpzError as error:  # refused from its headers: the message names the file
@@ -204,11 +280,16 @@ def _read_npz(path: str, keys) -> dict[str, np.ndarray]:
     raise InputError(f"{path}: not a readable .npz ({inference.describe(error)})") from None
 
 
-def _checked_tokens(path: str, indices: np.ndarray, grid: int, num_codes: int | None,
-                    what: str = "") -> np.ndarray:
-  """`indices` against the bundle's grid and codes; `what` names the array in
-  a file of several."""
-  if indices.shape != (grid, grid):
+def _checked_tokens(path: str, indices: np.ndarray, grid: int | None, num_codes: int | None,
+                    what: str = "", min_tokens: int = 1) -> np.ndarray:
+  """`indices` against the bundle's grid (None: an any-size bundle's, any
+  (h, w) grid of `min_tokens` tokens at least) and codes; `what` names the
+  array in a file of several."""
+  if grid is None:
+    if indices.ndim != 2 or indices.size < min_tokens:
+      raise InputError(f"{path}: {what}token grid {indices.shape}, the bundle decodes (h, w) "
+                       f"grids with h*w >= {min_tokens}")
+  elif indices.shape != (grid, grid):
     raise InputError(f"{path}: {what}token grid {indices.shape}, the bundle decodes "
                      f"({grid}, {grid})")
   if not np.issubdtype(indices.dtype, np.integer):
@@ -219,9 +300,31 @@ def _checked_tokens(path: str, indices: np.ndarray, grid: int, num_codes: int | 
   return indices
 
 
-def read_tokens(path: str, grid: int, num_codes: int | None = None) -> np.ndarray:
-  """`indices` of a token file, checked against the bundle's grid and codes."""
-  return _checked_tokens(path, _read_npz(path, ["indices"])["indices"], grid, num_codes)
+def read_tokens(path: str, grid: int | None, num_codes: int | None = None,
+                min_tokens: int = 1) -> np.ndarray:
+  """`indices` of a token file, checked against the bundle's grid (None: any
+  grid of `min_tokens` tokens at least) and codes."""
+  return _checked_tokens(path, _read_npz(path, ["indices"])["indices"], grid, num_codes,
+                         min_tokens=min_tokens)
+
+
+def read_original_size(path: str) -> tuple[int, int] | None:
+  """The size (width, height) of the photo a token file was made from, as
+  `original_size` [height, width] (an any-size bundle's files) gives it; None
+  where the file holds none. Sizes past Pillow's decompression-bomb limit,
+  photos sgc-tokenize refuses, are refused."""
+  size = _read_npz(path, [], ["original_size"]).get("original_size")
+  if size is None:
+    return None
+  if size.shape != (2,) or not np.issubdtype(size.dtype, np.integer):
+    raise InputError(f"{path}: original_size of {size.dtype}{list(size.shape)}, expected "
+                     "[height, width], integers")
+  height, width = map(int, size)
+  limit = PIL.Image.MAX_IMAGE_PIXELS
+  if min(height, width) < 1 or (limit is not None and height * width > limit):
+    raise InputError(f"{path}: original_size [{height}, {width}], expected positive sides "
+                     f"of {limit} pixels at most")
+  return width, height
 
 
 def read_levels(path: str, levels) -> tuple[np.ndarray, ...]:
@@ -239,24 +342,39 @@ def detokenize(tokens_dir: str, bundle: str, out: str, batch_size: int = 16) -> 
   levels = _levels(tokenizer)
   _require(tokenizer, bundle, "decode" if levels is None else "decode_levels",
            "sgc-detokenize", "decoder")
+  any_size = levels is None and tokenizer.any_size
   if levels is None:
-    read = lambda path: read_tokens(path, tokenizer.grid, tokenizer.num_codes)  # noqa: E731
+    grid = None if any_size else tokenizer.grid
+    read = lambda path: read_tokens(  # noqa: E731
+        path, grid, tokenizer.num_codes, tokenizer.min_tokens)
     decode = lambda tokens: tokenizer.decode(np.stack(tokens))  # noqa: E731
-    zeros = np.zeros((tokenizer.grid, tokenizer.grid), np.int32)
+    zeros = lambda shape: np.zeros(shape, np.int32)  # noqa: E731
   else:
     read = lambda path: read_levels(path, levels)  # noqa: E731
     decode = lambda tokens: tokenizer.call("decode_levels", tuple(  # noqa: E731
         np.stack(level).astype(np.int32) for level in zip(*tokens)))
-    zeros = tuple(np.zeros((grid, grid), np.int32) for grid, _ in levels)
+    zeros = lambda shape: tuple(np.zeros((g, g), np.int32) for g, _ in levels)  # noqa: E731
+  shapes, photo_sizes = {}, {}  # photo_sizes: (width, height), where a file names one
   for path in paths:  # Token files are small: all checked before any is decoded.
-    read(path)
-  decode([zeros] * min(batch_size, len(paths)))  # Compiled before any output, as in `tokenize`.
+    tokens = read(path)
+    shapes[path] = np.shape(tokens) if levels is None else None  # a pyramid's: one shape
+    if any_size:
+      photo_sizes[path] = read_original_size(path)
+  batches = _batches_by_shape(paths, shapes, batch_size)
+  # Compiled before any output, as in `tokenize`.
+  decode([zeros(shapes[batches[0][0]])] * len(batches[0]))
   os.makedirs(out, exist_ok=True)
   with tqdm.tqdm(total=len(paths), unit="image", desc="detokenize") as bar:
-    for chunk in _batches(paths, batch_size):
+    for chunk in batches:
       images = decode([read(p) for p in chunk])
       for path, image in zip(chunk, images):
-        viz.save_png(viz.to_uint8(image), os.path.join(out, f"{_stem(path)}.png"))
+        image = viz.to_uint8(image)
+        size = photo_sizes.get(path)
+        # Back at the photo's size where sgc-tokenize changed it (rounded to
+        # whole tokens, or scaled down to --max_side).
+        if size is not None and size != (image.shape[1], image.shape[0]):
+          image = np.asarray(PIL.Image.fromarray(image).resize(size, PIL.Image.BICUBIC))
+        viz.save_png(image, os.path.join(out, f"{_stem(path)}.png"))
       bar.update(len(chunk))
   return len(paths)
 
@@ -375,13 +493,19 @@ def _run(function, args) -> None:
 
 
 def tokenize_main(argv=None):
-  args = _parser(
+  parser = _parser(
       "Images -> tokens: OUT/NAME.npz per image. An SGC-VQGAN bundle's holds `indices` "
-      "[g, g] (and, for a semantic bundle, `semantic` [g, g], drawn in NAME_semantic.png); "
-      "a PAT bundle's holds every level's indices, `indices_0` (the finest level) to "
-      "`indices_{L-1}`. Bundles without encode (SlotCon, ACSeg) are refused.",
-      "images_dir").parse_args(argv)
-  _run(tokenize, (args.images_dir, args.bundle, args.out, args.batch_size))
+      "[h, w] (and, for a semantic bundle, `semantic` [h, w], drawn in NAME_semantic.png) "
+      "and the photo's `original_size` [height, width]: each photo keeps its aspect, its "
+      "sides rounded to whole tokens (bundles of fixed-size functions: [g, g] of the photo "
+      "resized and centre-cropped). A PAT bundle's holds every level's indices, `indices_0` "
+      "(the finest level) to `indices_{L-1}`. Bundles without encode (SlotCon, ACSeg) are "
+      "refused.", "images_dir")
+  parser.add_argument("--max_side", type=int, default=MAX_SIDE,
+                      help="an any-size bundle's photos are scaled down to this many pixels on "
+                      "their longer side first, aspect kept (bounds the memory)")
+  args = parser.parse_args(argv)
+  _run(tokenize, (args.images_dir, args.bundle, args.out, args.batch_size, args.max_side))
 
 
 def segment_main(argv=None):

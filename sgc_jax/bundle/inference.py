@@ -2,7 +2,16 @@
 
     tokenizer = sgc_jax.bundle.inference.load("workdir/run/bundle")
     indices, semantic = tokenizer.encode(images)   # [N, H, W, 3] in [-1, 1]
-    images = tokenizer.decode(indices)
+    images = tokenizer.decode(indices)             # [N, h, w] -> [N, H, W, 3]
+
+An SGC-VQGAN bundle's functions take images of any size whose sides are
+multiples of `tokenizer.factor` pixels (the encoder's downsampling: a 480x360
+photo at factor 4 is a 90x120 token grid) and any token grid of
+`tokenizer.min_tokens` tokens at least; `tokenizer.any_size` says so, read
+from the serialized functions' signatures. Bundles written before this
+(`any_size` False) take images of `image_size` pixels square and grids of
+`grid` x `grid` tokens only. Images or grids of other shapes raise
+`BundleError` saying what the bundle takes.
 
 By default the bundle's serialized StableHLO runs (only JAX and NumPy are
 imported, none of the model code); `use_model_code=True` rebuilds the Flax
@@ -59,8 +68,12 @@ _FIELDS = {
     "functions": (lambda v: isinstance(v, list) and v and all(
         isinstance(n, str) and n.isidentifier() for n in v), "a list of function names"),
     "method": (lambda v: isinstance(v, str) and v.isidentifier(), "a method name"),
+    "min_tokens": (_positive_int, "a positive integer"),
 }
 _TOKENIZER_FIELDS = ("image_size", "grid", "num_codes", "semantic")
+# The fewest tokens an any-size tokenizer's functions take (their shape
+# constraint, which jax.export does not serialize); 1 where absent.
+_OPTIONAL_FIELDS = ("min_tokens",)
 # Where an SGC-VQGAN bundle's variables hold its codes, [num_codes, dim]: the
 # codebook's centres in every quantizer mode, and its learned embedding in
 # `vq` mode. Nothing else tells the number of codes: decode takes any int32.
@@ -123,13 +136,29 @@ def _damaged_unless(path: str, step):
 
 class Tokenizer:
   """A loaded bundle: `encode` / `decode` where it holds them (a tokenizer),
-  and every function it holds through `call(name, x)`."""
+  and every function it holds through `call(name, x)`.
+
+  A one-grid tokenizer (SGC-VQGAN) also says which shapes they take:
+    any_size    True where they take images [N, factor*h, factor*w, 3] and
+                grids [N, h, w] of any h, w (h*w >= min_tokens): read from the
+                signatures of the serialized encode / decode (the model code,
+                `use_model_code=True`, takes any size); False for a bundle of
+                fixed-size functions, [N, image_size, image_size, 3] and
+                [N, grid, grid]
+    factor      pixels per token side, image_size // grid
+    min_tokens  the fewest tokens h*w an any-size grid has (1 if fixed-size)
+  """
 
   def __init__(self, directory: str, use_model_code: bool = False):
     self.directory = directory
     self.description = self._description()
     self.image_size, self.grid, self.num_codes, self.semantic = (
         self.description.get(name) for name in _TOKENIZER_FIELDS)
+    self.factor = self.image_size // self.grid if self.grid else None
+    # The model code takes any size; serialized functions say it by their
+    # signatures: None until `_check_signature` reads encode or decode.
+    self.any_size = True if use_model_code and self.grid else None
+    self._any_size_source = None  # the file any_size was read from
     self.class_names, self.method = self.description["class_names"], self.description["method"]
     path = self.file("variables.npz")
     try:
@@ -148,6 +177,9 @@ class Tokenizer:
       self.functions = self._model_functions(list(files))
     else:
       self.functions = {name: self._exported(file) for name, file in files.items()}
+    self.any_size = bool(self.any_size)
+    self.min_tokens = (self.description.get("min_tokens", 1)
+                       if self.any_size and not use_model_code else 1)
 
   def _description(self) -> dict:
     path = os.path.join(self.directory, "model.json")
@@ -172,7 +204,7 @@ class Tokenizer:
                  and "grids" not in description)
     for name, (valid, what) in _FIELDS.items():
       if name not in description:
-        if name in _TOKENIZER_FIELDS and not tokenizer:
+        if name in _OPTIONAL_FIELDS or (name in _TOKENIZER_FIELDS and not tokenizer):
           continue
         raise BundleError(f"{path}: no {name!r}")
       if not valid(description[name]):
@@ -235,14 +267,43 @@ class Tokenizer:
         raise BundleError(f"{path}: {name} is {got.dtype}{list(got.shape)}, "
                           f"{source} takes {need.dtype}{list(need.shape)}")
 
+  def _signatures(self, name: str) -> dict[bool, str]:
+    """{any_size: signature} that a one-grid tokenizer's `name` may have
+    (none for other functions and bundles): of fixed size, model.json's
+    image_size and grid, or of any size, multiples of its factor."""
+    if "grids" in self.description or name not in ("encode", "decode"):
+      return {}
+    size, grid = self.image_size, self.grid
+    # jax's own spelling of the symbolic sides (a factor of 1 is not written).
+    sides = ",".join(map(str, jax.export.symbolic_shape(f"{self.factor}*h, {self.factor}*w")))
+    shapes = {False: (f"float32[b,{size},{size},3]", f"int32[b,{grid},{grid}]"),
+              True: (f"float32[b,{sides},3]", "int32[b,h,w]")}
+    if name == "encode":
+      return {key: f"{images} -> {indices}, {indices}" for key, (images, indices) in shapes.items()}
+    return {key: f"{indices} -> {images}" for key, (images, indices) in shapes.items()}
+
+  def _check_signature(self, name: str, path: str, found: str) -> None:
+    """`found`, the signature of function `name` in `path`, against model.json,
+    and against the other of encode / decode: both of fixed size or both of any."""
+    signatures = self._signatures(name)
+    if not signatures:
+      return
+    json_path = os.path.join(self.directory, "model.json")
+    if self.any_size is not None:
+      want = signatures[self.any_size]
+      if found != want:
+        raise BundleError(f"{path}: {found}, {json_path} (image_size {self.image_size}, grid "
+                          f"{self.grid}) and {self._any_size_source} need {want}")
+      return
+    matching = [any_size for any_size, signature in signatures.items() if signature == found]
+    if not matching:
+      raise BundleError(f"{path}: {found}, {json_path} (image_size {self.image_size}, grid "
+                        f"{self.grid}) needs {signatures[False]} (fixed size) or "
+                        f"{signatures[True]} (any size)")
+    self.any_size, self._any_size_source = matching[0], path
+
   def _exported(self, name: str):
     path = self.file(f"{name}.jax_export")
-    size, grid = self.image_size, self.grid
-    images, indices = f"float32[b,{size},{size},3]", f"int32[b,{grid},{grid}]"
-    signature = None
-    if "grids" not in self.description:
-      signature = {"encode": f"{images} -> {indices}, {indices}",
-                   "decode": f"{indices} -> {images}"}.get(name)
     with open(path, "rb") as f:
       data = bytearray(f.read())
 
@@ -256,9 +317,7 @@ class Tokenizer:
           map(str, exported.out_avals))
 
     exported, variables, argument, found = _damaged_unless(path, read)
-    if signature is not None and found != signature:
-      raise BundleError(f"{path}: {found}, {os.path.join(self.directory, 'model.json')} "
-                        f"(image_size {size}, grid {grid}) needs {signature}")
+    self._check_signature(name, path, found)
     # 'cuda', not jax.default_backend()'s 'gpu': the names `exported.platforms` uses.
     platform = jax.export.default_export_platform()
     if platform not in exported.platforms:
@@ -266,11 +325,10 @@ class Tokenizer:
                         f"{list(exported.platforms)}, not for this {platform!r} backend")
     self._check_variables(variables, path)
     function = compiler.jit(exported.call)
-    # Lowering parses the module: most damage shows here, at load. Symbolic
-    # sizes (the batch, PAT's number of classes) are 1 in the example.
-    example = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
-        tuple(d if isinstance(d, int) else 1 for d in a.shape), a.dtype), argument)
-    _damaged_unless(path, lambda: function.lower(self.variables, example))
+    # Lowering parses the module: most damage shows here, at load. It lowers
+    # for the symbolic sizes (the batch, an image's sides, PAT's number of
+    # classes) as they are.
+    _damaged_unless(path, lambda: function.lower(self.variables, argument))
     programs = {}  # Compiled per input shape: the rest of the damage shows there.
 
     def call(variables, x):
@@ -296,22 +354,42 @@ class Tokenizer:
                         f"{', '.join(self.functions)})")
     return jax.tree.map(np.asarray, self.functions[name](self.variables, x))
 
+  def takes_grid(self, height: int, width: int) -> bool:
+    """Whether encode / decode take a height x width token grid (images of
+    height*factor x width*factor pixels)."""
+    if not self.any_size:
+      return (height, width) == (self.grid, self.grid)
+    return height > 0 and width > 0 and height * width >= self.min_tokens
+
   def encode(self, images) -> tuple[np.ndarray, np.ndarray]:
-    """[N, H, W, 3] float images in [-1, 1] -> (indices, semantic map), [N, g, g] each."""
+    """[N, H, W, 3] float images in [-1, 1] -> (indices, semantic map),
+    [N, H/factor, W/factor] each."""
     images = np.asarray(images, np.float32)
-    expected = (self.image_size, self.image_size, 3)
-    if images.ndim != 4 or images.shape[1:] != expected:
-      raise BundleError(f"images of shape {images.shape}; this bundle encodes "
-                        f"[N, {', '.join(map(str, expected))}]")
+    shape, factor = images.shape, self.factor
+    if not self.any_size:
+      expected = (self.image_size, self.image_size, 3)
+      if images.ndim != 4 or shape[1:] != expected:
+        raise BundleError(f"images of shape {shape}; this bundle encodes "
+                          f"[N, {', '.join(map(str, expected))}]")
+    elif not (images.ndim == 4 and shape[3] == 3 and shape[1] % factor == shape[2] % factor == 0
+              and self.takes_grid(shape[1] // factor, shape[2] // factor)):
+      tokens = (f" and (H/{factor})*(W/{factor}) >= {self.min_tokens} tokens"
+                if self.min_tokens > 1 else "")
+      raise BundleError(f"images of shape {shape}; this bundle encodes [N, H, W, 3] with "
+                        f"sides multiples of {factor} pixels{tokens}")
     indices, semantic = self.call("encode", images)
     return indices, semantic
 
   def decode(self, indices) -> np.ndarray:
-    """[N, g, g] code indices -> [N, H, W, 3] images in [-1, 1]."""
+    """[N, h, w] code indices -> [N, h*factor, w*factor, 3] images in [-1, 1]."""
     indices = np.asarray(indices)
-    if indices.ndim != 3 or indices.shape[1:] != (self.grid, self.grid):
-      raise BundleError(f"token grid of shape {indices.shape}; this bundle decodes "
-                        f"[N, {self.grid}, {self.grid}]")
+    if not self.any_size:
+      if indices.ndim != 3 or indices.shape[1:] != (self.grid, self.grid):
+        raise BundleError(f"token grid of shape {indices.shape}; this bundle decodes "
+                          f"[N, {self.grid}, {self.grid}]")
+    elif indices.ndim != 3 or not self.takes_grid(*indices.shape[1:]):
+      raise BundleError(f"token grid of shape {indices.shape}; this bundle decodes [N, h, w] "
+                        f"with h, w > 0 and h*w >= {self.min_tokens}")
     if not np.issubdtype(indices.dtype, np.integer):
       raise BundleError(f"token indices of dtype {indices.dtype}; integers expected")
     if indices.size and (indices.min() < 0 or indices.max() >= self.num_codes):

@@ -25,6 +25,7 @@ from sgc_jax.core import ema, gan, optim
 from sgc_jax.core.method import Method, Prediction, Units
 from sgc_jax.data import sources, views
 from sgc_jax.models import codebook as codebook_lib
+from sgc_jax.models import conv
 from sgc_jax.models import lpips as lpips_lib
 from sgc_jax.models.vqgan import ModelConfig, SGCVQGAN
 from sgc_jax.ops import grids, losses
@@ -288,8 +289,11 @@ class SGCVQGANMethod(Method):
 
   def bundle_fields(self) -> dict:
     mc = self.model_config
+    # The fewest tokens the any-size functions take: jax.export does not
+    # serialize their constraint, so the loader reads it here.
     return {"image_size": mc.resolution, "grid": mc.grid,
             "num_codes": mc.codebook.num_codes, "semantic": mc.codebook.mode == "sgc",
+            **({"min_tokens": MIN_TOKENS} if _any_size(mc) else {}),
             "model_config": dataclasses.asdict(mc)}
 
   @classmethod
@@ -301,8 +305,33 @@ class SGCVQGANMethod(Method):
     return {name: fn for name, (fn, _) in _functions(model, mc).items()}, abstract
 
 
-def _functions(model: SGCVQGAN, mc: ModelConfig):
-  batch, = jax.export.symbolic_shape("b")
+# `conv.conv_general_dilated` decides while tracing whether a map is small
+# enough for its CPU im2col path (IM2COL_MAX_PIXELS pixels at most): over a
+# symbolic token grid that answer must be known, so any-size functions take
+# grids of more tokens than that. A grid of at least MIN_TOKENS never takes the
+# path, at any fixed size either: the numbers are those of fixed-size functions.
+MIN_TOKENS = conv.IM2COL_MAX_PIXELS + 1
+
+
+def _any_size(mc: ModelConfig) -> bool:
+  """Whether the bundle's functions take images of any size: a model whose own
+  grid is under MIN_TOKENS (its grid's convolutions take im2col) keeps
+  functions of its own size."""
+  return mc.grid ** 2 >= MIN_TOKENS
+
+
+def _functions(model: SGCVQGAN, mc: ModelConfig, any_size: bool | None = None):
+  """{name: (function, abstract argument)}: `encode` and `features` take images
+  [b, f*h, f*w, 3] (f = mc.stride, the encoder's downsampling) and `decode`
+  token grids [b, h, w], with symbolic b, h, w where `any_size` (default:
+  `_any_size(mc)`); else h = w = mc.grid, the previous signature."""
+  if any_size is None:
+    any_size = _any_size(mc)
+  if any_size:
+    batch, height, width = jax.export.symbolic_shape(
+        "b, h, w", constraints=(f"h*w >= {MIN_TOKENS}",))
+  else:
+    (batch,), height, width = jax.export.symbolic_shape("b"), mc.grid, mc.grid
 
   def encode(variables, images):
     return model.apply(variables, images, method=SGCVQGAN.encode)
@@ -311,10 +340,11 @@ def _functions(model: SGCVQGAN, mc: ModelConfig):
     return model.apply(variables, indices, method=SGCVQGAN.decode)
 
   def features(variables, images):
-    """The encoder's tokens z [N, g, g, D], before quantization (a backbone)."""
+    """The encoder's tokens z [N, h, w, D], before quantization (a backbone)."""
     return model.apply(variables, images, method=SGCVQGAN.tokens)
 
-  images = jax.ShapeDtypeStruct((batch, mc.resolution, mc.resolution, 3), jnp.float32)
+  factor = mc.stride
+  images = jax.ShapeDtypeStruct((batch, factor * height, factor * width, 3), jnp.float32)
   return {"encode": (encode, images),
-          "decode": (decode, jax.ShapeDtypeStruct((batch, mc.grid, mc.grid), jnp.int32)),
+          "decode": (decode, jax.ShapeDtypeStruct((batch, height, width), jnp.int32)),
           "features": (features, images)}
