@@ -145,3 +145,42 @@ def test_the_sheet_and_the_per_class_chart_are_written(trained):
   # semantic map, codes) with 2-pixel gaps.
   assert sheet.shape[1] == 5 * 128 + 6 * 2
   assert chart.shape[0] > 11 * 20  # a row per class
+
+
+def _small(config, data_dir):
+  config.data.data_dir = data_dir
+  config.data.worker_count = 0
+  config.data.batch_size = 8
+  config.total_steps = 2
+  if "segmentation" in config.evals:
+    config.evals.segmentation.update(probe_images=SUBSET["train"], probe_steps=20)
+  config.evals.pictures.num_examples = 2
+  return config
+
+
+def test_slotcon_then_acseg_over_its_teacher_on_whole_frames(camvid_subset, tmp_path):
+  from sgc_jax.configs import acseg_scenes, slotcon_scenes
+  slotcon = _small(slotcon_scenes.get_config("size=64,data=camvid,steps=2"), camvid_subset)
+  train.train_and_evaluate(slotcon, str(tmp_path / "slotcon"))
+  bundle = export.export_checkpoint(slotcon, str(tmp_path / "slotcon"))
+  acseg = _small(acseg_scenes.get_config("size=64,data=camvid,steps=2"), camvid_subset)
+  acseg.model.backbone.weights = bundle
+  acseg.model.classifier_images = SUBSET["train"]
+  train.train_and_evaluate(acseg, str(tmp_path / "acseg"))
+  for run in ("slotcon", "acseg"):
+    config = slotcon if run == "slotcon" else acseg
+    results = eval_checkpoint.evaluate_checkpoint(config, str(tmp_path / run))
+    assert results["images"] == SUBSET["validation"]
+    assert len([k for k in results if k.startswith("hungarian_iou/")]) == 11
+    assert 0 <= results["hungarian_miou"] <= 1
+    md = open(tmp_path / run / "eval" / "eval.md").read()
+    assert "whole frames at 64x48" in md
+
+
+def test_pat_on_whole_frames(camvid_subset, tmp_path):
+  from sgc_jax.configs import pat_scenes
+  config = _small(pat_scenes.get_config("size=64,data=camvid,steps=2"), camvid_subset)
+  train.train_and_evaluate(config, str(tmp_path / "pat"))
+  results = eval_checkpoint.evaluate_checkpoint(config, str(tmp_path / "pat"))
+  assert results["images"] == SUBSET["validation"] and 0 <= results["pat_miou"] <= 1
+  assert results["psnr_0"] > 0  # the finest level's picture, on a 12x16 grid

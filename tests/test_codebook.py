@@ -264,6 +264,33 @@ def test_semantic_loss_equals_the_class_posterior_cross_entropy():
   assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad)).max() > 0
 
 
+def test_median_frequency_class_weights_weigh_rare_classes_in_the_semantic_loss():
+  frequency = np.array([0.5, 0.3, 0.2, 0.0])
+  np.testing.assert_allclose(cb.class_weights(frequency, "median_frequency"),
+                             [0.6, 1.0, 1.5, 0.0])  # median of the present: 0.3
+  assert cb.class_weights(frequency, "none") == ()
+  with pytest.raises(ValueError, match="class_balance='inverse'"):
+    cb.class_weights(frequency, "inverse")
+  weights = (0.6, 1.0, 1.5, 3.0)
+  config, z, labels, weight, codes = _problem(seed=5, tokens=70)
+  code_class = cb.allocate_codes(np.array([0.4, 0.3, 0.2, 0.1]), config.num_codes)
+  args = (jnp.asarray(z), jnp.asarray(labels), jnp.asarray(weight), jnp.asarray(codes),
+          jnp.asarray(code_class))
+  plain = cb.semantic_loss(*args, config)
+  balanced = cb.semantic_loss(*args, dataclasses.replace(config, class_weights=weights))
+  # Per-token cross-entropies from the unweighted loss of one token at a time.
+  flat_labels, flat_weight = labels.reshape(-1), weight.reshape(-1)
+  per_token = np.array([float(cb.semantic_loss(
+      jnp.asarray(z.reshape(1, -1, config.dim)[:, i:i + 1]), jnp.asarray([[flat_labels[i]]]),
+      jnp.ones((1, 1)), jnp.asarray(codes), jnp.asarray(code_class), config))
+      for i in range(len(flat_labels))])
+  use = (flat_labels >= 0) & (flat_weight > 0)
+  token_weight = np.where(use, np.asarray(weights)[np.maximum(flat_labels, 0)] * flat_weight, 0)
+  np.testing.assert_allclose(float(balanced), (per_token * token_weight).sum()
+                             / token_weight.sum(), rtol=1e-5)
+  np.testing.assert_allclose(float(plain), per_token[use].mean(), rtol=1e-5)
+
+
 def _module_problem(mode, seed=4):
   config = _config(mode=mode, num_codes=16, num_classes=4 if mode == "sgc" else 1,
                    beta=0.3, decay=0.5, chunk_size=16)

@@ -59,7 +59,10 @@ def get_config(arg=None):
       semantic_weight=0.1, semantic_temperature=1.0, consistency_weight=0.05,
       consistency_temperature=1.0, consistency_sharpen=0.5,
       alpha=0.5, min_codes=2, label_threshold=0.5,
-      semantic_map="nearest_code"))  # or "posterior": argmax_c p(c|z)
+      semantic_map="nearest_code",  # or "posterior": argmax_c p(c|z)
+      # The semantic loss's class weights: "none" (the method's), or
+      # "median_frequency": median(f) / f_c, rare classes weigh more.
+      class_balance="none"))
 
   config.loss = ml_collections.ConfigDict(dict(
       reconstruction="l1", perceptual_weight=1.0,

@@ -115,6 +115,9 @@ class Method(abc.ABC):
   # state (absent: all of them); the others (temperatures, loss weights, file
   # paths ...) may change on resume.
   state_keys: ClassVar[dict[str, tuple[str, ...]]] = {}
+  # Of a state field that is a dict of config: keys added after checkpoints
+  # were written, with the value those checkpoints ran with.
+  state_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
   # Progress-bar label -> train metric.
   progress: ClassVar[dict[str, str]] = {}
   # Class names of the data set (empty for unlabelled data).
@@ -186,7 +189,7 @@ class Method(abc.ABC):
     """A state field's config value as {dotted key: value} (what is compared)."""
     if not isinstance(value, dict):
       return {"": value}
-    flat = traverse_util.flatten_dict(value, sep=".")
+    flat = {**self.state_defaults.get(field, {}), **traverse_util.flatten_dict(value, sep=".")}
     keys = self.state_keys.get(field)
     return flat if keys is None else {k: v for k, v in flat.items() if k in keys}
 

@@ -71,14 +71,20 @@ class TrainState:
   key: jax.Array
 
 
-def pat_config(config, num_train_classes: int) -> PATConfig:
-  """The networks' config; ValueError naming a bad field."""
+def pat_config(config, num_train_classes: int,
+               class_frequency: np.ndarray | None = None) -> PATConfig:
+  """The networks' config (`class_frequency`: of the training classes' pixels,
+  for the semantic loss's class weights); ValueError naming a bad field."""
   m = config.model
   shared = {k: v for k, v in m.codebook.to_dict().items()
-            if k not in ("alpha", "min_codes", "label_threshold")}
+            if k not in ("alpha", "min_codes", "label_threshold", "class_balance")}
+  weights = codebook_lib.class_weights(
+      np.ones(num_train_classes) if class_frequency is None else class_frequency,
+      m.codebook.get("class_balance", "none"))
   codebooks = tuple(codebook_lib.CodebookConfig(**dict(
       shared, num_codes=k, dim_sem=m.dim, dim_det=0,
-      num_classes=num_train_classes if shared["mode"] == "sgc" else 1))
+      num_classes=num_train_classes if shared["mode"] == "sgc" else 1,
+      class_weights=weights if shared["mode"] == "sgc" else ()))
       for k in m.num_codes)
   net = PATConfig(image_size=config.data.image_size, strides=tuple(m.strides), dim=m.dim,
                   codebooks=codebooks, decoder_ch=m.decoder_ch,
@@ -90,7 +96,9 @@ def pat_config(config, num_train_classes: int) -> PATConfig:
 
 def pat_config_from_dict(fields: dict) -> PATConfig:
   fields = dict(fields)
-  codebooks = tuple(codebook_lib.CodebookConfig(**c) for c in fields.pop("codebooks"))
+  codebooks = tuple(codebook_lib.CodebookConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                                   for k, v in c.items()})
+                    for c in fields.pop("codebooks"))
   fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
   return PATConfig(codebooks=codebooks, **fields)
 
@@ -178,16 +186,16 @@ class PATMethod(Method):
     lut = np.full(256, IGNORE, np.int32)
     lut[list(self.seen_class_ids)] = np.arange(len(self.seen_class_ids))
     self.train_label = lut  # data label -> training class (seen) or IGNORE
-    self.net_config = pat_config(config, len(self.seen_class_ids))
+    frequency = (np.ones(len(self.seen_class_ids)) if class_frequency is None
+                 else np.asarray(class_frequency)[list(self.seen_class_ids)])
+    self.class_frequency = frequency / max(frequency.sum(), 1e-12)
+    self.net_config = pat_config(config, len(self.seen_class_ids), self.class_frequency)
     self.backbone = backbones.build(m.backbone, config.data.image_size)
     self.net = PATNet(self.backbone, self.net_config, self.backbone.normalization,
                       m.semantic_temperature, m.baseline_temperature, m.fusion_weight)
     self.model = PAT(self.net_config, token_groups=sharding.batch_shards(mesh))
     self.text = None if text is None else np.asarray(text, np.float32)
     self.text_tower = text_tower
-    frequency = (np.ones(len(self.seen_class_ids)) if class_frequency is None
-                 else np.asarray(class_frequency)[list(self.seen_class_ids)])
-    self.class_frequency = frequency / max(frequency.sum(), 1e-12)
     self.lpips_params = lpips_params
     self.lpips = lpips_lib.LPIPS() if lpips_params is not None else None
     self.tx = optim.create(config.optimizer, config.optimizer.learning_rate, config.total_steps)

@@ -25,7 +25,6 @@ from sgc_jax.core import ema, gan, optim
 from sgc_jax.core.method import Method, Prediction, Units
 from sgc_jax.data import sources, views
 from sgc_jax.models import codebook as codebook_lib
-from sgc_jax.models import conv
 from sgc_jax.models import lpips as lpips_lib
 from sgc_jax.models.vqgan import ModelConfig, SGCVQGAN
 from sgc_jax.ops import grids, losses
@@ -49,20 +48,26 @@ class TrainState:
 def model_config_from_dict(fields: dict) -> ModelConfig:
   """A ModelConfig from its dict form (config.model with the codebook's
   model fields, or a bundle's model.json `model_config`)."""
-  fields = dict(fields)
-  codebook = codebook_lib.CodebookConfig(**fields.pop("codebook"))
   fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+  codebook = codebook_lib.CodebookConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                            for k, v in fields.pop("codebook").items()})
   return ModelConfig(codebook=codebook, **fields)
 
 
-def model_config(config, num_classes: int) -> ModelConfig:
-  """The model of `config` for data with `num_classes` classes; ValueError
+def model_config(config, num_classes: int,
+                 class_frequency: np.ndarray | None = None) -> ModelConfig:
+  """The model of `config` for data with `num_classes` classes (of pixel
+  frequencies `class_frequency`: the semantic loss's class weights); ValueError
   naming a bad field."""
   m = config.model.to_dict()
   codebook = dict(m.pop("codebook"))
   codebook["num_classes"] = num_classes if codebook["mode"] == "sgc" else 1
   codebook_lib.check_allocation(codebook.pop("alpha"), codebook.pop("min_codes"),
                                 codebook.pop("label_threshold"), codebook, num_classes)
+  weights = codebook_lib.class_weights(
+      np.ones(num_classes) if class_frequency is None else class_frequency,
+      codebook.pop("class_balance", "none"))
+  codebook["class_weights"] = weights if codebook["mode"] == "sgc" else ()
   model = model_config_from_dict(dict(m, codebook=codebook))
   model.validate()
   return model
@@ -73,6 +78,7 @@ def model_config(config, num_classes: int) -> ModelConfig:
 class SGCVQGANMethod(Method):
   name = "sgc_vqgan"
   state_fields = ("model", "disc", "ema_decay")
+  state_defaults = {"model": {"codebook.class_balance": "none"}}
   progress = {"loss": "loss/total", "psnr": "psnr", "codes": "codes_used"}
 
   def __init__(self, config, mesh, class_names, class_frequency: np.ndarray | None = None,
@@ -82,7 +88,7 @@ class SGCVQGANMethod(Method):
     self.class_names = tuple(class_names)
     self.class_frequency = (np.full(len(class_names), 1 / len(class_names))
                             if class_frequency is None else np.asarray(class_frequency))
-    self.model_config = model_config(config, len(self.class_names))
+    self.model_config = model_config(config, len(self.class_names), self.class_frequency)
     self.lpips_params = lpips_params
     c = config
     self.model = SGCVQGAN(self.model_config, token_groups=sharding.batch_shards(mesh))
@@ -289,11 +295,8 @@ class SGCVQGANMethod(Method):
 
   def bundle_fields(self) -> dict:
     mc = self.model_config
-    # The fewest tokens the any-size functions take: jax.export does not
-    # serialize their constraint, so the loader reads it here.
     return {"image_size": mc.resolution, "grid": mc.grid,
             "num_codes": mc.codebook.num_codes, "semantic": mc.codebook.mode == "sgc",
-            **({"min_tokens": MIN_TOKENS} if _any_size(mc) else {}),
             "model_config": dataclasses.asdict(mc)}
 
   @classmethod
@@ -305,33 +308,15 @@ class SGCVQGANMethod(Method):
     return {name: fn for name, (fn, _) in _functions(model, mc).items()}, abstract
 
 
-# `conv.conv_general_dilated` decides while tracing whether a map is small
-# enough for its CPU im2col path (IM2COL_MAX_PIXELS pixels at most): over a
-# symbolic token grid that answer must be known, so any-size functions take
-# grids of more tokens than that. A grid of at least MIN_TOKENS never takes the
-# path, at any fixed size either: the numbers are those of fixed-size functions.
-MIN_TOKENS = conv.IM2COL_MAX_PIXELS + 1
-
-
-def _any_size(mc: ModelConfig) -> bool:
-  """Whether the bundle's functions take images of any size: a model whose own
-  grid is under MIN_TOKENS (its grid's convolutions take im2col) keeps
-  functions of its own size."""
-  return mc.grid ** 2 >= MIN_TOKENS
-
-
-def _functions(model: SGCVQGAN, mc: ModelConfig, any_size: bool | None = None):
+def _functions(model: SGCVQGAN, mc: ModelConfig):
   """{name: (function, abstract argument)}: `encode` and `features` take images
   [b, f*h, f*w, 3] (f = mc.stride, the encoder's downsampling) and `decode`
-  token grids [b, h, w], with symbolic b, h, w where `any_size` (default:
-  `_any_size(mc)`); else h = w = mc.grid, the previous signature."""
-  if any_size is None:
-    any_size = _any_size(mc)
-  if any_size:
-    batch, height, width = jax.export.symbolic_shape(
-        "b, h, w", constraints=(f"h*w >= {MIN_TOKENS}",))
-  else:
-    (batch,), height, width = jax.export.symbolic_shape("b"), mc.grid, mc.grid
+  token grids [b, h, w], of symbolic b, h, w. Convolutions over maps of
+  symbolic size are XLA's (`models/conv.py`), as over concrete maps of more than
+  IM2COL_MAX_PIXELS pixels: where the model's grid has more tokens than that,
+  images of its size give the numbers of functions traced at that size, bit
+  for bit."""
+  batch, height, width = jax.export.symbolic_shape("b, h, w")
 
   def encode(variables, images):
     return model.apply(variables, images, method=SGCVQGAN.encode)

@@ -27,6 +27,8 @@ from sgc_jax.ops.grids import UNLABELED
 
 MODES = ("vq", "ema", "sgc")
 SEMANTIC_MAPS = ("nearest_code", "posterior")
+# How the semantic loss weighs a labelled token by its class (`class_balance`).
+CLASS_BALANCES = ("none", "median_frequency")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,9 @@ class CodebookConfig:
   # The semantic map at inference (sgc): the class of the nearest code over the
   # whole distance, or argmax_c p(c|z), the posterior the semantic loss trains.
   semantic_map: str = "nearest_code"
+  # The semantic loss's weight of a token of class c (`class_weights`);
+  # (): every labelled token weighs 1.
+  class_weights: tuple[float, ...] = ()
 
   @property
   def dim(self) -> int:
@@ -105,6 +110,23 @@ def check_allocation(alpha, min_codes, label_threshold, codebook: dict,
   if codebook["mode"] == "sgc" and codebook["num_codes"] < min_codes * num_classes:
     raise ValueError(f"codebook.num_codes={codebook['num_codes']} cannot give each of the "
                      f"{num_classes} classes min_codes={min_codes} codes")
+
+def class_weights(class_frequency: np.ndarray, balance: str) -> tuple[float, ...]:
+  """The semantic loss's per-class weights for `balance`: "none", (); or
+  "median_frequency" (Eigen & Fergus 2015, as SegNet trains on CamVid),
+  median(f) / f_c over the pixel frequencies f of the classes present, so that
+  a class as frequent as the median weighs 1 and rare ones more (a class
+  absent from the data weighs 0: it has no token to weigh)."""
+  if balance not in CLASS_BALANCES:
+    raise ValueError(f"codebook.class_balance={balance!r}: must be one of {CLASS_BALANCES}")
+  if balance == "none":
+    return ()
+  frequency = np.asarray(class_frequency, np.float64)
+  present = frequency > 0
+  median = np.median(frequency[present]) if present.any() else 1.0
+  return tuple(float(w) for w in np.where(present, median / np.where(present, frequency, 1),
+                                          0.0))
+
 
 def allocate_codes(class_frequency: np.ndarray, num_codes: int, alpha: float = 0.5,
                    min_codes: int = 1) -> np.ndarray:
@@ -362,6 +384,8 @@ def semantic_loss(z: jax.Array, labels: jax.Array, weight: jax.Array,
     return jax.nn.logsumexp(logits, -1) - jax.nn.logsumexp(own, -1)
 
   labeled = weight * (labels >= 0)
+  if config.class_weights:  # a weighted mean: tokens of rare classes count more
+    labeled = labeled * jnp.asarray(config.class_weights, jnp.float32)[jnp.maximum(labels, 0)]
   total = chunked_token_loss(per_token, (z, jnp.maximum(labels, 0)), labeled,
                              config.chunk_size)
   return total / jnp.maximum(labeled.sum(), 1.0)

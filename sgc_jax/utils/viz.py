@@ -164,7 +164,7 @@ def reconstruction_grid(images, reconstructions, segmentation, token_classes,
     rows.append([to_uint8(x)]
                 + ([] if reconstructions is None else [to_uint8(reconstructions[i])])
                 + [colour_classes(seg, num_classes), colour_classes(token_map, num_classes)]
-                + ([] if codes is None else [enlarge(codes[i], factor)]))
+                + ([] if codes is None else [enlarge(codes[i], height // codes.shape[1])]))
   captions = (["input"] + ([] if reconstructions is None else ["reconstruction"])
               + ["true classes", "semantic map"]
               + ([] if codes is None else ["codes (hue: class, shade: code)"]))
