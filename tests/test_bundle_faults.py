@@ -287,8 +287,8 @@ TOKEN_FAULTS = {  # id: (write bad.npz, what the message says)
                      r"token indices in \[64, 64\], the bundle has 64 codes"),
     "float": (lambda p: np.savez(p, indices=np.zeros((8, 8), np.float32)),
               "token indices of dtype float32, integers expected"),
-    "grid": (lambda p: np.savez(p, indices=np.zeros((2, 2), np.int32)),
-             r"token grid \(2, 2\), the bundle decodes \(h, w\) grids with h\*w >= 5"),
+    "grid": (lambda p: np.savez(p, indices=np.zeros((2, 8, 8), np.int32)),
+             r"token grid \(2, 8, 8\), the bundle decodes \(h, w\) grids with h, w > 0"),
 }
 
 

@@ -62,6 +62,27 @@ def test_a_large_convolution_exports_with_a_symbolic_batch():
   assert exported.out_avals[0].shape[1:] == (64, 64, 128)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_maps_of_symbolic_size_export_to_xlas_convolution(stride):
+  """Whether a map of symbolic sides has at most IM2COL_MAX_PIXELS pixels is
+  undecidable while tracing: it takes XLA's convolution at every size, the
+  sizes where a concrete map takes the GEMM too (4x4 at stride 2: 2x2)."""
+  rng = np.random.default_rng(0)
+  w = jnp.asarray(rng.normal(size=(3, 3, 5, 7)), jnp.float32)
+  strides, padding = (stride, stride), ((1, 1), (1, 1))
+  dn = lax.conv_dimension_numbers((1, 4, 4, 5), w.shape, ("NHWC", "HWIO", "NHWC"))
+  f = jax.jit(lambda x: conv.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn))
+  batch, height, width = jax.export.symbolic_shape("b, h, w")
+  exported = jax.export.export(f, platforms=("cpu",))(
+      jax.ShapeDtypeStruct((batch, 4 * height, 4 * width, 5), jnp.float32))
+  assert "stablehlo.convolution" in exported.mlir_module()
+  assert str(exported.out_avals[0]) == ("float32[b,4*h,4*w,7]" if stride == 1
+                                        else "float32[b,2*h,2*w,7]")
+  for size in ((4, 4), (4, 12), (8, 8)):
+    x = jnp.asarray(rng.normal(size=(2, *size, 5)), jnp.float32)
+    np.testing.assert_allclose(exported.call(x), f(x), rtol=1e-5, atol=1e-5)
+
+
 def _upsampled_then_convolved(x, w):
   doubled = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
   return lax.conv_general_dilated(doubled, w, (1, 1), ((1, 1), (1, 1)),

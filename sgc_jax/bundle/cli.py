@@ -29,11 +29,10 @@ clusters (`prototype_k` / `cluster_k` in classes.txt); NAME_classes.png is 8-bit
 up to 256 classes, 16-bit past that. A bundle without the function a command
 needs (a SlotCon bundle has no decoder) is refused in one line.
 
-A file that is not an image, a photo of fewer tokens than an any-size bundle
-takes, tokens of the wrong grid or range, two inputs that would write the same
-output or a directory that is not a bundle stop the command with a one-line
-error naming the file, before it writes anything (an image whose pixel data,
-past its header, is damaged stops it where it is met).
+A file that is not an image, tokens of the wrong grid or range, two inputs
+that would write the same output or a directory that is not a bundle stop the
+command with a one-line error naming the file, before it writes anything (an
+image whose pixel data, past its header, is damaged stops it where it is met).
 
 Images are refused past Pillow's decompression-bomb limit (`MAX_IMAGE_PIXELS`,
 which Pillow only warns about below twice that) and past an aspect ratio of
@@ -108,18 +107,14 @@ def read_image(path: str, size: int) -> np.ndarray:
   return _symmetric(image)
 
 
-def fitted_size(path: str, width: int, height: int, factor: int, max_side: int,
-                min_tokens: int = 1) -> tuple[int, int]:
+def fitted_size(width: int, height: int, factor: int, max_side: int) -> tuple[int, int]:
   """(width, height) at which an any-size bundle encodes a `width` x `height`
   photo: scaled down to `max_side` pixels on its longer side (aspect kept),
   then each side rounded to the nearest multiple of `factor` (one at least,
-  `max_side` at most). A photo of fewer than `min_tokens` tokens is refused."""
+  `max_side` at most)."""
   scale = min(1.0, max_side / max(width, height))
   columns, rows = (min(max(1, int(side * scale / factor + 0.5)), max_side // factor)
                    for side in (width, height))
-  if columns * rows < min_tokens:
-    raise InputError(f"{path}: {width}x{height} pixels, {columns}x{rows} tokens of {factor}x"
-                     f"{factor} pixels; the bundle takes {min_tokens} tokens at least")
   return columns * factor, rows * factor
 
 
@@ -233,8 +228,7 @@ def tokenize(images_dir: str, bundle: str, out: str, batch_size: int = 16,
     factor = tokenizer.factor
     if max_side < factor:
       raise InputError(f"--max_side {max_side}: under one token of the bundle ({factor} pixels)")
-    sizes = {path: fitted_size(path, *photo_sizes[path], factor, max_side,
-                               tokenizer.min_tokens) for path in paths}
+    sizes = {path: fitted_size(*photo_sizes[path], factor, max_side) for path in paths}
     read = lambda path: read_photo(path, sizes[path])  # noqa: E731
   else:  # The bundle's size: resized and centre-cropped.
     size = tokenizer.image_size
@@ -281,14 +275,13 @@ def _read_npz(path: str, keys, optional=()) -> dict[str, np.ndarray]:
 
 
 def _checked_tokens(path: str, indices: np.ndarray, grid: int | None, num_codes: int | None,
-                    what: str = "", min_tokens: int = 1) -> np.ndarray:
+                    what: str = "") -> np.ndarray:
   """`indices` against the bundle's grid (None: an any-size bundle's, any
-  (h, w) grid of `min_tokens` tokens at least) and codes; `what` names the
-  array in a file of several."""
+  (h, w) grid) and codes; `what` names the array in a file of several."""
   if grid is None:
-    if indices.ndim != 2 or indices.size < min_tokens:
+    if indices.ndim != 2 or indices.size == 0:
       raise InputError(f"{path}: {what}token grid {indices.shape}, the bundle decodes (h, w) "
-                       f"grids with h*w >= {min_tokens}")
+                       "grids with h, w > 0")
   elif indices.shape != (grid, grid):
     raise InputError(f"{path}: {what}token grid {indices.shape}, the bundle decodes "
                      f"({grid}, {grid})")
@@ -300,12 +293,10 @@ def _checked_tokens(path: str, indices: np.ndarray, grid: int | None, num_codes:
   return indices
 
 
-def read_tokens(path: str, grid: int | None, num_codes: int | None = None,
-                min_tokens: int = 1) -> np.ndarray:
+def read_tokens(path: str, grid: int | None, num_codes: int | None = None) -> np.ndarray:
   """`indices` of a token file, checked against the bundle's grid (None: any
-  grid of `min_tokens` tokens at least) and codes."""
-  return _checked_tokens(path, _read_npz(path, ["indices"])["indices"], grid, num_codes,
-                         min_tokens=min_tokens)
+  grid) and codes."""
+  return _checked_tokens(path, _read_npz(path, ["indices"])["indices"], grid, num_codes)
 
 
 def read_original_size(path: str) -> tuple[int, int] | None:
@@ -345,8 +336,7 @@ def detokenize(tokens_dir: str, bundle: str, out: str, batch_size: int = 16) -> 
   any_size = levels is None and tokenizer.any_size
   if levels is None:
     grid = None if any_size else tokenizer.grid
-    read = lambda path: read_tokens(  # noqa: E731
-        path, grid, tokenizer.num_codes, tokenizer.min_tokens)
+    read = lambda path: read_tokens(path, grid, tokenizer.num_codes)  # noqa: E731
     decode = lambda tokens: tokenizer.decode(np.stack(tokens))  # noqa: E731
     zeros = lambda shape: np.zeros(shape, np.int32)  # noqa: E731
   else:

@@ -6,12 +6,11 @@
 
 An SGC-VQGAN bundle's functions take images of any size whose sides are
 multiples of `tokenizer.factor` pixels (the encoder's downsampling: a 480x360
-photo at factor 4 is a 90x120 token grid) and any token grid of
-`tokenizer.min_tokens` tokens at least; `tokenizer.any_size` says so, read
-from the serialized functions' signatures. Bundles written before this
-(`any_size` False) take images of `image_size` pixels square and grids of
-`grid` x `grid` tokens only. Images or grids of other shapes raise
-`BundleError` saying what the bundle takes.
+photo at factor 4 is a 90x120 token grid) and token grids of any size;
+`tokenizer.any_size` says so, read from the serialized functions' signatures.
+Bundles written before this (`any_size` False) take images of `image_size`
+pixels square and grids of `grid` x `grid` tokens only. Images or grids of
+other shapes raise `BundleError` saying what the bundle takes.
 
 By default the bundle's serialized StableHLO runs (only JAX and NumPy are
 imported, none of the model code); `use_model_code=True` rebuilds the Flax
@@ -57,7 +56,9 @@ def _positive_int(value) -> bool:
 
 # model.json fields this module reads: (test, what it should be). The first
 # four describe a tokenizer's encode / decode; bundles of other functions may
-# lack them.
+# lack them. Others are ignored, `min_tokens` among them: the first any-size
+# SGC-VQGAN bundles hold it (5), the constraint h*w >= 5 they were exported
+# under, which their functions still check when they compile for a grid.
 _FIELDS = {
     "image_size": (_positive_int, "a positive integer"),
     "grid": (_positive_int, "a positive integer"),
@@ -68,12 +69,8 @@ _FIELDS = {
     "functions": (lambda v: isinstance(v, list) and v and all(
         isinstance(n, str) and n.isidentifier() for n in v), "a list of function names"),
     "method": (lambda v: isinstance(v, str) and v.isidentifier(), "a method name"),
-    "min_tokens": (_positive_int, "a positive integer"),
 }
 _TOKENIZER_FIELDS = ("image_size", "grid", "num_codes", "semantic")
-# The fewest tokens an any-size tokenizer's functions take (their shape
-# constraint, which jax.export does not serialize); 1 where absent.
-_OPTIONAL_FIELDS = ("min_tokens",)
 # Where an SGC-VQGAN bundle's variables hold its codes, [num_codes, dim]: the
 # codebook's centres in every quantizer mode, and its learned embedding in
 # `vq` mode. Nothing else tells the number of codes: decode takes any int32.
@@ -140,13 +137,12 @@ class Tokenizer:
 
   A one-grid tokenizer (SGC-VQGAN) also says which shapes they take:
     any_size    True where they take images [N, factor*h, factor*w, 3] and
-                grids [N, h, w] of any h, w (h*w >= min_tokens): read from the
-                signatures of the serialized encode / decode (the model code,
+                grids [N, h, w] of any h, w > 0: read from the signatures of
+                the serialized encode / decode (the model code,
                 `use_model_code=True`, takes any size); False for a bundle of
                 fixed-size functions, [N, image_size, image_size, 3] and
                 [N, grid, grid]
     factor      pixels per token side, image_size // grid
-    min_tokens  the fewest tokens h*w an any-size grid has (1 if fixed-size)
   """
 
   def __init__(self, directory: str, use_model_code: bool = False):
@@ -178,8 +174,6 @@ class Tokenizer:
     else:
       self.functions = {name: self._exported(file) for name, file in files.items()}
     self.any_size = bool(self.any_size)
-    self.min_tokens = (self.description.get("min_tokens", 1)
-                       if self.any_size and not use_model_code else 1)
 
   def _description(self) -> dict:
     path = os.path.join(self.directory, "model.json")
@@ -204,7 +198,7 @@ class Tokenizer:
                  and "grids" not in description)
     for name, (valid, what) in _FIELDS.items():
       if name not in description:
-        if name in _OPTIONAL_FIELDS or (name in _TOKENIZER_FIELDS and not tokenizer):
+        if name in _TOKENIZER_FIELDS and not tokenizer:
           continue
         raise BundleError(f"{path}: no {name!r}")
       if not valid(description[name]):
@@ -359,7 +353,7 @@ class Tokenizer:
     height*factor x width*factor pixels)."""
     if not self.any_size:
       return (height, width) == (self.grid, self.grid)
-    return height > 0 and width > 0 and height * width >= self.min_tokens
+    return height > 0 and width > 0
 
   def encode(self, images) -> tuple[np.ndarray, np.ndarray]:
     """[N, H, W, 3] float images in [-1, 1] -> (indices, semantic map),
@@ -373,10 +367,8 @@ class Tokenizer:
                           f"[N, {', '.join(map(str, expected))}]")
     elif not (images.ndim == 4 and shape[3] == 3 and shape[1] % factor == shape[2] % factor == 0
               and self.takes_grid(shape[1] // factor, shape[2] // factor)):
-      tokens = (f" and (H/{factor})*(W/{factor}) >= {self.min_tokens} tokens"
-                if self.min_tokens > 1 else "")
       raise BundleError(f"images of shape {shape}; this bundle encodes [N, H, W, 3] with "
-                        f"sides multiples of {factor} pixels{tokens}")
+                        f"sides positive multiples of {factor} pixels")
     indices, semantic = self.call("encode", images)
     return indices, semantic
 
@@ -389,7 +381,7 @@ class Tokenizer:
                           f"[N, {self.grid}, {self.grid}]")
     elif indices.ndim != 3 or not self.takes_grid(*indices.shape[1:]):
       raise BundleError(f"token grid of shape {indices.shape}; this bundle decodes [N, h, w] "
-                        f"with h, w > 0 and h*w >= {self.min_tokens}")
+                        "with h, w > 0")
     if not np.issubdtype(indices.dtype, np.integer):
       raise BundleError(f"token indices of dtype {indices.dtype}; integers expected")
     if indices.size and (indices.min() < 0 or indices.max() >= self.num_codes):

@@ -7,8 +7,9 @@ on 2x2 maps of 16 images took 148 ms for its two gradients, against 4.6 ms as
 one GEMM (JAX 0.10.2, 2-core AMD EPYC with AVX-512). A convolution with at most
 `IM2COL_MAX_PIXELS` output pixels per image is therefore one GEMM over the
 gathered taps (im2col), whose gradients autodiff makes GEMMs too. ResNets meet
-such maps in their last stage on small images. Every other convolution, and
-every one on GPU and TPU, is XLA's own.
+such maps in their last stage on small images. Every other convolution, every
+one over maps of symbolic size (a shape-polymorphic `jax.export`) and every one
+on GPU and TPU is XLA's own.
 
 The CPU paths here are `lax.platform_dependent` branches, chosen by the
 platform a program is lowered for, not by the backend it was traced on: a
@@ -47,9 +48,17 @@ def _im2col(x, w, strides, padding):
                     w.reshape(kh * kw * cin, cout))
 
 
-def _output_pixels(x_shape, w_shape, strides, padding) -> int:
-  return ((x_shape[1] + sum(padding[0]) - w_shape[0]) // strides[0] + 1) * (
+def _tiny_map(x_shape, w_shape, strides, padding) -> bool:
+  """Whether the output map has at most IM2COL_MAX_PIXELS pixels. Sides of
+  symbolic size (`jax.export` of any image size) make it False: comparing them
+  with a constant is undecidable while tracing, XLA's convolution takes every
+  size, and what the GEMM saves on tiny maps is mostly training's gradients,
+  which are traced at concrete sizes."""
+  if not all(isinstance(side, int) for side in x_shape[1:3]):
+    return False
+  pixels = ((x_shape[1] + sum(padding[0]) - w_shape[0]) // strides[0] + 1) * (
       (x_shape[2] + sum(padding[1]) - w_shape[1]) // strides[1] + 1)
+  return pixels <= IM2COL_MAX_PIXELS
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -61,8 +70,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                  all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))) and
                  dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
                  and rhs.shape[0] * rhs.shape[1] > 1 and
-                 _output_pixels(lhs.shape, rhs.shape, window_strides, padding)
-                 <= IM2COL_MAX_PIXELS)
+                 _tiny_map(lhs.shape, rhs.shape, window_strides, padding))
   def xla(lhs, rhs):
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,

@@ -8,10 +8,11 @@
                                encode images -> (indices, semantic map); decode)
 
 Each function is `jax.export` serialized StableHLO with a symbolic batch
-dimension `b`, lowered for every platform in `PLATFORMS`; `sgc_jax.bundle.inference`
-runs them without the model code. The bundle folder appears whole or not at
-all (written beside and renamed into place): a failed re-export leaves the
-previous bundle as it was.
+dimension `b` (SGC-VQGAN's with symbolic image sides too: images
+[b, f*h, f*w, 3], token grids [b, h, w]), lowered for every platform in
+`PLATFORMS`; `sgc_jax.bundle.inference` runs them without the model code. The
+bundle folder appears whole or not at all (written beside and renamed into
+place): a failed re-export leaves the previous bundle as it was.
 """
 
 from __future__ import annotations
