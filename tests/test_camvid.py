@@ -184,3 +184,30 @@ def test_pat_on_whole_frames(camvid_subset, tmp_path):
   results = eval_checkpoint.evaluate_checkpoint(config, str(tmp_path / "pat"))
   assert results["images"] == SUBSET["validation"] and 0 <= results["pat_miou"] <= 1
   assert results["psnr_0"] > 0  # the finest level's picture, on a 12x16 grid
+
+
+def test_a_whole_480x360_photo_tokenizes_and_decodes_back_to_480x360(trained, tmp_path):
+  import sgc_jax
+  from sgc_jax.bundle import cli
+  config, workdir, _ = trained
+  bundle = export.export_checkpoint(config, workdir)
+  photos = tmp_path / "photos"
+  os.makedirs(photos)
+  name = sorted(os.listdir(os.path.join(CAMVID, "validation", "images")))[0]
+  os.symlink(os.path.join(CAMVID, "validation", "images", name), photos / name)
+  assert cli.tokenize(str(photos), bundle, str(tmp_path / "tokens")) == 1
+  stem = os.path.splitext(name)[0]
+  with np.load(tmp_path / "tokens" / f"{stem}.npz") as tokens:
+    assert tokens["indices"].shape == (90, 120)  # 4x4-pixel tokens of the whole frame
+    assert tokens["original_size"].tolist() == [360, 480]
+  semantic = PIL.Image.open(tmp_path / "tokens" / f"{stem}_semantic.png")
+  assert semantic.size == (480, 360)
+  assert cli.detokenize(str(tmp_path / "tokens"), bundle, str(tmp_path / "decoded")) == 1
+  decoded = PIL.Image.open(tmp_path / "decoded" / f"{stem}.png")
+  assert decoded.size == (480, 360) and decoded.mode == "RGB"
+  # The Python API gives the same tokens.
+  tokenizer = sgc_jax.load_bundle(bundle)
+  photo = np.asarray(PIL.Image.open(photos / name).convert("RGB"), np.float32) / 127.5 - 1
+  indices, _ = tokenizer.encode(photo[None])
+  with np.load(tmp_path / "tokens" / f"{stem}.npz") as tokens:
+    np.testing.assert_array_equal(np.asarray(indices)[0], tokens["indices"])
