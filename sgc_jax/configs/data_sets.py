@@ -21,4 +21,6 @@ def use(config, name: str):
   if name == "camvid":
     config.data.name = "folder:camvid"
     config.data.eval_frame = camvid_frame(config.data.image_size)
+    # Consecutive frames of a video are alike: pictures of frames across it.
+    config.evals.pictures.spaced = True
   return config

@@ -346,11 +346,15 @@ def head(source, count: int) -> RecordRange:
 
 def centred_examples(source, count: int, image_size: int,
                      normalization: str = "symmetric",
-                     frame: tuple[int, int] | None = None) -> list[Batch]:
-  """The first `count` records as one centred view each (previews and pictures)."""
+                     frame: tuple[int, int] | None = None, spaced: bool = False) -> list[Batch]:
+  """The first `count` records (with `spaced`, `count` records evenly spaced
+  over the source: frames of a video differ) as one centred view each
+  (previews and pictures)."""
   make = MakeViews(image_size, 1, None, normalization, frame=frame)
-  return [make.random_map(source[i], np.random.default_rng(0))
-          for i in range(min(count, len(source)))]
+  count = min(count, len(source))
+  indices = (np.linspace(0, len(source) - 1, count).round().astype(int) if spaced
+             else range(count))
+  return [make.random_map(source[int(i)], np.random.default_rng(0)) for i in indices]
 
 
 def _zeros_like(batch: Batch) -> Batch:

@@ -1,4 +1,5 @@
-"""PNGs of the first `num_examples` evaluation images, every `every` steps:
+"""PNGs of the first `num_examples` evaluation images (with `spaced`, evenly
+spaced over the split), every `every` steps:
 rows of input | reconstruction (methods that reconstruct) | true classes | the
 method's semantic map; for methods that do not reconstruct, `unit_maps` too
 (each token coloured by its unit: SlotCon's slot maps). In `--mode=eval` also
@@ -48,7 +49,8 @@ class Pictures(Evaluator):
     normalization = config.data.get("normalization", "symmetric")
     records = pipeline.centred_examples(dataset.split(config.data.eval_split),
                                         self.options["num_examples"], config.data.image_size,
-                                        normalization, pipeline.eval_frame(config))
+                                        normalization, pipeline.eval_frame(config),
+                                        spaced=bool(self.options.get("spaced")))
     images = np.stack([r["image"][0] for r in records])
     # Every process computes them: the model may be sharded over processes.
     predictions = multihost_utils.process_allgather(
