@@ -266,11 +266,12 @@ def test_semantic_loss_equals_the_class_posterior_cross_entropy():
 
 def test_median_frequency_class_weights_weigh_rare_classes_in_the_semantic_loss():
   frequency = np.array([0.5, 0.3, 0.2, 0.0])
-  np.testing.assert_allclose(cb.class_weights(frequency, "median_frequency"),
+  np.testing.assert_allclose(cb.class_weights(frequency, "median_frequency", 4),
                              [0.6, 1.0, 1.5, 0.0])  # median of the present: 0.3
-  assert cb.class_weights(frequency, "none") == ()
+  assert cb.class_weights(frequency, "none", 4) == ()
+  assert cb.class_weights(None, "median_frequency", 3) == (1.0, 1.0, 1.0)  # no frequencies
   with pytest.raises(ValueError, match="class_balance='inverse'"):
-    cb.class_weights(frequency, "inverse")
+    cb.class_weights(frequency, "inverse", 4)
   weights = (0.6, 1.0, 1.5, 3.0)
   config, z, labels, weight, codes = _problem(seed=5, tokens=70)
   code_class = cb.allocate_codes(np.array([0.4, 0.3, 0.2, 0.1]), config.num_codes)

@@ -113,10 +113,15 @@ def _predicted_shapes(method: Method, variables, height: int, width: int) -> Pre
                         jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32))
 
 
+# (method, frame) pairs `check_eval_frame` has passed: shapes do not change
+# between a run's evaluations, so each is traced once.
+_frames_checked: set = set()
+
+
 def check_eval_frame(method: Method, variables, config) -> None:
   """A ConfigError unless `data.eval_frame` splits into the method's token grid."""
   frame = pipeline.eval_frame(config)
-  if frame is None:
+  if frame is None or (method, frame) in _frames_checked:
     return
   try:
     grid = _predicted_shapes(method, variables, *frame).indices.shape[1:3]
@@ -125,9 +130,12 @@ def check_eval_frame(method: Method, variables, config) -> None:
                       f"take {frame[0]}x{frame[1]} images ({type(error).__name__}: "
                       f"{str(error).splitlines()[0] if str(error) else ''})") from None
   if frame[0] % grid[0] or frame[1] % grid[1]:
+    size = config.data.image_size
+    token = size // _predicted_shapes(method, variables, size, size).indices.shape[1]
     raise ConfigError(f"config.data.eval_frame={frame}: its {grid[0]}x{grid[1]} tokens do "
                       f"not tile {frame[0]}x{frame[1]} pixels; use multiples of "
-                      f"{config.data.image_size // max(grid)} pixels")
+                      f"{token} pixels (the method's token at image_size {size})")
+  _frames_checked.add((method, frame))
 
 
 def split_pass(method: Method, variables, source, config,

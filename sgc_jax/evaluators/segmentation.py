@@ -222,8 +222,9 @@ class Segmentation(Evaluator):
     per_class = class_results(confusions, pixels, usage, unit_class,
                               context.method.class_names)
     if context.final:
+      labels = {key: label for key, label, _ in self.class_columns}
       context.write_image("per_class", viz.per_class_chart(
-          per_class, context.method.class_names, labels={key: label for key, label, _ in self.class_columns}))
+          per_class, context.method.class_names, labels=labels))
     return {**results, **flat_class_results(per_class, context.method.class_names)}
 
 

@@ -78,9 +78,8 @@ def pat_config(config, num_train_classes: int,
   m = config.model
   shared = {k: v for k, v in m.codebook.to_dict().items()
             if k not in ("alpha", "min_codes", "label_threshold", "class_balance")}
-  weights = codebook_lib.class_weights(
-      np.ones(num_train_classes) if class_frequency is None else class_frequency,
-      m.codebook.get("class_balance", "none"))
+  weights = codebook_lib.class_weights(class_frequency, m.codebook.get("class_balance", "none"),
+                                      num_train_classes)
   codebooks = tuple(codebook_lib.CodebookConfig(**dict(
       shared, num_codes=k, dim_sem=m.dim, dim_det=0,
       num_classes=num_train_classes if shared["mode"] == "sgc" else 1,
@@ -96,9 +95,7 @@ def pat_config(config, num_train_classes: int,
 
 def pat_config_from_dict(fields: dict) -> PATConfig:
   fields = dict(fields)
-  codebooks = tuple(codebook_lib.CodebookConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                                   for k, v in c.items()})
-                    for c in fields.pop("codebooks"))
+  codebooks = tuple(codebook_lib.CodebookConfig.from_dict(c) for c in fields.pop("codebooks"))
   fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
   return PATConfig(codebooks=codebooks, **fields)
 

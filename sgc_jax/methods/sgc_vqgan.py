@@ -49,8 +49,7 @@ def model_config_from_dict(fields: dict) -> ModelConfig:
   """A ModelConfig from its dict form (config.model with the codebook's
   model fields, or a bundle's model.json `model_config`)."""
   fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-  codebook = codebook_lib.CodebookConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                            for k, v in fields.pop("codebook").items()})
+  codebook = codebook_lib.CodebookConfig.from_dict(fields.pop("codebook"))
   return ModelConfig(codebook=codebook, **fields)
 
 
@@ -64,9 +63,8 @@ def model_config(config, num_classes: int,
   codebook["num_classes"] = num_classes if codebook["mode"] == "sgc" else 1
   codebook_lib.check_allocation(codebook.pop("alpha"), codebook.pop("min_codes"),
                                 codebook.pop("label_threshold"), codebook, num_classes)
-  weights = codebook_lib.class_weights(
-      np.ones(num_classes) if class_frequency is None else class_frequency,
-      codebook.pop("class_balance", "none"))
+  weights = codebook_lib.class_weights(class_frequency, codebook.pop("class_balance", "none"),
+                                      num_classes)
   codebook["class_weights"] = weights if codebook["mode"] == "sgc" else ()
   model = model_config_from_dict(dict(m, codebook=codebook))
   model.validate()

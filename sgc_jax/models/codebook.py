@@ -64,6 +64,11 @@ class CodebookConfig:
   # (): every labelled token weighs 1.
   class_weights: tuple[float, ...] = ()
 
+  @classmethod
+  def from_dict(cls, fields: dict) -> "CodebookConfig":
+    """From its dict form (a config's, or JSON's, whose tuples read as lists)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
   @property
   def dim(self) -> int:
     return self.dim_sem + self.dim_det
@@ -111,17 +116,20 @@ def check_allocation(alpha, min_codes, label_threshold, codebook: dict,
     raise ValueError(f"codebook.num_codes={codebook['num_codes']} cannot give each of the "
                      f"{num_classes} classes min_codes={min_codes} codes")
 
-def class_weights(class_frequency: np.ndarray, balance: str) -> tuple[float, ...]:
+def class_weights(class_frequency: np.ndarray | None, balance: str,
+                  num_classes: int) -> tuple[float, ...]:
   """The semantic loss's per-class weights for `balance`: "none", (); or
   "median_frequency" (Eigen & Fergus 2015, as SegNet trains on CamVid),
   median(f) / f_c over the pixel frequencies f of the classes present, so that
   a class as frequent as the median weighs 1 and rare ones more (a class
-  absent from the data weighs 0: it has no token to weigh)."""
+  absent from the data weighs 0: it has no token to weigh). No frequencies
+  (None): the `num_classes` classes are taken as equally frequent."""
   if balance not in CLASS_BALANCES:
     raise ValueError(f"codebook.class_balance={balance!r}: must be one of {CLASS_BALANCES}")
   if balance == "none":
     return ()
-  frequency = np.asarray(class_frequency, np.float64)
+  frequency = np.asarray(np.ones(num_classes) if class_frequency is None else class_frequency,
+                         np.float64)
   present = frequency > 0
   median = np.median(frequency[present]) if present.any() else 1.0
   return tuple(float(w) for w in np.where(present, median / np.where(present, frequency, 1),

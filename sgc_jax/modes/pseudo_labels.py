@@ -7,8 +7,9 @@ written as a user-folder data set that any method trains on unchanged:
 
 (the config's train and evaluation splits, in their order). Images are the
 views the method segmented (centred squares at `data.image_size`, or whole
-frames at `data.eval_frame`), so every label map lies exactly on its image. The folder appears whole or not at all: it is
-written beside and renamed into place (a failed run leaves the previous one).
+frames at `data.eval_frame`), so every label map lies exactly on its image.
+The folder appears whole or not at all: it is written beside and renamed into
+place (a failed run leaves the previous one).
 
     python -m sgc_jax.data.folder WORKDIR/pseudo_labels --data_dir DATA
 

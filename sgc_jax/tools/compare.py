@@ -24,9 +24,8 @@ from sgc_jax.modes.eval_checkpoint import format_value
 from sgc_jax.utils.run_output import markdown_table
 
 
-# The per-class table: (per-class result, its label, format).
-CLASS_COLUMNS = (("zero_shot_iou", "zero-shot IoU", ".3f"),
-                 ("probe_iou", "probe IoU", ".3f"), ("units", "units", ".0f"))
+# The per-class results in the per-class table (labelled by their evaluator).
+CLASS_KEYS = ("zero_shot_iou", "probe_iou", "units")
 
 
 def cell(seeds: list[dict], key: str, spec: str) -> str:
@@ -60,8 +59,9 @@ def class_table(runs: dict[str, list[dict]]) -> str | None:
   if not class_names:
     return None
   columns = [(name, seeds, key, label, spec) for name, seeds in runs.items()
-             for key, label, spec in CLASS_COLUMNS
-             if any(f"{key}/{c}" in r for r in seeds for c in class_names)]
+             for key, label, spec in evaluation.class_columns(
+                 {k: v for results in seeds for k, v in results.items()}, class_names)
+             if key in CLASS_KEYS]
   if not columns:
     return None
   header = ["class"] + [f"{name}: {label}" for name, _, _, label, _ in columns]
