@@ -360,6 +360,15 @@ def test_config_errors_name_the_field(data_dir, scenes64, slotcon_bundle):
     main_lib.validate_method(config)
 
 
+def test_an_eval_frame_is_checked_before_training_though_fit_makes_the_classifier(
+    data_dir, scenes64, slotcon_bundle, tmp_path):
+  config = tiny_acseg_config(data_dir, slotcon_bundle, total_steps=2)
+  config.data.eval_frame = (20, 32)  # the backbone's 8-pixel tokens do not tile 20 rows
+  with pytest.raises(ConfigError, match=r"config.data.eval_frame=\(20, 32\): "):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
 def test_over_a_dino_vit(data_dir, scenes64, tmp_path):
   """kind=dino: a (random) ViT-S/16 backbone trains the generator on its 384-d
   tokens; a DINO file of another architecture is a one-line config error."""

@@ -72,11 +72,11 @@ def test_a_folder_name_not_prepared_is_one_line(tmp_path):
     sources.open_dataset("folder:camvid", str(tmp_path))
 
 
-def _validation_frames(config, method, variables):
-  """Every validation frame as the evaluators see it (whole, 128x96), with its
+def _validation_frames(config, method, variables, split="validation"):
+  """Every frame of `split` as the evaluators see it (whole, 128x96), with its
   tokens and true labels."""
   dataset = sources.open_dataset(config.data.name, config.data.data_dir)
-  examples = pipeline.centred_examples(dataset.split("validation"), SUBSET["validation"],
+  examples = pipeline.centred_examples(dataset.split(split), SUBSET[split],
                                        config.data.image_size, frame=pipeline.eval_frame(config))
   images = np.stack([e["image"][0] for e in examples])
   labels = np.stack([e["segmentation"][0] for e in examples])
@@ -135,6 +135,14 @@ def test_whole_frames_give_per_class_results_that_numpy_recomputes(trained):
   table = open(os.path.join(workdir, "eval", "eval.md")).read()
   assert "whole frames at 128x96" in table and "| bicyclist |" in table
   assert evaluation.class_columns(saved, names)[0][0] == "zero_shot_iou"
+  # Usage on held-out and on training frames (the recipe's 101; the subset has 24).
+  assert saved["codebook_usage"] == pytest.approx(
+      np.unique(indices).size / len(unit_class), abs=1e-9)
+  _, _, train_indices = _validation_frames(config, method, variables, "train")
+  assert train_indices.shape == (24, 24, 32)
+  assert saved["train_codebook_usage"] == pytest.approx(
+      np.unique(train_indices).size / len(unit_class), abs=1e-9)
+  assert "codebook usage, training images" in table
 
 
 def test_the_sheet_and_the_per_class_chart_are_written(trained):

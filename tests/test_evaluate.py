@@ -1,9 +1,13 @@
-"""Evaluation sums against direct computation; the linear probe on known data."""
+"""Evaluation sums against direct computation; the linear probe on known data;
+whole-frame sizes checked before training."""
+
+import os
 
 import jax
 import numpy as np
 import pytest
 
+from sgc_jax.config_lib import ConfigError
 from sgc_jax.core import evaluation as base
 from sgc_jax.data import pipeline
 from sgc_jax.evaluators import reconstruction
@@ -55,3 +59,18 @@ def test_linear_probe_separates_classes_a_linear_map_can():
   assert (predicted == truth).mean() >= 0.95
   confusion = metrics.confusion_from_assignment(counts, predicted, 4)
   assert metrics.mean_iou(confusion) > 0.9
+
+
+def test_an_eval_frame_the_tokens_do_not_tile_stops_the_run_before_training(data_dir, scenes64,
+                                                                           tmp_path):
+  # 4x4-pixel tokens: 30 rows of pixels are 7.5 rows of tokens.
+  config = tiny_config(data_dir, total_steps=2)
+  config.data.eval_frame = (30, 32)
+  with pytest.raises(ConfigError, match=r"config.data.eval_frame=\(30, 32\): method 'sgc_vqgan' "
+                     r"cannot take 30x32 images \(TypeError: cannot reshape"):
+    train.train_and_evaluate(config, str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad" / "checkpoints")
+  assert not os.path.exists(tmp_path / "bad" / "metrics.jsonl")
+  config.data.eval_frame = (24, 32)
+  train.train_and_evaluate(config, str(tmp_path / "good"))
+  assert os.path.isdir(tmp_path / "good" / "checkpoints")

@@ -31,6 +31,8 @@ def _main(*args, timeout=300):
     ("--config.total_steps=-1", "config.total_steps=-1: must be positive"),
     ("--config.optimizer.learning_rate=nan", "config.optimizer.learning_rate=nan: must be"),
     ("--config.data.num_views=3", "config.data.num_views=3: must be 1 or 2"),
+    ("--config.evals.codebook.train_images=-1",
+     "config.evals.codebook.train_images=-1: must be an integer >= 0"),
     ("--config.data.image_size=7", "config.model.resolution=64 differs from "
                                    "config.data.image_size=7"),
 ])

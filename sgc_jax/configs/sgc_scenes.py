@@ -101,7 +101,8 @@ def get_config(arg=None):
       # sgc_jax.convert.lpips / .inception; without them they are absent.
       lpips_weights=config_dict.placeholder(str),  # None: config.loss.lpips_weights
       inception_weights=config_dict.placeholder(str))
-  config.evals.codebook = dict(type="codebook", every=every)
+  # train_images: in --mode=eval, codebook usage over that many training images too.
+  config.evals.codebook = dict(type="codebook", every=every, train_images=0)
   config.evals.segmentation = dict(
       type="segmentation", every=every,
       label_threshold=config.model.codebook.get_ref("label_threshold"),

@@ -119,7 +119,8 @@ _frames_checked: set = set()
 
 
 def check_eval_frame(method: Method, variables, config) -> None:
-  """A ConfigError unless `data.eval_frame` splits into the method's token grid."""
+  """A ConfigError unless `data.eval_frame` splits into the method's token grid.
+  `variables` may hold jax.ShapeDtypeStructs (`Method.fitted_shapes`)."""
   frame = pipeline.eval_frame(config)
   if frame is None or (method, frame) in _frames_checked:
     return
@@ -202,6 +203,7 @@ def validate(config) -> None:
     every = entry.get("every")
     if not (isinstance(every, int) and every >= 1):
       raise ConfigError(f"config.evals.{name}.every={every!r}: must be an integer >= 1")
+  create(config)  # each evaluator checks its own options
 
 
 def create(config) -> list[Evaluator]:

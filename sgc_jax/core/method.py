@@ -213,6 +213,12 @@ class Method(abc.ABC):
     del batches
     return variables
 
+  def fitted_shapes(self, variables):
+    """What `fit` returns, with what it adds as jax.ShapeDtypeStructs: what the
+    core checks predict's shapes with before training, without reading an
+    image."""
+    return variables
+
   def units(self, variables) -> Units | None:
     del variables
     return None

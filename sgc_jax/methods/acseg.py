@@ -237,6 +237,15 @@ class ACSegMethod(Method):
     return {**variables, "classifier": {"centres": jnp.asarray(centres, jnp.float32),
                                         "mean": jnp.asarray(mean)}}
 
+  def fitted_shapes(self, variables) -> dict:
+    size = self.config.data.image_size
+    vectors, _ = jax.eval_shape(self._classifier_inputs, variables,
+                                jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+    dim = vectors.shape[-1]
+    return {**variables, "classifier": {
+        "centres": jax.ShapeDtypeStruct((self.num_clusters, dim), jnp.float32),
+        "mean": jax.ShapeDtypeStruct((dim,), jnp.float32)}}
+
   @functools.partial(jax.jit, static_argnums=0)
   def _classifier_inputs(self, variables, images):
     """Each image's concept vectors [B, P, D] and the share of its pixels each wins [B, P]."""
