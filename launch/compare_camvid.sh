@@ -2,11 +2,12 @@
 # The quality table on photographs: vq, ema and sgc trained by the CamVid
 # recipe (configs/sgc_camvid.py: 128 px, GAN on for the second half of the
 # run) with the same seed, steps and architecture, each evaluated on the 101
-# whole validation frames (--mode=eval); then more seeds of ema and sgc, to
-# measure the noise; the table (mean ± sd where there are seeds) and the
-# per-class table go into README.md between the `quality-table-camvid` markers.
-# About 30 minutes per run on 2 CPU cores: 1.5 hours for the three
-# quantizers, 2 hours more for SEEDS="1 2".
+# whole validation frames (--mode=eval); sgc with its semantic loss balanced
+# by median frequency; then more seeds of ema and sgc, to measure the noise.
+# The table (mean ± sd where there are seeds) and the per-class table go into
+# README.md between the `quality-table-camvid` markers.
+# About 30 minutes per run on 2 CPU cores: 2 hours for the first four runs,
+# 2 hours more for SEEDS="1 2".
 # Environment: CAMVID (the CamVid folder, ../shared/data/camvid), DATA_DIR
 # (data), WORKDIR (workdir/compare_camvid), STEPS (the recipe's 400), SEEDS
 # (extra seeds of ema and sgc, "1 2"; "" for none), VENV. Extra arguments go
@@ -35,6 +36,9 @@ for quantizer in vq ema sgc; do
   run $quantizer 0 "$WORKDIR/$quantizer" "$@"
   columns+=("$WORKDIR/$quantizer") names+=("$quantizer")
 done
+# sgc with the semantic loss balanced by median frequency (codebook.class_balance).
+run sgc 0 "$WORKDIR/sgc_balanced" --config.model.codebook.class_balance=median_frequency "$@"
+columns+=("$WORKDIR/sgc_balanced") names+=("sgc (median-frequency)")
 for seed in $SEEDS; do
   for quantizer in ema sgc; do
     run $quantizer "$seed" "$WORKDIR/${quantizer}_seed$seed" "$@"
