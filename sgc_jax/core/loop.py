@@ -202,7 +202,8 @@ def _train(method_class: type[Method], config: ml_collections.ConfigDict, workdi
   # A whole-frame size the method cannot take stops the run before it writes
   # anything, not at its first evaluation.
   evaluation.check_eval_frame(
-      method, method.fitted_shapes(method.eval_variables(method.abstract_state)), config)
+      method, method.fitted_shapes(jax.eval_shape(method.eval_variables, method.abstract_state)),
+      config)
   spec = pipeline.PipelineSpec(
       split=config.data.train_split, global_batch_size=config.data.batch_size,
       image_size=config.data.image_size, train=True, num_views=config.data.num_views,
