@@ -2,16 +2,17 @@
 # The quality table on photographs: vq, ema and sgc trained by the CamVid
 # recipe (configs/sgc_camvid.py: 128 px, GAN on for the second half of the
 # run) with the same seed, steps and architecture, each evaluated on the 101
-# whole validation frames (--mode=eval); sgc with its semantic loss balanced
-# by median frequency; then more seeds of ema and sgc, to measure the noise.
+# whole validation frames (--mode=eval), and sgc with its semantic loss
+# balanced by median frequency; then more seeds of ema, sgc and the balanced
+# sgc, to measure the noise.
 # The table (mean ± sd where there are seeds) and the per-class table go into
 # README.md between the `quality-table-camvid` markers.
-# About 30 minutes per run on 2 CPU cores: 2 hours for the first four runs,
-# 2 hours more for SEEDS="1 2".
+# About 30 minutes per run on 2 CPU cores: 2 hours for seed 0's four runs,
+# 1.5 hours more for each extra seed (SEEDS, "1 2" by default).
 # Environment: CAMVID (the CamVid folder, ../shared/data/camvid), DATA_DIR
 # (data), WORKDIR (workdir/compare_camvid), STEPS (the recipe's 400), SEEDS
-# (extra seeds of ema and sgc, "1 2"; "" for none), VENV. Extra arguments go
-# to every run. A finished run is not retrained.
+# (extra seeds of ema, sgc and the balanced sgc, "1 2"; "" for none), VENV.
+# Extra arguments go to every run. A finished run is not retrained.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/venv.sh
@@ -32,18 +33,19 @@ run() {  # quantizer seed workdir [extra arguments]
   done
 }
 columns=() names=()
-for quantizer in vq ema sgc; do
-  run $quantizer 0 "$WORKDIR/$quantizer" "$@"
-  columns+=("$WORKDIR/$quantizer") names+=("$quantizer")
-done
-# sgc with the semantic loss balanced by median frequency (codebook.class_balance).
-run sgc 0 "$WORKDIR/sgc_balanced" --config.model.codebook.class_balance=median_frequency "$@"
-columns+=("$WORKDIR/sgc_balanced") names+=("sgc (median-frequency)")
-for seed in $SEEDS; do
-  for quantizer in ema sgc; do
-    run $quantizer "$seed" "$WORKDIR/${quantizer}_seed$seed" "$@"
-    columns+=("$WORKDIR/${quantizer}_seed$seed") names+=("$quantizer")
+BALANCED=--config.model.codebook.class_balance=median_frequency
+for seed in 0 $SEEDS; do
+  suffix=_seed$seed quantizers="ema sgc"
+  if [ "$seed" = 0 ]; then
+    suffix="" quantizers="vq ema sgc"
+  fi
+  for quantizer in $quantizers; do
+    run $quantizer "$seed" "$WORKDIR/$quantizer$suffix" "$@"
+    columns+=("$WORKDIR/$quantizer$suffix") names+=("$quantizer")
   done
+  # sgc with the semantic loss balanced by median frequency (codebook.class_balance).
+  run sgc "$seed" "$WORKDIR/sgc_balanced$suffix" $BALANCED "$@"
+  columns+=("$WORKDIR/sgc_balanced$suffix") names+=("sgc (median-frequency)")
 done
 "$PY" -m sgc_jax.tools.compare "${columns[@]}" --seeds --readme README.md --table camvid \
   --names "$(IFS=,; echo "${names[*]}")"
