@@ -20,7 +20,6 @@ from sgc_jax.configs import sgc_camvid  # noqa: E402
 from sgc_jax.core import evaluation, loop  # noqa: E402
 from sgc_jax.data import folder, pipeline, sources  # noqa: E402
 from sgc_jax.modes import eval_checkpoint, export, train  # noqa: E402
-from sgc_jax.ops import metrics  # noqa: E402
 
 SUBSET = {"train": 24, "validation": 8}
 
@@ -72,7 +71,7 @@ def test_a_folder_name_not_prepared_is_one_line(tmp_path):
     sources.open_dataset("folder:camvid", str(tmp_path))
 
 
-def _validation_frames(config, method, variables, split="validation"):
+def _evaluated_frames(config, method, variables, split="validation"):
   """Every frame of `split` as the evaluators see it (whole, 128x96), with its
   tokens and true labels."""
   dataset = sources.open_dataset(config.data.name, config.data.data_dir)
@@ -103,7 +102,7 @@ def test_whole_frames_give_per_class_results_that_numpy_recomputes(trained):
     assert saved["class_names"] == f.read().split()
   dataset, method, state, _ = train.restore_latest(config, workdir)
   variables = loop.prediction_variables(method, state, dataset, config)
-  images, labels, indices = _validation_frames(config, method, variables)
+  images, labels, indices = _evaluated_frames(config, method, variables)
   assert images.shape == (8, 96, 128, 3) and indices.shape == (8, 24, 32)
   factor = 4
   unit_class = method.units(variables).classes
@@ -138,7 +137,7 @@ def test_whole_frames_give_per_class_results_that_numpy_recomputes(trained):
   # Usage on held-out and on training frames (the recipe's 101; the subset has 24).
   assert saved["codebook_usage"] == pytest.approx(
       np.unique(indices).size / len(unit_class), abs=1e-9)
-  _, _, train_indices = _validation_frames(config, method, variables, "train")
+  _, _, train_indices = _evaluated_frames(config, method, variables, "train")
   assert train_indices.shape == (24, 24, 32)
   assert saved["train_codebook_usage"] == pytest.approx(
       np.unique(train_indices).size / len(unit_class), abs=1e-9)
