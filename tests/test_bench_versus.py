@@ -105,6 +105,68 @@ def test_taming_fields_come_from_our_config():
     bench_versus_taming.taming_fields(slotcon_scenes.get_config())
 
 
+def test_like_for_like_trains_as_taming_does():
+  from sgc_jax.configs import bench_taming64
+  from sgc_jax.core import optim
+  from sgc_jax.tools import bench_versus_taming
+  base = bench_taming64.get_config("quantizer=vq")
+  with base.unlocked():
+    base.model.codebook.update(dict(dim_sem=32, dim_det=32))
+    base.ema_decay = 0.999
+    base.loss.lpips_weights = "lpips.npz"
+  config = bench_versus_taming.like_for_like(base)
+  # taming's single z of embed_dim channels; the fields that taming reads unchanged.
+  assert (config.model.codebook.dim_sem, config.model.codebook.dim_det) == (64, 0)
+  assert bench_versus_taming.taming_fields(config) == bench_versus_taming.taming_fields(base)
+  assert (config.data.num_views, config.model.dtype, config.ema_decay) == (1, "float32", 0.0)
+  assert config.loss.lpips_weights is None and config.loss.disc_start > 10**9
+  opt = config.optimizer
+  assert opt.grad_clip == 0
+  rate = optim.schedule(opt.learning_rate, config.total_steps, opt.warmup_steps,
+                        opt.final_lr_fraction, opt.warmup_start_fraction)
+  assert [float(rate(step)) for step in (0, 1, config.total_steps)] == pytest.approx(
+      [opt.learning_rate] * 3)
+  # sgc keeps its [z_sem ; z_det] pyramid: its step is the method's.
+  sgc = bench_versus_taming.like_for_like(bench_taming64.get_config("quantizer=sgc"))
+  assert (sgc.model.codebook.dim_sem, sgc.model.codebook.dim_det) == (32, 32)
+
+
+def test_our_side_starts_from_tamings_weights_with_tamings_loss(tmp_path):
+  """Step 0 of our side, from a taming state dict, has taming's loss on those
+  weights (NumPy's taming): mean L1 + (1 + beta) x mean squared quantization error."""
+  import torch_reference as ref
+  from sgc_jax.configs import bench_taming64
+  from sgc_jax.tools import bench_versus_taming
+  config = bench_taming64.get_config("quantizer=vq")
+  with config.unlocked():
+    config.data.image_size = config.model.resolution = 16
+    config.model.update(dict(ch=32, ch_mult=(1, 2), attn_resolutions=(8,), z_channels=32))
+    config.model.codebook.update(dict(num_codes=16, dim_sem=8, dim_det=0))
+  config = bench_versus_taming.like_for_like(config)
+  sd = ref.taming_state_dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,),
+                             z_channels=32, embed_dim=8, num_codes=16)
+  bench_versus_taming.write_ours_start(sd, config, str(tmp_path))
+  job = {"config": config, "batch_size": 8, "warmup": 1, "steps": 2}
+  result = bench_versus_taming._run_ours(job, str(tmp_path))
+  assert len(result["losses"]) == 3 and result["seconds"] > 0
+
+  x = bench_versus_taming._images(config, 8).astype(np.float64)
+  numpy_model = ref.Taming(sd, (1, 2), 1, (1,))
+  z = numpy_model.tokens(x)
+  indices = numpy_model.encode(x)
+  quantization = np.mean((z - sd["quantize.embedding.weight"][indices]) ** 2)
+  expected = np.mean(np.abs(x - numpy_model.decode(indices))) + 1.25 * quantization
+  assert result["losses"][0] == pytest.approx(expected, rel=1e-4)
+  assert result["losses"][1] != pytest.approx(expected, rel=1e-3)  # the step moved it
+
+
+def test_loss_agreement_is_the_largest_relative_difference():
+  from sgc_jax.tools import bench_versus_taming
+  assert bench_versus_taming.relative_difference([1.0, 2.2, 3.0], [1.0, 2.0, 3.3]) == (
+      pytest.approx(0.1))
+  assert bench_versus_taming.relative_difference([0.5], [0.5]) == 0.0
+
+
 def test_versus_taming_without_or_with_a_wrong_checkout_is_one_line(tmp_path):
   done = subprocess.run([sys.executable, "-m", "sgc_jax.tools.bench", "versus-taming",
                          f"--official={tmp_path}"], capture_output=True, text=True, timeout=120)

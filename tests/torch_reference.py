@@ -149,7 +149,8 @@ class Taming:
   def upsample(self, name, x):
     return self.conv(f"{name}.conv", x.repeat(2, 2).repeat(2, 3))
 
-  def encode(self, images_nhwc):
+  def tokens(self, images_nhwc):
+    """z [N, g, g, D] before quantization."""
     h = self.conv("encoder.conv_in", images_nhwc.transpose(0, 3, 1, 2).astype(np.float64))
     for i in range(len(self.ch_mult)):
       for j in range(self.blocks):
@@ -161,7 +162,10 @@ class Taming:
     h = self.resnet("encoder.mid.block_2", self.attn(
         "encoder.mid.attn_1", self.resnet("encoder.mid.block_1", h)))
     h = self.conv("encoder.conv_out", swish(self.norm("encoder.norm_out", h)))
-    z = self.conv("quant_conv", h).transpose(0, 2, 3, 1)
+    return self.conv("quant_conv", h).transpose(0, 2, 3, 1)
+
+  def encode(self, images_nhwc):
+    z = self.tokens(images_nhwc)
     codes = self.sd["quantize.embedding.weight"]
     distances = ((z[..., None, :] - codes) ** 2).sum(-1)
     return np.argmin(distances, -1)

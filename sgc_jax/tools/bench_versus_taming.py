@@ -1,33 +1,61 @@
 """Our VQGAN train step against taming-transformers' own PyTorch modules, on this CPU.
 
     python -m sgc_jax.tools.bench versus-taming --official=PATH [--batch_size=8]
-        [--steps=3] [--config=configs/bench_taming64.py[:quantizer=sgc]]
+        [--steps=5] [--config=configs/bench_taming64.py[:quantizer=sgc]]
 
 PATH is a checkout of github.com/CompVis/taming-transformers; its
 `taming/modules/diffusionmodules/model.py` (Encoder, Decoder) and
 `taming/modules/vqvae/quantize.py` (VectorQuantizer2, which its VQModel uses)
 are imported from there as they are. The reference side is VQModel's training
 forward without the discriminator and the perceptual term: encoder -> 1x1
-quant_conv -> quantizer (codebook and commitment loss, beta 0.25) -> 1x1
-post_quant_conv -> decoder, loss = L1 + the quantizer's loss, Adam. It is built
-from the config's model fields (ch, ch_mult, num_res_blocks, attn_resolutions,
-z_channels, num_codes, image size), in float32; `pytorch_lightning` (which
-taming's VQModel class needs) is not involved. Our side is `bench train`'s step
-of the same config (its quantizer, its losses: with configs/bench_taming64.py,
-L1 + codebook terms, Adam, no GAN, no perceptual loss). Steps are timed in
-alternating blocks as `versus-slotcon` times them.
+quant_conv -> quantizer -> 1x1 post_quant_conv -> decoder, loss = mean L1 + the
+quantizer's loss, Adam at a constant rate, no clipping (taming's recipe), in
+float32; `pytorch_lightning` (which taming's VQModel class needs) is not
+involved. Our side is `bench train`'s step of the same config, made like for
+like by `like_for_like`.
+
+A fair race, in two parts:
+- The same computation. With `vq`, both sides start from the same weights:
+  taming's modules are initialised (seeded) and our parameters are imported
+  from their state dict by `sgc_jax.convert.taming`; both step on the same
+  batch, and the table prints the largest relative difference of their
+  per-step losses beside taming's own float32 noise (taming against itself
+  started from weights one float32 ulp away). taming's quantizer runs with
+  `legacy=False`: its default puts beta on the codebook term instead of the
+  commitment term (the VQ-VAE paper's place, and ours); the cost is the same.
+  With `sgc`, our step is the method's (an EMA codebook and the semantic loss
+  over a [z_sem; z_det] pyramid), a different computation from taming's, so no
+  agreement is claimed.
+- Neutral timing. Each block of steps runs alone in its own process (ROUNDS x
+  [ours, taming], alternating), so that neither runtime's thread pool shares
+  the cores with the other's steps; every process warms up (ours: compiles)
+  for WARMUP_STEPS steps before its timed steps. Both run under the same
+  malloc tunables (inherited from this process).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
 
 from sgc_jax.runtime import hugepages
-from sgc_jax.tools.bench_versus_slotcon import (ROUNDS, WARMUP_STEPS, BenchError, Ours, _load, _timed,
-                                  available_cores, check_checkout, cpu_description, read_cpuinfo)
+from sgc_jax.tools.bench_versus_slotcon import (ROUNDS, WARMUP_STEPS, BenchError, Ours, _load,
+                                                available_cores, check_checkout,
+                                                cpu_description, read_cpuinfo)
 
 OFFICIAL_FILES = ("taming/modules/diffusionmodules/model.py",
                   "taming/modules/vqvae/quantize.py")
+# The relative change of every weight of the start that taming's noise floor
+# runs from: one float32 ulp.
+ULP = 2.0 ** -23
 
 
 def check_official(path: str | None) -> str:
@@ -49,10 +77,36 @@ def taming_fields(config) -> dict:
           "n_embed": m.codebook.num_codes, "embed_dim": z_dim}
 
 
+def like_for_like(config):
+  """A copy of an SGC-VQGAN config that trains as taming's side does: one view,
+  float32, L1 and the codebook terms only (no perceptual term, no GAN, no
+  parameter EMA), Adam at a constant rate without clipping; with `vq`, taming's
+  single z (dim_det 0, dim_sem the whole embedding)."""
+  taming_fields(config)
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.data.num_views = 1
+    config.model.dtype = "float32"
+    config.model.dropout = 0.0
+    config.ema_decay = 0.0
+    config.loss.reconstruction = "l1"
+    config.loss.lpips_weights = None
+    config.loss.disc_start = 2**31 - 1
+    config.optimizer.update(dict(name="adam", warmup_steps=0, warmup_start_fraction=1.0,
+                                 final_lr_fraction=1.0, grad_clip=0.0))
+    codebook = config.model.codebook
+    if codebook.mode == "vq":
+      codebook.update(dict(dim_sem=codebook.dim_sem + codebook.dim_det, dim_det=0))
+  return config
+
+
+# ------------------------------------------------------------------ the two sides
+
+
 class Taming:
   """taming's VQModel pieces, trained with L1 + the quantizer's loss, Adam."""
 
-  def __init__(self, path: str, config, images, threads: int):
+  def __init__(self, path: str, config, images, threads: int, state_dict=None):
     import torch
     self.torch = torch
     torch.set_num_threads(threads)
@@ -63,15 +117,21 @@ class Taming:
     dd = fields["ddconfig"]
     self.modules = torch.nn.ModuleDict(dict(
         encoder=model.Encoder(**dd), decoder=model.Decoder(**dd),
-        quantize=quantize.VectorQuantizer2(fields["n_embed"], fields["embed_dim"], beta=0.25),
+        quantize=quantize.VectorQuantizer2(fields["n_embed"], fields["embed_dim"],
+                                           beta=config.model.codebook.beta, legacy=False),
         quant_conv=torch.nn.Conv2d(dd["z_channels"], fields["embed_dim"], 1),
         post_quant_conv=torch.nn.Conv2d(fields["embed_dim"], dd["z_channels"], 1)))
+    if state_dict is not None:
+      self.modules.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()})
     self.modules.train()
     opt = config.optimizer
     self.optimizer = torch.optim.Adam(self.modules.parameters(), lr=opt.learning_rate,
                                       betas=(opt.b1, opt.b2), eps=opt.eps)
-    self.x = torch.from_numpy(images[:, 0].transpose(0, 3, 1, 2).copy())
+    self.x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
     self.loss = float("nan")
+
+  def state_dict(self) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in self.modules.state_dict().items()}
 
   def student_parameters(self) -> int:
     return sum(p.numel() for p in self.modules.parameters())
@@ -86,55 +146,173 @@ class Taming:
     self.optimizer.step()
     self.loss = loss.item()
 
-  def close(self) -> None:
-    pass
+
+def _images(config, batch_size: int) -> np.ndarray:
+  """The batch both sides step on: `bench train`'s synthetic images, one view."""
+  from sgc_jax.tools import synthetic
+  return synthetic.synthetic_batch(config, batch_size, 10)["image"][:, 0]
+
+
+def _make_start(job: dict, work: str) -> dict:
+  """taming's seeded initial weights (taming_start.npz) and, with `vq`, ours
+  imported from them."""
+  config = job["config"]
+  theirs = Taming(job["official"], config, _images(config, job["batch_size"]), threads=1)
+  state_dict = theirs.state_dict()
+  np.savez(os.path.join(work, "taming_start.npz"), **state_dict)
+  if config.model.codebook.mode == "vq":
+    write_ours_start(state_dict, config, work)
+  return {"parameters": theirs.student_parameters()}
+
+
+def write_ours_start(state_dict: dict[str, np.ndarray], config, work: str) -> None:
+  """Our parameters imported from taming's `state_dict`, as WORK/ours_start.npz,
+  where our side starts from."""
+  from sgc_jax.convert import taming as taming_import, torch_file
+  from sgc_jax.tools import synthetic
+  model_config = synthetic.make_trainer(config).model_config
+  torch_file.write_npz(taming_import.convert(state_dict, model_config, "taming's start"),
+                       os.path.join(work, "ours_start.npz"))
+
+
+def _run_ours(job: dict, work: str) -> dict:
+  import jax
+  config = job["config"]
+  shared_start = os.path.join(work, "ours_start.npz")
+  if os.path.exists(shared_start):
+    with config.unlocked():
+      config.init_from = shared_start
+  ours = Ours(config, job["batch_size"], same_views=False)
+  ours.state = ours.trainer.initial_state(ours.state)
+  losses = []
+  for _ in range(job["warmup"]):
+    ours.step()
+    losses.append(ours.loss)
+  timed = []
+  start = time.perf_counter()
+  for _ in range(job["steps"]):
+    ours.step()
+    timed.append(ours.metrics["loss/total"])
+  ours.sync()
+  seconds = time.perf_counter() - start
+  return {"losses": losses + [float(loss) for loss in timed], "seconds": seconds,
+          "parameters": ours.student_parameters(), "compile_seconds": ours.compile_seconds,
+          "version": f"JAX {jax.__version__}, {jax.devices()[0].platform}"}
+
+
+def _run_taming(job: dict, work: str, perturbed: bool = False) -> dict:
+  import torch
+  config = job["config"]
+  with np.load(os.path.join(work, "taming_start.npz")) as start:
+    state_dict = {k: start[k] for k in start.files}
+  if perturbed:
+    state_dict = {k: v * np.float32(1 + ULP) if v.dtype == np.float32 else v
+                  for k, v in state_dict.items()}
+  theirs = Taming(job["official"], config, _images(config, job["batch_size"]),
+                  available_cores(), state_dict)
+  losses = []
+  for _ in range(job["warmup"]):
+    theirs.step()
+    losses.append(theirs.loss)
+  start = time.perf_counter()
+  for _ in range(job["steps"]):
+    theirs.step()
+    losses.append(theirs.loss)
+  seconds = time.perf_counter() - start
+  return {"losses": losses, "seconds": seconds, "parameters": theirs.student_parameters(),
+          "version": f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads"}
+
+
+SIDES = {"start": _make_start, "ours": _run_ours, "taming": _run_taming,
+         "taming_perturbed": lambda job, work: _run_taming(job, work, perturbed=True)}
+
+
+def _in_own_process(side: str, work: str) -> dict:
+  """`side` run by a fresh Python process (this module's main); its result."""
+  done = subprocess.run([sys.executable, "-m", __name__, side, work],
+                        capture_output=True, text=True)
+  if done.returncode:
+    lines = (done.stderr.strip() or "no output").splitlines()
+    raise BenchError(f"versus-taming: the {side} process failed: {lines[-1]}")
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def relative_difference(a, b) -> float:
+  """The largest |a_i - b_i| / |b_i| over two equally long loss sequences."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
+
+
+# ------------------------------------------------------------------ the race
 
 
 def versus(official_path: str | None, config, batch_size: int, steps: int,
            rounds: int = ROUNDS) -> tuple[str, list, list]:
   """(a line about the run, table header, table rows)."""
+  import importlib.util
   path = check_official(official_path)
-  taming_fields(config)
-  try:
-    import torch
-  except ImportError:
-    raise BenchError("versus-taming needs PyTorch: pip install -e '.[torch]'") from None
-  import jax
-  config = config.copy_and_resolve_references()
-  if config.data.num_views != 1:
-    raise BenchError(f"versus-taming times one view per image (taming's step); the config "
-                      f"has data.num_views={config.data.num_views}")
-  threads = available_cores()
-  ours = Ours(config, batch_size, same_views=False)
-  theirs = Taming(path, config, ours.images, threads)
-  for side in (ours, theirs):
-    _timed(side, WARMUP_STEPS)
-  times = {"ours": [], "taming": []}
-  for _ in range(rounds):
-    times["ours"].append(_timed(ours, steps))
-    times["taming"].append(_timed(theirs, steps))
-  losses = (ours.loss, theirs.loss)
-  rate = {k: batch_size * steps * rounds / sum(v) for k, v in times.items()}
-  per_round = {k: ", ".join(f"{batch_size * steps / t:.2f}" for t in v)
-               for k, v in times.items()}
+  config = like_for_like(config)
+  if importlib.util.find_spec("torch") is None:
+    raise BenchError("versus-taming needs PyTorch: pip install -e '.[torch]'")
+  job = {"config": config, "official": path, "batch_size": batch_size, "steps": steps,
+         "warmup": WARMUP_STEPS}
+  vq = config.model.codebook.mode == "vq"
+  with tempfile.TemporaryDirectory(prefix="versus_taming_") as work:
+    with open(os.path.join(work, "job.pkl"), "wb") as f:
+      pickle.dump(job, f)
+    _in_own_process("start", work)
+    runs = {"ours": [], "taming": []}
+    for _ in range(rounds):
+      for side in runs:
+        runs[side].append(_in_own_process(side, work))
+    floor = _in_own_process("taming_perturbed", work)["losses"] if vq else None
+  rate = {k: batch_size * steps * rounds / sum(r["seconds"] for r in v)
+          for k, v in runs.items()}
+  per_round = {k: ", ".join(f"{batch_size * steps / r['seconds']:.2f}" for r in v)
+               for k, v in runs.items()}
+  ours, theirs = runs["ours"][0], runs["taming"][0]
+  if vq:
+    agreement = max(relative_difference(o["losses"], t["losses"])
+                    for o, t in zip(runs["ours"], runs["taming"]))
+    noise = relative_difference(floor, theirs["losses"])
+    agree = [f"{agreement:.1e}", f"{noise:.1e}"]
+  else:
+    agree = ["- (sgc: another method)", "-"]
   model, simd = cpu_description(read_cpuinfo())
-  params = (ours.student_parameters(), theirs.student_parameters())
+  threads = available_cores()
   header = ["CPU", "SIMD", "threads", "batch", "px", "ours images/s", "taming images/s",
             "ours/taming", "ours per round", "taming per round", "params M (ours, taming)",
-            "loss (ours, taming)"]
+            "final loss (ours, taming)", "loss, max rel. diff", "taming vs itself (1 ulp)"]
   row = [model, simd, threads, batch_size, config.data.image_size, rate["ours"],
          rate["taming"], rate["ours"] / rate["taming"], per_round["ours"],
-         per_round["taming"], f"{params[0] / 1e6:.2f}, {params[1] / 1e6:.2f}",
-         f"{losses[0]:.3f}, {losses[1]:.3f}"]
+         per_round["taming"],
+         f"{ours['parameters'] / 1e6:.2f}, {theirs['parameters'] / 1e6:.2f}",
+         f"{ours['losses'][-1]:.3f}, {theirs['losses'][-1]:.3f}", *agree]
   m = config.model
-  about = (f"VQGAN train step, ours ({m.codebook.mode} quantizer; JAX {jax.__version__}, "
-           f"{jax.devices()[0].platform}, compiled in {ours.compile_seconds:.1f} s) vs "
-           f"taming-transformers' modules (VectorQuantizer2; PyTorch {torch.__version__}, "
-           f"{torch.get_num_threads()} threads): ch {m.ch}, ch_mult {tuple(m.ch_mult)}, "
-           f"{m.num_res_blocks} res block(s), attention at {tuple(m.attn_resolutions)}, "
-           f"z {m.z_channels}, K {m.codebook.num_codes}, float32, L1 + codebook loss, Adam; "
-           f"{rounds} rounds x {steps} steps each after {WARMUP_STEPS} of warm-up; malloc: "
-           f"{hugepages.describe()}.")
+  about = (f"VQGAN train step, ours ({m.codebook.mode} quantizer; {ours['version']}, "
+           f"compiled in {ours['compile_seconds']:.1f} s) vs taming-transformers' modules "
+           f"(VectorQuantizer2, legacy=False; {theirs['version']}): ch {m.ch}, ch_mult "
+           f"{tuple(m.ch_mult)}, {m.num_res_blocks} res block(s), attention at "
+           f"{tuple(m.attn_resolutions)}, z {m.z_channels}, K {m.codebook.num_codes}, float32, "
+           f"L1 + codebook terms, Adam at a constant rate; "
+           + ("the same start (taming's weights imported), " if vq else "")
+           + f"{rounds} rounds, each side in its own process: {WARMUP_STEPS} warm-up steps, "
+           f"then {steps} timed; the losses compared over all {WARMUP_STEPS + steps} steps; "
+           f"malloc: {hugepages.describe()}.")
+  losses = [r["losses"][-1] for v in runs.values() for r in v]
   if not all(map(math.isfinite, losses)):
     about += " NOTE: a loss is not finite."
   return about, header, [row]
+
+
+def main(argv: list[str]) -> None:
+  """One side of the race (SIDES), in a process of its own: reads WORK/job.pkl,
+  which `versus` wrote, and prints its result as one JSON line."""
+  side, work = argv[1:3]
+  with open(os.path.join(work, "job.pkl"), "rb") as f:
+    job = pickle.load(f)
+  print(json.dumps(SIDES[side](job, work)))
+
+
+if __name__ == "__main__":
+  main(sys.argv)
