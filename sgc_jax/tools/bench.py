@@ -42,9 +42,10 @@ library's, beside a GEMM's (see sgc_jax/tools/bench_convolutions.py).
 `versus-slotcon`: our SlotCon train step against the official PyTorch model
 (PATH: a checkout of CVMI-Lab/SlotCon; needs the `torch` extra) on this CPU, in
 alternating blocks: images/s of each and the ratio (see sgc_jax/tools/bench_versus_slotcon.py).
-`versus-taming`: the same for our VQGAN step against taming-transformers' own
-modules (PATH: a checkout of CompVis/taming-transformers; see
-sgc_jax/tools/bench_versus_taming.py).
+`versus-taming`: our VQGAN step against taming-transformers' own modules
+(PATH: a checkout of CompVis/taming-transformers): both from taming's weights,
+their per-step losses compared, then each side timed alone in its own process,
+alternating (see sgc_jax/tools/bench_versus_taming.py).
 """
 
 from __future__ import annotations
