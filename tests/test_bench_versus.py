@@ -160,6 +160,16 @@ def test_our_side_starts_from_tamings_weights_with_tamings_loss(tmp_path):
   assert result["losses"][1] != pytest.approx(expected, rel=1e-3)  # the step moved it
 
 
+def test_a_failing_side_process_is_one_line(tmp_path):
+  import pickle
+  from sgc_jax.tools import bench_versus_taming
+  (tmp_path / "job.pkl").write_bytes(pickle.dumps({"config": None}))
+  with pytest.raises(SystemExit) as failed:
+    bench_versus_taming._in_own_process("ours", str(tmp_path))
+  assert str(failed.value).splitlines() == [
+      "versus-taming: the ours process failed: KeyError: 'batch_size'"]
+
+
 def test_loss_agreement_is_the_largest_relative_difference():
   from sgc_jax.tools import bench_versus_taming
   assert bench_versus_taming.relative_difference([1.0, 2.2, 3.0], [1.0, 2.0, 3.3]) == (
