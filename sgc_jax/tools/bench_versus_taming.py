@@ -128,7 +128,6 @@ class Taming:
     self.optimizer = torch.optim.Adam(self.modules.parameters(), lr=opt.learning_rate,
                                       betas=(opt.b1, opt.b2), eps=opt.eps)
     self.x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    self.loss = float("nan")
 
   def state_dict(self) -> dict[str, np.ndarray]:
     return {k: v.detach().numpy().copy() for k, v in self.modules.state_dict().items()}
@@ -136,7 +135,8 @@ class Taming:
   def student_parameters(self) -> int:
     return sum(p.numel() for p in self.modules.parameters())
 
-  def step(self) -> None:
+  def step(self) -> float:
+    """One training step; its loss."""
     m = self.modules
     quant, codebook_loss, _ = m.quantize(m.quant_conv(m.encoder(self.x)))
     reconstruction = m.decoder(m.post_quant_conv(quant))
@@ -144,7 +144,7 @@ class Taming:
     self.optimizer.zero_grad()
     loss.backward()
     self.optimizer.step()
-    self.loss = loss.item()
+    return loss.item()
 
 
 def _images(config, batch_size: int) -> np.ndarray:
@@ -162,7 +162,7 @@ def _make_start(job: dict, work: str) -> dict:
   np.savez(os.path.join(work, "taming_start.npz"), **state_dict)
   if config.model.codebook.mode == "vq":
     write_ours_start(state_dict, config, work)
-  return {"parameters": theirs.student_parameters()}
+  return {}
 
 
 def write_ours_start(state_dict: dict[str, np.ndarray], config, work: str) -> None:
@@ -175,6 +175,20 @@ def write_ours_start(state_dict: dict[str, np.ndarray], config, work: str) -> No
                        os.path.join(work, "ours_start.npz"))
 
 
+def _warm_then_timed(step, warmup: int, steps: int, sync=lambda: None
+                     ) -> tuple[list[float], float]:
+  """Every step's loss, and the seconds of the last `steps` after `warmup`
+  untimed ones. `step()` runs one step and returns its loss, a float or a
+  device scalar; the timed ones are read after the clock stops, so that the
+  timed steps do not wait on them; `sync` waits for the last step."""
+  losses = [float(step()) for _ in range(warmup)]
+  start = time.perf_counter()
+  timed = [step() for _ in range(steps)]
+  sync()
+  seconds = time.perf_counter() - start
+  return losses + [float(loss) for loss in timed], seconds
+
+
 def _run_ours(job: dict, work: str) -> dict:
   import jax
   config = job["config"]
@@ -184,18 +198,13 @@ def _run_ours(job: dict, work: str) -> dict:
       config.init_from = shared_start
   ours = Ours(config, job["batch_size"], same_views=False)
   ours.state = ours.trainer.initial_state(ours.state)
-  losses = []
-  for _ in range(job["warmup"]):
+
+  def step():
     ours.step()
-    losses.append(ours.loss)
-  timed = []
-  start = time.perf_counter()
-  for _ in range(job["steps"]):
-    ours.step()
-    timed.append(ours.metrics["loss/total"])
-  ours.sync()
-  seconds = time.perf_counter() - start
-  return {"losses": losses + [float(loss) for loss in timed], "seconds": seconds,
+    return ours.metrics["loss/total"]
+
+  losses, seconds = _warm_then_timed(step, job["warmup"], job["steps"], ours.sync)
+  return {"losses": losses, "seconds": seconds,
           "parameters": ours.student_parameters(), "compile_seconds": ours.compile_seconds,
           "version": f"JAX {jax.__version__}, {jax.devices()[0].platform}"}
 
@@ -210,15 +219,7 @@ def _run_taming(job: dict, work: str, perturbed: bool = False) -> dict:
                   for k, v in state_dict.items()}
   theirs = Taming(job["official"], config, _images(config, job["batch_size"]),
                   available_cores(), state_dict)
-  losses = []
-  for _ in range(job["warmup"]):
-    theirs.step()
-    losses.append(theirs.loss)
-  start = time.perf_counter()
-  for _ in range(job["steps"]):
-    theirs.step()
-    losses.append(theirs.loss)
-  seconds = time.perf_counter() - start
+  losses, seconds = _warm_then_timed(theirs.step, job["warmup"], job["steps"])
   return {"losses": losses, "seconds": seconds, "parameters": theirs.student_parameters(),
           "version": f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads"}
 
