@@ -13,6 +13,10 @@ from sgc_jax import config_lib
 
 from sgc_jax.configs import sgc_scenes
 
+# taming's optimizer schedule: Adam at a constant rate, no clipping.
+CONSTANT_RATE = dict(warmup_steps=0, warmup_start_fraction=1.0, final_lr_fraction=1.0,
+                     grad_clip=0.0)
+
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, quantizer="vq")
@@ -22,6 +26,5 @@ def get_config(arg=None):
                            attn_resolutions=(8,), z_channels=64))
   dim_sem, dim_det = (64, 0) if arg.quantizer == "vq" else (32, 32)
   config.model.codebook.update(dict(num_codes=1024, dim_sem=dim_sem, dim_det=dim_det))
-  config.optimizer.update(dict(warmup_steps=0, warmup_start_fraction=1.0,
-                               final_lr_fraction=1.0, grad_clip=0.0))
+  config.optimizer.update(CONSTANT_RATE)
   return config

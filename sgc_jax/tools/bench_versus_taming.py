@@ -46,6 +46,7 @@ import time
 
 import numpy as np
 
+from sgc_jax.configs import bench_taming64
 from sgc_jax.runtime import hugepages
 from sgc_jax.tools.bench_versus_slotcon import (ROUNDS, WARMUP_STEPS, BenchError, Ours, _load,
                                                 available_cores, check_checkout,
@@ -92,8 +93,7 @@ def like_for_like(config):
     config.loss.reconstruction = "l1"
     config.loss.lpips_weights = None
     config.loss.disc_start = 2**31 - 1
-    config.optimizer.update(dict(name="adam", warmup_steps=0, warmup_start_fraction=1.0,
-                                 final_lr_fraction=1.0, grad_clip=0.0))
+    config.optimizer.update(dict(name="adam", **bench_taming64.CONSTANT_RATE))
     codebook = config.model.codebook
     if codebook.mode == "vq":
       codebook.update(dict(dim_sem=codebook.dim_sem + codebook.dim_det, dim_det=0))
