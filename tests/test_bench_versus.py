@@ -1,9 +1,11 @@
-"""`bench versus-slotcon`'s own pieces, without PyTorch or the official checkout
-(neither is in CI): the official model's `args` from our config, the CPU line,
-the errors before anything runs, and the roi_align stand-in where torch is."""
+"""The versus-* benchmarks' own pieces, without PyTorch or the official
+checkouts (neither is in CI): the official models' arguments from our configs,
+the CPU line, the starts, the race's processes and errors, and the roi_align
+stand-in where torch is."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 
 from sgc_jax.configs import slotcon_scenes
-from sgc_jax.tools import bench_versus_slotcon
+from sgc_jax.tools import bench_versus_slotcon, versus
 
 CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -46,11 +48,11 @@ def test_the_official_args_come_from_our_config():
 
 
 def test_cpu_model_and_simd_flags_from_cpuinfo():
-  assert bench_versus_slotcon.cpu_description(CPUINFO) == (
+  assert versus.cpu_description(CPUINFO) == (
       "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", "avx2 avx512f")
-  assert bench_versus_slotcon.cpu_description("model name : Old\nflags : sse2 avx\n") == (
+  assert versus.cpu_description("model name : Old\nflags : sse2 avx\n") == (
       "Old", "neither avx2 nor avx512f")
-  assert bench_versus_slotcon.cpu_description("") == ("unknown CPU", "neither avx2 nor avx512f")
+  assert versus.cpu_description("") == ("unknown CPU", "neither avx2 nor avx512f")
 
 
 def test_a_missing_or_wrong_checkout_is_one_line(tmp_path):
@@ -146,8 +148,8 @@ def test_our_side_starts_from_tamings_weights_with_tamings_loss(tmp_path):
   sd = ref.taming_state_dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,),
                              z_channels=32, embed_dim=8, num_codes=16)
   bench_versus_taming.write_ours_start(sd, config, str(tmp_path))
-  job = {"config": config, "batch_size": 8, "warmup": 1, "steps": 2}
-  result = bench_versus_taming._run_ours(job, str(tmp_path))
+  job = {"config": config, "batch_size": 8, "warmup": 1, "steps": 2, "same_views": False}
+  result = versus.run_ours(job, str(tmp_path))
   assert len(result["losses"]) == 3 and result["seconds"] > 0
 
   x = bench_versus_taming._images(config, 8).astype(np.float64)
@@ -162,19 +164,19 @@ def test_our_side_starts_from_tamings_weights_with_tamings_loss(tmp_path):
 
 def test_a_failing_side_process_is_one_line(tmp_path):
   import pickle
-  from sgc_jax.tools import bench_versus_taming
   (tmp_path / "job.pkl").write_bytes(pickle.dumps({"config": None}))
-  with pytest.raises(SystemExit) as failed:
-    bench_versus_taming._in_own_process("ours", str(tmp_path))
-  assert str(failed.value).splitlines() == [
-      "versus-taming: the ours process failed: KeyError: 'batch_size'"]
+  for module, subcommand in (("sgc_jax.tools.bench_versus_taming", "versus-taming"),
+                             ("sgc_jax.tools.bench_versus_slotcon", "versus-slotcon")):
+    with pytest.raises(SystemExit) as failed:
+      versus.in_own_process(module, subcommand, "ours", str(tmp_path))
+    assert str(failed.value).splitlines() == [
+        f"{subcommand}: the ours process failed: AttributeError: 'NoneType' object has no "
+        "attribute 'copy_and_resolve_references'"]
 
 
 def test_loss_agreement_is_the_largest_relative_difference():
-  from sgc_jax.tools import bench_versus_taming
-  assert bench_versus_taming.relative_difference([1.0, 2.2, 3.0], [1.0, 2.0, 3.3]) == (
-      pytest.approx(0.1))
-  assert bench_versus_taming.relative_difference([0.5], [0.5]) == 0.0
+  assert versus.relative_difference([1.0, 2.2, 3.0], [1.0, 2.0, 3.3]) == pytest.approx(0.1)
+  assert versus.relative_difference([0.5], [0.5]) == 0.0
 
 
 def test_versus_taming_without_or_with_a_wrong_checkout_is_one_line(tmp_path):
@@ -187,3 +189,82 @@ def test_versus_taming_without_or_with_a_wrong_checkout_is_one_line(tmp_path):
   from sgc_jax.tools import bench_versus_taming
   with pytest.raises(SystemExit, match=r"versus-taming needs --official=PATH"):
     bench_versus_taming.check_official(None)
+
+
+# ------------------------------------------------------------------ the race
+
+
+RACE_SIDES = '''
+import os, sys, time
+from sgc_jax.tools import versus
+
+def side(name):
+  def run(job, work):
+    with open(os.path.join(work, "order"), "a") as f:
+      f.write(name + "\\n")
+    with open(job["log"], "a") as f:
+      f.write(name + "\\n")
+    if name == "start":
+      return None
+    losses = job["losses"][name]
+    return {"losses": losses, "seconds": job["seconds"][name]}
+  return run
+
+SIDES = {name: side(name) for name in ("start", "ours", "official", "official_perturbed")}
+if __name__ == "__main__":
+  versus.side_main(SIDES, sys.argv)
+'''
+
+
+def test_the_race_runs_the_start_then_alternates_each_side_in_its_own_process(
+    tmp_path, monkeypatch):
+  (tmp_path / "fake_bench.py").write_text(RACE_SIDES)
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.getcwd()]))
+  job = {"log": str(tmp_path / "log"), "seconds": {"ours": 2.0, "official": 4.0,
+                                                   "official_perturbed": 4.0},
+         "losses": {"ours": [1.0, 2.2], "official": [1.0, 2.0],
+                    "official_perturbed": [1.0, 2.02]}}
+  runs, floor = versus.race("fake_bench", "versus-fake", job, rounds=2, same_start=True)
+  assert (tmp_path / "log").read_text().split() == [
+      "start", "ours", "official", "ours", "official", "official_perturbed"]
+  assert [len(runs["ours"]), len(runs["official"])] == [2, 2]
+  assert floor["losses"] == [1.0, 2.02]
+  rate, per_round = versus.rates(runs, images_per_step=8, steps=5)
+  assert rate == {"ours": pytest.approx(20.0), "official": pytest.approx(10.0)}
+  assert per_round == {"ours": "20.00, 20.00", "official": "10.00, 10.00"}
+  assert versus.agreement(runs, floor) == ["1.0e-01", "1.0e-02"]
+  runs, floor = versus.race("fake_bench", "versus-fake", job, rounds=1, same_start=False)
+  assert floor is None and versus.agreement(runs, floor)[1] == "-"
+
+
+def test_the_perturbed_start_is_one_float32_ulp_away(tmp_path):
+  weights = np.array([1.0, -3.5, 1e-20], np.float32)
+  versus.save_start(str(tmp_path), {"w": weights, "steps": np.array([7], np.int64)})
+  same = versus.read_start(str(tmp_path))
+  np.testing.assert_array_equal(same["w"], weights)
+  moved = versus.read_start(str(tmp_path), perturbed=True)
+  tiny = np.float32(1e-20)
+  np.testing.assert_array_equal(
+      moved["w"], np.array([1 + 2.0**-23, -3.5 + 2.0**-22, tiny + np.spacing(tiny)], np.float32))
+  assert moved["steps"].dtype == np.int64 and moved["steps"][0] == 7
+
+
+def test_slotcon_our_side_starts_from_the_official_state_dict(tmp_path):
+  """An official SlotCon state dict (the importer tests' NumPy one) -> our
+  start; our side's first loss is then that of a trainer initialised from it."""
+  import test_convert_slotcon as official
+  from sgc_jax.convert import slotcon as slotcon_import
+  config = bench_versus_slotcon.like_for_like(slotcon_scenes.get_config("size=64"))
+  with config.unlocked():
+    config.model.update(dict(depth=official.DEPTH, dim_hidden=official.HIDDEN,
+                             dim_out=official.OUT, num_prototypes=official.K))
+  versus.write_ours_start(slotcon_import.convert(official.official_state_dict(), config.model),
+                          str(tmp_path))
+  job = {"config": config, "batch_size": 8, "warmup": 1, "steps": 1, "same_views": True}
+  started = versus.run_ours(job, str(tmp_path))["losses"]
+  fresh = versus.run_ours(job, str(tmp_path / "no_start"))["losses"]
+  assert started[0] != pytest.approx(fresh[0], rel=1e-3)
+  with config.unlocked():
+    config.init_from = str(tmp_path / versus.OURS_START)
+  assert started[0] == pytest.approx(float(versus.Ours(config, 8, same_views=True).step()),
+                                     rel=1e-6)

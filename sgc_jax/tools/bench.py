@@ -40,12 +40,12 @@ input and kernel gradient) under XLA's default compiler options and this
 library's, beside a GEMM's (see sgc_jax/tools/bench_convolutions.py).
 
 `versus-slotcon`: our SlotCon train step against the official PyTorch model
-(PATH: a checkout of CVMI-Lab/SlotCon; needs the `torch` extra) on this CPU, in
-alternating blocks: images/s of each and the ratio (see sgc_jax/tools/bench_versus_slotcon.py).
+(PATH: a checkout of CVMI-Lab/SlotCon; needs the `torch` extra);
 `versus-taming`: our VQGAN step against taming-transformers' own modules
-(PATH: a checkout of CompVis/taming-transformers): both from taming's weights,
-their per-step losses compared, then each side timed alone in its own process,
-alternating (see sgc_jax/tools/bench_versus_taming.py).
+(PATH: a checkout of CompVis/taming-transformers). Both sides start from the
+official weights, their per-step losses are compared, and each side is timed
+alone in its own process, alternating: images/s of each and the ratio (see
+sgc_jax/tools/versus.py).
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def main(argv):
                           2)}[argv[1]]
     config = (importlib.import_module(default_config).get_config() if _CONFIG.value is None
               else _CONFIG.value)
-    about, header, rows = importlib.import_module(module).versus(
+    about, header, rows = importlib.import_module(module).table(
         _OFFICIAL.value, config, _BATCH.value, _STEPS.value)
     print(f"\n{about}")
     print(run_output.markdown_table(header, rows, "l" * labels + "r" * (len(header) - labels)))

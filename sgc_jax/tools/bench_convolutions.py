@@ -21,7 +21,7 @@ from jax import lax
 
 from sgc_jax.models import conv
 from sgc_jax.runtime import compiler
-from sgc_jax.tools.bench_versus_slotcon import available_cores, cpu_description, read_cpuinfo
+from sgc_jax.tools.versus import available_cores, cpu_description, read_cpuinfo
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 # (map size, input channels, output channels, upsampled first)

@@ -28,7 +28,7 @@ import jax
 
 from sgc_jax.runtime import sharding
 from sgc_jax.tools import synthetic
-from sgc_jax.tools.bench_versus_slotcon import BenchError
+from sgc_jax.tools.versus import BenchError
 
 _DEFINITION = re.compile(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+) ")
 

@@ -8,13 +8,16 @@ PATH is a checkout of github.com/CVMI-Lab/SlotCon; its `models/slotcon.py`,
 from there as they are (nothing of it is copied here). Both sides build the same
 network from one config (`configs/slotcon_scenes.py` unless --config): ResNet of
 `model.depth`, heads of `model.dim_hidden` / `model.dim_out`, `model.num_prototypes`
-prototypes, in float32 on synthetic two-view batches whose views coincide (so
+prototypes, in float32 on a synthetic two-view batch whose views coincide (so
 the group loss aligns the whole maps), and step with LARS of the config's
-hyper-parameters under the official warm-up + cosine schedule. Steps are timed
-in alternating blocks, ROUNDS x [ours x --steps, official x --steps], after a
-warm-up of each (ours: compilation and WARMUP_STEPS steps; both reach their
-steady rate within them), so that a drift of the machine (another process, the
-clock) falls on both alike; each block starts after a pause of SETTLE_SECONDS.
+hyper-parameters under the official warm-up + cosine schedule.
+
+The race is `sgc_jax.tools.versus`'s: both sides start from the same weights
+(the official model seeded, our student, teacher and centre imported from its
+state dict by `sgc_jax.convert.slotcon`), each runs alone in its own process,
+alternating, after a warm-up, and the table prints the largest relative
+difference of their per-step losses beside the official side's own float32
+noise.
 
 What the official code needs to run here, and what this module does about it:
 - `torch.distributed` (the centre's all-reduce, the slot contrast's all-gather,
@@ -45,20 +48,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import math
-import os
 import socket
 import sys
-import time
 import types
 import warnings
 
-from sgc_jax.runtime import hugepages
+import numpy as np
 
-ROUNDS = 3
-WARMUP_STEPS = 6
-SETTLE_SECONDS = 1.0
+from sgc_jax.runtime import hugepages
+from sgc_jax.tools import versus
+from sgc_jax.tools.versus import BenchError
+
 # What the official SlotCon.__init__ (and its momentum schedule) reads from `args`.
 OFFICIAL_MODEL_FIELDS = (
     "arch", "dim_hidden", "dim_out", "num_prototypes", "teacher_momentum", "teacher_temp",
@@ -69,29 +70,8 @@ OFFICIAL_FILES = ("models/slotcon.py", "models/resnet.py", "utils/lars.py",
                   "utils/lr_scheduler.py")
 
 
-class BenchError(SystemExit):
-  """A one-line reason a benchmark cannot run (exits with status 1)."""
-
-
-# ------------------------------------------------------------------ setup
-
-
-def check_checkout(path: str | None, files, subcommand: str, repository: str) -> str:
-  """The absolute path of a checkout of github.com/`repository` holding `files`,
-  or BenchError saying in one line what is wrong."""
-  if not path:
-    raise BenchError(f"{subcommand} needs --official=PATH, a checkout of "
-                     f"https://github.com/{repository}")
-  path = os.path.abspath(os.path.expanduser(path))
-  missing = [f for f in files if not os.path.isfile(os.path.join(path, f))]
-  if missing:
-    raise BenchError(f"--official={path} is not a {repository.split('/')[1]} checkout: no "
-                     f"{', '.join(missing)}")
-  return path
-
-
 def check_official(path: str | None) -> str:
-  return check_checkout(path, OFFICIAL_FILES, "versus-slotcon", "CVMI-Lab/SlotCon")
+  return versus.check_checkout(path, OFFICIAL_FILES, "versus-slotcon", "CVMI-Lab/SlotCon")
 
 
 def like_for_like(config):
@@ -135,47 +115,7 @@ def official_args(config, batch_size: int) -> argparse.Namespace:
       warmup_multiplier=max(2, round(1 / start)) if start > 0 else 10**6)
 
 
-def cpu_description(cpuinfo: str) -> tuple[str, str]:
-  """(model name, the SIMD flags of interest present) from /proc/cpuinfo's text."""
-  model, flags = "unknown CPU", set()
-  for line in cpuinfo.splitlines():
-    key, _, value = line.partition(":")
-    key = key.strip()
-    if key == "model name" and model == "unknown CPU":
-      model = value.strip() or model
-    elif key == "flags" and not flags:
-      flags = set(value.split())
-  present = [f for f in ("avx2", "avx512f") if f in flags]
-  return model, " ".join(present) or "neither avx2 nor avx512f"
-
-
-def read_cpuinfo() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      return f.read()
-  except OSError:
-    return ""
-
-
-def available_cores() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # not Linux
-    return os.cpu_count() or 1
-
-
 # ------------------------------------------------------------------ the official side
-
-
-def _load(path: str, relative: str, name: str):
-  """The official file `relative` as module `name`. Loaded by file path (rather
-  than as `models.*` / `utils.*` from sys.path) so that another top-level
-  `models` or `utils` package cannot shadow the checkout's."""
-  spec = importlib.util.spec_from_file_location(name, os.path.join(path, relative))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[name] = module
-  spec.loader.exec_module(module)
-  return module
 
 
 def roi_align_torch(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1,
@@ -297,8 +237,9 @@ def plain_batch_norm(module, notes: list[str] | None = None):
 class Official:
   """The official model, LARS and scheduler in a one-process gloo group."""
 
-  def __init__(self, path: str, config, images, threads: int):
-    """images: [B, 2, H, W, 3] float32, the two views (ours' layout)."""
+  def __init__(self, path: str, config, images, threads: int, state_dict=None):
+    """images: [B, 2, H, W, 3] float32, the two views (ours' layout);
+    state_dict: the model's start (None: its seeded initialisation)."""
     import torch
     import torch.distributed as dist
     self.torch = torch
@@ -309,14 +250,18 @@ class Official:
                               rank=0, world_size=1)
       self.notes.append("one-process gloo group")
     with _torchvision_or_stand_in(self.notes):
-      slotcon = _load(path, "models/slotcon.py", "slotcon_official_models_slotcon")
-    resnet = _load(path, "models/resnet.py", "slotcon_official_models_resnet")
-    lars = _load(path, "utils/lars.py", "slotcon_official_utils_lars")
-    schedulers = _load(path, "utils/lr_scheduler.py", "slotcon_official_utils_lr_scheduler")
+      slotcon = versus.load_official(path, "models/slotcon.py",
+                                     "slotcon_official_models_slotcon")
+    resnet = versus.load_official(path, "models/resnet.py", "slotcon_official_models_resnet")
+    lars = versus.load_official(path, "utils/lars.py", "slotcon_official_utils_lars")
+    schedulers = versus.load_official(path, "utils/lr_scheduler.py",
+                                      "slotcon_official_utils_lr_scheduler")
     batch_size = images.shape[0]
     self.args = args = official_args(config, batch_size)
     torch.manual_seed(config.seed)
     self.model = plain_batch_norm(slotcon.SlotCon(resnet.__dict__[args.arch], args), self.notes)
+    if state_dict is not None:
+      self.model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()})
     self.model.train()
     lr = args.batch_size * args.world_size / 256 * args.base_lr  # main_pretrain.build_model
     self.optimizer = lars.LARS(self.model.parameters(), lr=lr, weight_decay=args.weight_decay,
@@ -330,13 +275,15 @@ class Official:
     coords = [torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(batch_size, 1) for _ in range(2)]
     flags = [torch.zeros(batch_size, dtype=torch.bool) for _ in range(2)]
     self.batch = (crops, coords, flags)
-    self.loss = float("nan")
+
+  def state_dict(self) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in self.model.state_dict().items()}
 
   def student_parameters(self) -> int:
     return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
-  def step(self) -> None:
-    """main_pretrain.train's body without autocast/GradScaler (fp32)."""
+  def step(self) -> float:
+    """main_pretrain.train's body without autocast/GradScaler (fp32); its loss."""
     loss = self.model(self.batch)
     self.optimizer.zero_grad()
     loss.backward()
@@ -344,7 +291,7 @@ class Official:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
       self.scheduler.step()
-    self.loss = loss.item()
+    return loss.item()
 
   def close(self) -> None:
     import torch.distributed as dist
@@ -352,88 +299,38 @@ class Official:
       dist.destroy_process_group()
 
 
-# ------------------------------------------------------------------ our side
+
+# ------------------------------------------------------------------ the sides
 
 
-class Ours:
-  """Our jitted train step of `config`'s method on synthetic batches (as
-  `bench train`); `same_views`: every view a copy of the first."""
-
-  def __init__(self, config, batch_size: int, same_views: bool = True):
-    import jax
-    from sgc_jax.runtime import sharding
-    from sgc_jax.tools import synthetic
-    self.jax = jax
-    self.trainer = trainer = synthetic.make_trainer(config)
-    self.state = trainer.create_train_state(config.seed)
-    host = synthetic.synthetic_batch(config, batch_size, 10)
-    # Two identical views (their boxes are the whole image already): as
-    # overlapping crops, the student's and the teacher's slots then mostly
-    # agree, so the slot contrast has its usual rows; independent noise views
-    # leave it almost none (and the official predictor's batch norm can then
-    # see a single row, which it refuses).
-    if same_views:
-      host["image"][:, 1:] = host["image"][:, :1]
-    self.images = host["image"]  # the official side is fed the same pixels
-    self.batch = jax.tree.map(
-        lambda x: jax.device_put(x, sharding.batch_sharding(trainer.mesh)), host)
-    start = time.perf_counter()
-    self.compiled = trainer.jit_train_step(trainer.phase(0), self.batch).lower(
-        self.state, self.batch).compile()
-    self.compile_seconds = time.perf_counter() - start
-    self.metrics = None
-
-  def student_parameters(self) -> int:
-    return sum(x.size for x in self.jax.tree.leaves(self.state.params))
-
-  def step(self) -> None:
-    self.state, self.metrics = self.compiled(self.state, self.batch)
-
-  def sync(self) -> None:
-    self.jax.block_until_ready(self.metrics)
-
-  @property
-  def loss(self) -> float:
-    return float(self.metrics["loss/total"])
+def _images(config, batch_size: int) -> np.ndarray:
+  """The batch both sides step on: two identical views (their boxes are the
+  whole image). As overlapping crops, the student's and the teacher's slots
+  then mostly agree, so the slot contrast has its usual rows; independent noise
+  views leave it almost none (and the official predictor's batch norm can then
+  see a single row, which it refuses)."""
+  return versus.synthetic_images(config, batch_size, same_views=True)
 
 
-# ------------------------------------------------------------------ the race
+def _make_start(job: dict, work: str) -> None:
+  """The official model's seeded initial state, and ours imported from it."""
+  from sgc_jax.convert import slotcon as slotcon_import
+  config = job["config"]
+  theirs = Official(job["official"], config, _images(config, job["batch_size"]), threads=1)
+  state_dict = theirs.state_dict()
+  theirs.close()
+  versus.save_start(work, state_dict)
+  versus.write_ours_start(slotcon_import.convert(state_dict, config.model, "the official start"),
+                          work)
 
 
-def _timed(side, steps: int) -> float:
-  # The side timed before may leave worker threads spinning for a while
-  # (OpenMP's and Eigen's wait policies): they would share the cores with
-  # this side's first steps.
-  time.sleep(SETTLE_SECONDS)
-  start = time.perf_counter()
-  for _ in range(steps):
-    side.step()
-  if hasattr(side, "sync"):
-    side.sync()
-  return time.perf_counter() - start
-
-
-def versus(official_path: str | None, config, batch_size: int, steps: int,
-           rounds: int = ROUNDS) -> tuple[str, list, list]:
-  """(a line about the run, table header, table rows)."""
-  path = check_official(official_path)
+def _run_official(job: dict, work: str, perturbed: bool = False) -> dict:
+  import torch
+  config = job["config"]
+  theirs = Official(job["official"], config, _images(config, job["batch_size"]),
+                    versus.available_cores(), versus.read_start(work, perturbed))
   try:
-    import torch
-  except ImportError:
-    raise BenchError("versus-slotcon needs PyTorch: pip install -e '.[torch]'") from None
-  import jax
-  config = like_for_like(config)
-  threads = available_cores()
-  ours = Ours(config, batch_size)
-  theirs = Official(path, config, ours.images, threads)
-  try:
-    for side in (ours, theirs):
-      _timed(side, WARMUP_STEPS)
-    times = {"ours": [], "official": []}
-    for _ in range(rounds):
-      times["ours"].append(_timed(ours, steps))
-      times["official"].append(_timed(theirs, steps))
-    losses = (ours.loss, theirs.loss)
+    losses, seconds = versus.warm_then_timed(theirs.step, job["warmup"], job["steps"])
   except ValueError as e:
     if "more than 1 value per channel" not in str(e):
       raise
@@ -445,29 +342,59 @@ def versus(official_path: str | None, config, batch_size: int, steps: int,
         f"larger image size or batch") from None
   finally:
     theirs.close()
+  return {"losses": losses, "seconds": seconds, "parameters": theirs.student_parameters(),
+          "version": f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads",
+          "notes": theirs.notes}
+
+
+SIDES = {"start": _make_start, "ours": versus.run_ours, "official": _run_official,
+         "official_perturbed": lambda job, work: _run_official(job, work, perturbed=True)}
+
+
+# ------------------------------------------------------------------ the race
+
+
+def table(official_path: str | None, config, batch_size: int, steps: int,
+          rounds: int = versus.ROUNDS) -> tuple[str, list, list]:
+  """(a line about the run, table header, table rows)."""
+  path = check_official(official_path)
+  config = like_for_like(config)
+  versus.need_torch("versus-slotcon")
+  job = {"config": config, "official": path, "batch_size": batch_size, "steps": steps,
+         "warmup": versus.WARMUP_STEPS, "same_views": True}
+  runs, floor = versus.race(__name__, "versus-slotcon", job, rounds, same_start=True)
   images = batch_size * config.data.num_views  # views count, as `bench train`
-  rate = {k: images * steps * rounds / sum(v) for k, v in times.items()}
-  per_round = {k: ", ".join(f"{images * steps / t:.1f}" for t in v) for k, v in times.items()}
-  model, simd = cpu_description(read_cpuinfo())
-  params = (ours.student_parameters(), theirs.student_parameters())
+  rate, per_round = versus.rates(runs, images, steps)
+  ours, theirs = runs["ours"][0], runs["official"][0]
+  model, simd = versus.cpu_description(versus.read_cpuinfo())
+  params = (ours["parameters"], theirs["parameters"])
   header = ["CPU", "SIMD", "threads", "batch x views", "px", "ours images/s",
             "official images/s", "ours/official", "ours per round", "official per round",
-            "params M (ours, official)", "loss (ours, official)"]
-  row = [model, simd, threads, f"{batch_size} x {config.data.num_views}",
+            "params M (ours, official)", "final loss (ours, official)", "loss, max rel. diff",
+            "official vs itself (1 ulp)"]
+  row = [model, simd, versus.available_cores(), f"{batch_size} x {config.data.num_views}",
          config.data.image_size, rate["ours"], rate["official"],
          rate["ours"] / rate["official"], per_round["ours"], per_round["official"],
          f"{params[0] / 1e6:.3f}, {params[1] / 1e6:.3f}",
-         f"{losses[0]:.3f}, {losses[1]:.3f}"]
+         f"{ours['losses'][-1]:.3f}, {theirs['losses'][-1]:.3f}",
+         *versus.agreement(runs, floor)]
   m = config.model
-  about = (f"SlotCon train step, ours (JAX {jax.__version__}, {jax.devices()[0].platform}, "
-           f"compiled in {ours.compile_seconds:.1f} s) vs official (PyTorch {torch.__version__}, "
-           f"{torch.get_num_threads()} threads): ResNet-{m.depth} without dilation, "
-           f"dim_hidden {m.dim_hidden}, dim_out {m.dim_out}, {m.num_prototypes} prototypes, "
-           f"float32, LARS; {rounds} rounds x {steps} steps each after {WARMUP_STEPS} of "
-           f"warm-up. Official code adapted for CPU: {'; '.join(theirs.notes)}; no DDP, "
-           f"no autocast; malloc: {hugepages.describe()}.")
+  about = (f"SlotCon train step, ours ({ours['version']}, compiled in "
+           f"{ours['compile_seconds']:.1f} s) vs official ({theirs['version']}): "
+           f"ResNet-{m.depth} without dilation, dim_hidden {m.dim_hidden}, dim_out "
+           f"{m.dim_out}, {m.num_prototypes} prototypes, float32, LARS; the same start (the "
+           f"official weights imported); {rounds} rounds, each side in its own process: "
+           f"{versus.WARMUP_STEPS} warm-up steps, then {steps} timed; the losses compared "
+           f"over all {versus.WARMUP_STEPS + steps} steps. Official code adapted for CPU: "
+           f"{'; '.join(theirs['notes'])}; no DDP, no autocast; malloc: "
+           f"{hugepages.describe()}.")
   if params[0] != params[1]:
     about += f" NOTE: the students' parameter counts differ ({params[0]} vs {params[1]})."
+  losses = [r["losses"][-1] for v in runs.values() for r in v]
   if not all(map(math.isfinite, losses)):
     about += " NOTE: a loss is not finite."
   return about, header, [row]
+
+
+if __name__ == "__main__":
+  versus.side_main(SIDES, sys.argv)

@@ -14,53 +14,36 @@ float32; `pytorch_lightning` (which taming's VQModel class needs) is not
 involved. Our side is `bench train`'s step of the same config, made like for
 like by `like_for_like`.
 
-A fair race, in two parts:
-- The same computation. With `vq`, both sides start from the same weights:
-  taming's modules are initialised (seeded) and our parameters are imported
-  from their state dict by `sgc_jax.convert.taming`; both step on the same
-  batch, and the table prints the largest relative difference of their
-  per-step losses beside taming's own float32 noise (taming against itself
-  started from weights one float32 ulp away). taming's quantizer runs with
-  `legacy=False`: its default puts beta on the codebook term instead of the
-  commitment term (the VQ-VAE paper's place, and ours); the cost is the same.
-  With `sgc`, our step is the method's (an EMA codebook and the semantic loss
-  over a [z_sem; z_det] pyramid), a different computation from taming's, so no
-  agreement is claimed.
-- Neutral timing. Each block of steps runs alone in its own process (ROUNDS x
-  [ours, taming], alternating), so that neither runtime's thread pool shares
-  the cores with the other's steps; every process warms up (ours: compiles)
-  for WARMUP_STEPS steps before its timed steps. Both run under the same
-  malloc tunables (inherited from this process).
+The race is `sgc_jax.tools.versus`'s: each side alone in its own process,
+alternating, after a warm-up. With `vq`, both sides start from the same
+weights (taming's modules seeded, our parameters imported from their state
+dict by `sgc_jax.convert.taming`), and the table prints the largest relative
+difference of their per-step losses beside taming's own float32 noise.
+taming's quantizer runs with `legacy=False`: its default puts beta on the
+codebook term instead of the commitment term (the VQ-VAE paper's place, and
+ours); the cost is the same. With `sgc`, our step is the method's (an EMA
+codebook and the semantic loss over a [z_sem; z_det] pyramid), a different
+computation from taming's, so no agreement is claimed.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import pickle
-import subprocess
 import sys
-import tempfile
-import time
 
 import numpy as np
 
 from sgc_jax.configs import bench_taming64
 from sgc_jax.runtime import hugepages
-from sgc_jax.tools.bench_versus_slotcon import (ROUNDS, WARMUP_STEPS, BenchError, Ours, _load,
-                                                available_cores, check_checkout,
-                                                cpu_description, read_cpuinfo)
+from sgc_jax.tools import versus
+from sgc_jax.tools.versus import BenchError
 
 OFFICIAL_FILES = ("taming/modules/diffusionmodules/model.py",
                   "taming/modules/vqvae/quantize.py")
-# The relative change of every weight of the start that taming's noise floor
-# runs from: one float32 ulp.
-ULP = 2.0 ** -23
 
 
 def check_official(path: str | None) -> str:
-  return check_checkout(path, OFFICIAL_FILES, "versus-taming", "CompVis/taming-transformers")
+  return versus.check_checkout(path, OFFICIAL_FILES, "versus-taming", "CompVis/taming-transformers")
 
 
 def taming_fields(config) -> dict:
@@ -110,8 +93,8 @@ class Taming:
     import torch
     self.torch = torch
     torch.set_num_threads(threads)
-    model = _load(path, OFFICIAL_FILES[0], "taming_official_model")
-    quantize = _load(path, OFFICIAL_FILES[1], "taming_official_quantize")
+    model = versus.load_official(path, OFFICIAL_FILES[0], "taming_official_model")
+    quantize = versus.load_official(path, OFFICIAL_FILES[1], "taming_official_quantize")
     fields = taming_fields(config)
     torch.manual_seed(config.seed)
     dd = fields["ddconfig"]
@@ -148,147 +131,68 @@ class Taming:
 
 
 def _images(config, batch_size: int) -> np.ndarray:
-  """The batch both sides step on: `bench train`'s synthetic images, one view."""
-  from sgc_jax.tools import synthetic
-  return synthetic.synthetic_batch(config, batch_size, 10)["image"][:, 0]
+  """The batch both sides step on, one view."""
+  return versus.synthetic_images(config, batch_size, same_views=False)[:, 0]
 
 
-def _make_start(job: dict, work: str) -> dict:
-  """taming's seeded initial weights (taming_start.npz) and, with `vq`, ours
-  imported from them."""
+def _make_start(job: dict, work: str) -> None:
+  """taming's seeded initial weights and, with `vq`, ours imported from them."""
   config = job["config"]
   theirs = Taming(job["official"], config, _images(config, job["batch_size"]), threads=1)
   state_dict = theirs.state_dict()
-  np.savez(os.path.join(work, "taming_start.npz"), **state_dict)
+  versus.save_start(work, state_dict)
   if config.model.codebook.mode == "vq":
     write_ours_start(state_dict, config, work)
-  return {}
 
 
 def write_ours_start(state_dict: dict[str, np.ndarray], config, work: str) -> None:
-  """Our parameters imported from taming's `state_dict`, as WORK/ours_start.npz,
-  where our side starts from."""
-  from sgc_jax.convert import taming as taming_import, torch_file
+  """Our parameters imported from taming's `state_dict`, where our side starts."""
+  from sgc_jax.convert import taming as taming_import
   from sgc_jax.tools import synthetic
   model_config = synthetic.make_trainer(config).model_config
-  torch_file.write_npz(taming_import.convert(state_dict, model_config, "taming's start"),
-                       os.path.join(work, "ours_start.npz"))
-
-
-def _warm_then_timed(step, warmup: int, steps: int, sync=lambda: None
-                     ) -> tuple[list[float], float]:
-  """Every step's loss, and the seconds of the last `steps` after `warmup`
-  untimed ones. `step()` runs one step and returns its loss, a float or a
-  device scalar; the timed ones are read after the clock stops, so that the
-  timed steps do not wait on them; `sync` waits for the last step."""
-  losses = [float(step()) for _ in range(warmup)]
-  start = time.perf_counter()
-  timed = [step() for _ in range(steps)]
-  sync()
-  seconds = time.perf_counter() - start
-  return losses + [float(loss) for loss in timed], seconds
-
-
-def _run_ours(job: dict, work: str) -> dict:
-  import jax
-  config = job["config"]
-  shared_start = os.path.join(work, "ours_start.npz")
-  if os.path.exists(shared_start):
-    with config.unlocked():
-      config.init_from = shared_start
-  ours = Ours(config, job["batch_size"], same_views=False)
-  ours.state = ours.trainer.initial_state(ours.state)
-
-  def step():
-    ours.step()
-    return ours.metrics["loss/total"]
-
-  losses, seconds = _warm_then_timed(step, job["warmup"], job["steps"], ours.sync)
-  return {"losses": losses, "seconds": seconds,
-          "parameters": ours.student_parameters(), "compile_seconds": ours.compile_seconds,
-          "version": f"JAX {jax.__version__}, {jax.devices()[0].platform}"}
+  versus.write_ours_start(taming_import.convert(state_dict, model_config, "taming's start"),
+                          work)
 
 
 def _run_taming(job: dict, work: str, perturbed: bool = False) -> dict:
   import torch
   config = job["config"]
-  with np.load(os.path.join(work, "taming_start.npz")) as start:
-    state_dict = {k: start[k] for k in start.files}
-  if perturbed:
-    state_dict = {k: v * np.float32(1 + ULP) if v.dtype == np.float32 else v
-                  for k, v in state_dict.items()}
   theirs = Taming(job["official"], config, _images(config, job["batch_size"]),
-                  available_cores(), state_dict)
-  losses, seconds = _warm_then_timed(theirs.step, job["warmup"], job["steps"])
+                  versus.available_cores(), versus.read_start(work, perturbed))
+  losses, seconds = versus.warm_then_timed(theirs.step, job["warmup"], job["steps"])
   return {"losses": losses, "seconds": seconds, "parameters": theirs.student_parameters(),
           "version": f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads"}
 
 
-SIDES = {"start": _make_start, "ours": _run_ours, "taming": _run_taming,
-         "taming_perturbed": lambda job, work: _run_taming(job, work, perturbed=True)}
-
-
-def _in_own_process(side: str, work: str) -> dict:
-  """`side` run by a fresh Python process (this module's main); its result."""
-  done = subprocess.run([sys.executable, "-m", __name__, side, work],
-                        capture_output=True, text=True)
-  if done.returncode:
-    lines = (done.stderr.strip() or "no output").splitlines()
-    raise BenchError(f"versus-taming: the {side} process failed: {lines[-1]}")
-  return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def relative_difference(a, b) -> float:
-  """The largest |a_i - b_i| / |b_i| over two equally long loss sequences."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
+SIDES = {"start": _make_start, "ours": versus.run_ours, "official": _run_taming,
+         "official_perturbed": lambda job, work: _run_taming(job, work, perturbed=True)}
 
 
 # ------------------------------------------------------------------ the race
 
 
-def versus(official_path: str | None, config, batch_size: int, steps: int,
-           rounds: int = ROUNDS) -> tuple[str, list, list]:
+def table(official_path: str | None, config, batch_size: int, steps: int,
+           rounds: int = versus.ROUNDS) -> tuple[str, list, list]:
   """(a line about the run, table header, table rows)."""
-  import importlib.util
   path = check_official(official_path)
   config = like_for_like(config)
-  if importlib.util.find_spec("torch") is None:
-    raise BenchError("versus-taming needs PyTorch: pip install -e '.[torch]'")
-  job = {"config": config, "official": path, "batch_size": batch_size, "steps": steps,
-         "warmup": WARMUP_STEPS}
+  versus.need_torch("versus-taming")
   vq = config.model.codebook.mode == "vq"
-  with tempfile.TemporaryDirectory(prefix="versus_taming_") as work:
-    with open(os.path.join(work, "job.pkl"), "wb") as f:
-      pickle.dump(job, f)
-    _in_own_process("start", work)
-    runs = {"ours": [], "taming": []}
-    for _ in range(rounds):
-      for side in runs:
-        runs[side].append(_in_own_process(side, work))
-    floor = _in_own_process("taming_perturbed", work)["losses"] if vq else None
-  rate = {k: batch_size * steps * rounds / sum(r["seconds"] for r in v)
-          for k, v in runs.items()}
-  per_round = {k: ", ".join(f"{batch_size * steps / r['seconds']:.2f}" for r in v)
-               for k, v in runs.items()}
-  ours, theirs = runs["ours"][0], runs["taming"][0]
-  if vq:
-    agreement = max(relative_difference(o["losses"], t["losses"])
-                    for o, t in zip(runs["ours"], runs["taming"]))
-    noise = relative_difference(floor, theirs["losses"])
-    agree = [f"{agreement:.1e}", f"{noise:.1e}"]
-  else:
-    agree = ["- (sgc: another method)", "-"]
-  model, simd = cpu_description(read_cpuinfo())
-  threads = available_cores()
+  job = {"config": config, "official": path, "batch_size": batch_size, "steps": steps,
+         "warmup": versus.WARMUP_STEPS, "same_views": False}
+  runs, floor = versus.race(__name__, "versus-taming", job, rounds, same_start=vq)
+  rate, per_round = versus.rates(runs, batch_size, steps)
+  ours, theirs = runs["ours"][0], runs["official"][0]
+  model, simd = versus.cpu_description(versus.read_cpuinfo())
   header = ["CPU", "SIMD", "threads", "batch", "px", "ours images/s", "taming images/s",
             "ours/taming", "ours per round", "taming per round", "params M (ours, taming)",
             "final loss (ours, taming)", "loss, max rel. diff", "taming vs itself (1 ulp)"]
-  row = [model, simd, threads, batch_size, config.data.image_size, rate["ours"],
-         rate["taming"], rate["ours"] / rate["taming"], per_round["ours"],
-         per_round["taming"],
+  row = [model, simd, versus.available_cores(), batch_size, config.data.image_size,
+         rate["ours"], rate["official"], rate["ours"] / rate["official"], per_round["ours"],
+         per_round["official"],
          f"{ours['parameters'] / 1e6:.2f}, {theirs['parameters'] / 1e6:.2f}",
-         f"{ours['losses'][-1]:.3f}, {theirs['losses'][-1]:.3f}", *agree]
+         f"{ours['losses'][-1]:.3f}, {theirs['losses'][-1]:.3f}",
+         *versus.agreement(runs, floor)]
   m = config.model
   about = (f"VQGAN train step, ours ({m.codebook.mode} quantizer; {ours['version']}, "
            f"compiled in {ours['compile_seconds']:.1f} s) vs taming-transformers' modules "
@@ -297,23 +201,14 @@ def versus(official_path: str | None, config, batch_size: int, steps: int,
            f"{tuple(m.attn_resolutions)}, z {m.z_channels}, K {m.codebook.num_codes}, float32, "
            f"L1 + codebook terms, Adam at a constant rate; "
            + ("the same start (taming's weights imported), " if vq else "")
-           + f"{rounds} rounds, each side in its own process: {WARMUP_STEPS} warm-up steps, "
-           f"then {steps} timed; the losses compared over all {WARMUP_STEPS + steps} steps; "
-           f"malloc: {hugepages.describe()}.")
+           + f"{rounds} rounds, each side in its own process: {versus.WARMUP_STEPS} warm-up "
+           f"steps, then {steps} timed; the losses compared over all "
+           f"{versus.WARMUP_STEPS + steps} steps; malloc: {hugepages.describe()}.")
   losses = [r["losses"][-1] for v in runs.values() for r in v]
   if not all(map(math.isfinite, losses)):
     about += " NOTE: a loss is not finite."
   return about, header, [row]
 
 
-def main(argv: list[str]) -> None:
-  """One side of the race (SIDES), in a process of its own: reads WORK/job.pkl,
-  which `versus` wrote, and prints its result as one JSON line."""
-  side, work = argv[1:3]
-  with open(os.path.join(work, "job.pkl"), "rb") as f:
-    job = pickle.load(f)
-  print(json.dumps(SIDES[side](job, work)))
-
-
 if __name__ == "__main__":
-  main(sys.argv)
+  versus.side_main(SIDES, sys.argv)
