@@ -361,3 +361,13 @@ def test_an_unknown_sgc_scenes_config_is_one_line(tmp_path, name, problem):
   line = one_line_error(result, f"data error: config.data.name={name!r}: {problem}",
                         "sgc_scenes/res64", "sgc_scenes/smoke64")
   assert os.listdir(tmp_path) == [], "nothing is built"
+
+
+def test_a_bench_of_an_unusable_config_is_one_line():
+  """Before: the ConfigError's traceback."""
+  result = subprocess.run(
+      [sys.executable, "-m", "sgc_jax.tools.bench", "train", "--config=configs/acseg_scenes.py",
+       "--batch_size=8", "--steps=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  line = one_line_error(result, "config.model.backbone.weights: kind 'bundle' needs a bundle "
+                        "directory")
+  assert line.startswith("config error: ")

@@ -51,6 +51,7 @@ sgc_jax/tools/versus.py).
 from __future__ import annotations
 
 import importlib
+import sys
 import time
 
 from sgc_jax.runtime import hugepages
@@ -187,6 +188,13 @@ def bench_comms(config, batch_size: int) -> dict:
 
 def main(argv):
   logs.quiet_libraries()
+  try:
+    run_subcommand(argv)
+  except config_lib.ConfigError as error:
+    sys.exit(f"config error: {error}")
+
+
+def run_subcommand(argv):
   if argv[1:] == ["comms"]:
     if _CONFIG.value is None:
       raise app.UsageError("comms needs --config")
