@@ -347,8 +347,7 @@ def _run_official(job: dict, work: str, perturbed: bool = False) -> dict:
           "notes": theirs.notes}
 
 
-SIDES = {"start": _make_start, "ours": versus.run_ours, "official": _run_official,
-         "official_perturbed": lambda job, work: _run_official(job, work, perturbed=True)}
+SIDES = versus.sides(_make_start, _run_official)
 
 
 # ------------------------------------------------------------------ the race
@@ -360,8 +359,7 @@ def table(official_path: str | None, config, batch_size: int, steps: int,
   path = check_official(official_path)
   config = like_for_like(config)
   versus.need_torch("versus-slotcon")
-  job = {"config": config, "official": path, "batch_size": batch_size, "steps": steps,
-         "warmup": versus.WARMUP_STEPS, "same_views": True}
+  job = versus.new_job(config, path, batch_size, steps, same_views=True)
   runs, floor = versus.race(__name__, "versus-slotcon", job, rounds, same_start=True)
   images = batch_size * config.data.num_views  # views count, as `bench train`
   rate, per_round = versus.rates(runs, images, steps)

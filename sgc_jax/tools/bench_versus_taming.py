@@ -164,22 +164,20 @@ def _run_taming(job: dict, work: str, perturbed: bool = False) -> dict:
           "version": f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads"}
 
 
-SIDES = {"start": _make_start, "ours": versus.run_ours, "official": _run_taming,
-         "official_perturbed": lambda job, work: _run_taming(job, work, perturbed=True)}
+SIDES = versus.sides(_make_start, _run_taming)
 
 
 # ------------------------------------------------------------------ the race
 
 
 def table(official_path: str | None, config, batch_size: int, steps: int,
-           rounds: int = versus.ROUNDS) -> tuple[str, list, list]:
+          rounds: int = versus.ROUNDS) -> tuple[str, list, list]:
   """(a line about the run, table header, table rows)."""
   path = check_official(official_path)
   config = like_for_like(config)
   versus.need_torch("versus-taming")
   vq = config.model.codebook.mode == "vq"
-  job = {"config": config, "official": path, "batch_size": batch_size, "steps": steps,
-         "warmup": versus.WARMUP_STEPS, "same_views": False}
+  job = versus.new_job(config, path, batch_size, steps, same_views=False)
   runs, floor = versus.race(__name__, "versus-taming", job, rounds, same_start=vq)
   rate, per_round = versus.rates(runs, batch_size, steps)
   ours, theirs = runs["ours"][0], runs["official"][0]

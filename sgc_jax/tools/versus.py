@@ -209,6 +209,19 @@ def run_ours(job: dict, work: str) -> dict:
 # ------------------------------------------------------------------ the race
 
 
+def sides(make_start, run_official) -> dict:
+  """A benchmark's SIDES: its start and official side (`run_official(job,
+  work, perturbed=False)`), and ours."""
+  return {"start": make_start, "ours": run_ours, "official": run_official,
+          "official_perturbed": lambda job, work: run_official(job, work, perturbed=True)}
+
+
+def new_job(config, official_path: str, batch_size: int, steps: int, same_views: bool) -> dict:
+  """What every side process reads (WORK/job.pkl)."""
+  return {"config": config, "official": official_path, "batch_size": batch_size,
+          "steps": steps, "warmup": WARMUP_STEPS, "same_views": same_views}
+
+
 def in_own_process(module: str, subcommand: str, side: str, work: str) -> dict:
   """`side` of benchmark `module` run by a fresh Python process; its result."""
   done = subprocess.run([sys.executable, "-m", module, side, work],
