@@ -27,12 +27,12 @@ ACSEG_STEPS=${ACSEG_STEPS:-1000}
 DATA_DIR=${DATA_DIR:-data}
 case "$DATA" in
   scenes)
-    SIZE=64 SUFFIX="" STEPS=${STEPS:-300}
+    SIZE=64 SUFFIX="" TABLE=label-free STEPS=${STEPS:-300}
     SGC_CONFIG=configs/sgc_scenes.py SGC_CONFIG_ARGS=""
     SGC_ARGS=(--config.total_steps="$STEPS" --config.evals.pictures.every=1000)
     PSEUDO_FRAME=() ;;
   camvid)
-    SIZE=128 SUFFIX=_camvid STEPS=${STEPS:-0}
+    SIZE=128 SUFFIX=_camvid TABLE=label-free-camvid STEPS=${STEPS:-0}
     SGC_CONFIG=configs/sgc_camvid.py SGC_CONFIG_ARGS=",steps=$STEPS" SGC_ARGS=()
     # Pseudo-labelled frames at twice the evaluation size, so that 128 px
     # training crops see them at the scale the true-label recipe does.
@@ -84,4 +84,4 @@ for quantizer in ema sgc; do
 done
 "$PY" -m sgc_jax.tools.compare "$COMPARE_DIR/ema" "$WORKDIR/sgc_pseudo" "$COMPARE_DIR/sgc" \
   --names "ema (no labels),sgc on ACSeg pseudo-labels (no labels),sgc (true labels)" \
-  --readme docs/methods/acseg.md --table "label-free$SUFFIX"
+  --readme docs/methods/acseg.md --table "$TABLE"

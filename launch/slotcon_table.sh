@@ -18,8 +18,8 @@ DATA=${DATA:-scenes}
 STEPS=${STEPS:-2000}
 DATA_DIR=${DATA_DIR:-data}
 case "$DATA" in
-  scenes) ARGS="" SUFFIX="" ;;
-  camvid) ARGS=",size=128,data=camvid" SUFFIX=_camvid ;;
+  scenes) ARGS="" SUFFIX="" TABLE=slotcon ;;
+  camvid) ARGS=",size=128,data=camvid" SUFFIX=_camvid TABLE=slotcon-camvid ;;
   *) echo "error: DATA=$DATA: scenes or camvid" >&2; exit 1 ;;
 esac
 WORKDIR=${WORKDIR:-workdir/slotcon_table$SUFFIX}
@@ -37,4 +37,4 @@ run --workdir="$WORKDIR/random_init" --mode=eval --eval_initial "$@"
 runs=("$WORKDIR/slotcon" "$WORKDIR/random_init")
 [ -f "$SGC_WORKDIR/eval/eval.json" ] && runs+=("$SGC_WORKDIR")
 "$PY" -m sgc_jax.tools.compare "${runs[@]}" --readme docs/methods/slotcon.md \
-  --table "slotcon$SUFFIX"
+  --table "$TABLE"

@@ -57,6 +57,41 @@ def test_launch_scripts_parse():
     assert _run("bash", "-n", f"launch/{script}").returncode == 0, script
 
 
+# (launcher, its environment): every quality table a launcher writes.
+TABLE_WRITERS = [
+    ("compare.sh", {}), ("compare.sh", {"GAN_START": "150"}), ("compare_camvid.sh", {}),
+    ("label_free.sh", {}), ("label_free.sh", {"DATA": "camvid"}),
+    ("slotcon_table.sh", {}), ("slotcon_table.sh", {"DATA": "camvid"})]
+
+
+@pytest.mark.parametrize("script, env", TABLE_WRITERS)
+def test_the_tables_launchers_write_have_their_markers(script, env, tmp_path):
+  """Each launcher, run with a python that only logs its arguments, ends with
+  `sgc_jax.tools.compare --readme FILE [--table NAME]`: FILE holds NAME's markers."""
+  log = tmp_path / "calls"
+  python = tmp_path / "venv" / "bin" / "python"
+  python.parent.mkdir(parents=True)
+  python.write_text(f'#!/bin/bash\nprintf "%s\\n" "$*" >> {log}\n')
+  python.chmod(0o755)
+  result = subprocess.run(["bash", f"launch/{script}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60,
+                          env={**os.environ, **env, "VENV": str(tmp_path / "venv"),
+                               "WORKDIR": str(tmp_path / "work"),
+                               "COMPARE_DIR": str(tmp_path / "compare"),
+                               "SGC_WORKDIR": str(tmp_path / "sgc")})
+  assert result.returncode == 0, result.stderr[-2000:]
+  compare = [line.split() for line in log.read_text().splitlines()
+             if line.startswith("-m sgc_jax.tools.compare ")]
+  assert len(compare) == 1, log.read_text()
+  words = compare[0]
+  readme = words[words.index("--readme") + 1]
+  table = words[words.index("--table") + 1] if "--table" in words else None
+  marker = f"<!-- quality-table-{table} -->" if table else "<!-- quality-table -->"
+  with open(os.path.join(ROOT, readme)) as f:
+    text = f.read()
+  assert marker in text and marker.replace("<!-- ", "<!-- /") in text, (script, env, marker)
+
+
 def test_process_discovery(monkeypatch):
   for name in ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_STEP_NUM_TASKS",
                "OMPI_COMM_WORLD_SIZE"):
