@@ -221,6 +221,29 @@ def test_open_vocab_confusion_and_subset_means():
   assert open_vocab.class_subset_miou(matrix, ()) is None
 
 
+def test_open_vocab_reports_each_class_map_per_class():
+  from types import SimpleNamespace
+  from sgc_jax.core import evaluation
+  from sgc_jax.modes.eval_checkpoint import markdown
+  # [predicted, true]: class a 2 / (4 + 3 - 2) = 0.4; b 3 / (4 + 4 - 3) = 0.6;
+  # c in neither; d 1 / (1 + 2 - 1) = 0.5 (held out).
+  matrix = np.array([[2, 1, 0, 1], [1, 3, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]], np.float64)
+  method = SimpleNamespace(num_classes=4, unseen_class_ids=(3,),
+                           class_names=("a", "b", "c", "d"))
+  results = open_vocab.OpenVocab("v", {"every": 1}).finish(
+      {"pat": matrix, "branch": np.eye(4)}, None, SimpleNamespace(method=method))
+  assert [results[f"pat_map_iou/{c}"] for c in "abcd"] == pytest.approx([0.4, 0.6, None, 0.5])
+  assert results["pat_miou"] == pytest.approx(0.5)
+  assert results["pat_miou_unseen"] == pytest.approx(0.5)
+  assert [results[f"branch_map_iou/{c}"] for c in "abd"] == [1.0, 1.0, 1.0]
+  columns = evaluation.class_columns(results, method.class_names)
+  assert columns == [("pat_map_iou", "pat map IoU", ".3f"),
+                     ("branch_map_iou", "branch map IoU", ".3f")]
+  table = markdown({**results, "class_names": list(method.class_names)})
+  assert "| class | pat map IoU | branch map IoU |" in table
+  assert "| b | 0.600 | 1.000 |" in table
+
+
 def test_pyramid_evaluator_measures_each_level_against_its_grid():
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.uniform(-1, 1, size=(2, 1, 16, 16, 3)), jnp.float32)

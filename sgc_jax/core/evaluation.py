@@ -56,6 +56,12 @@ class Evaluator:
   # the column order of the per-class table.
   class_columns: tuple[tuple[str, str, str], ...] = ()
 
+  @classmethod
+  def class_columns_of(cls, results: dict) -> tuple[tuple[str, str, str], ...]:
+    """The per-class columns `results` may hold: `class_columns`, unless the
+    evaluator names them after what it found (as `table_rows` does)."""
+    return cls.class_columns
+
   def __init__(self, name: str, options: dict):
     self.name, self.options = name, options
     self.every = options["every"]
@@ -236,7 +242,7 @@ def class_columns(results: dict, class_names) -> list[tuple[str, str, str]]:
   `results` holds, in the registry's order."""
   columns = []
   for type_name in _REGISTRY:
-    columns += [column for column in _class(type_name).class_columns
+    columns += [column for column in _class(type_name).class_columns_of(results)
                 if any(f"{column[0]}/{name}" in results for name in class_names)
                 and column not in columns]
   return columns

@@ -2,8 +2,9 @@
 the method predicts (`class_maps`: PAT's fused prediction, its semantic branch
 alone, the baseline alone), mIoU over all classes, over the classes seen in
 training and over those held out (the method's `unseen_class_ids`), and pixel
-accuracy. Pixels labelled 255 are not counted; a class absent from both the
-labels and the predictions does not enter its mean."""
+accuracy, and each class's IoU ("NAME_map_iou/CLASS"). Pixels labelled 255
+are not counted; a class absent from both the labels and the predictions does
+not enter its mean (its IoU is None)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import numpy as np
 
 from sgc_jax.config_lib import ConfigError
 from sgc_jax.core.evaluation import Evaluator, predicted_shapes
+from sgc_jax.evaluators.segmentation import flat_class_results
 from sgc_jax.ops import metrics
+
+CLASS_IOU = "_map_iou"
 
 
 def confusion(predicted, labels, weight, num_classes: int):
@@ -46,6 +50,13 @@ class OpenVocab(Evaluator):
                                ("pixel_accuracy", "pixel accuracy"))
             if f"{name}_{key}" in results]
 
+  @classmethod
+  def class_columns_of(cls, results):
+    """Each class map's IoU per class, in the order the results hold them."""
+    maps = dict.fromkeys(key.split("/", 1)[0] for key in results
+                         if key.split("/", 1)[0].endswith(CLASS_IOU))
+    return tuple((key, f"{key[:-len(CLASS_IOU)]} map IoU", ".3f") for key in maps)
+
   def static(self, context):
     if not context.method.num_classes:
       raise ConfigError(f"config.evals.{self.name}: the data set has no segmentation labels")
@@ -72,4 +83,7 @@ class OpenVocab(Evaluator):
       results[f"{name}_miou_seen"] = class_subset_miou(matrix, seen)
       results[f"{name}_miou_unseen"] = class_subset_miou(matrix, unseen)
       results[f"{name}_pixel_accuracy"] = float(np.trace(matrix) / max(matrix.sum(), 1.0))
+      results.update(flat_class_results(
+          {name + CLASS_IOU: metrics.iou_from_confusion(matrix)[:method.num_classes]},
+          method.class_names))
     return results

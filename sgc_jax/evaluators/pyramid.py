@@ -28,7 +28,9 @@ class Pyramid(Evaluator):
             for key, label, spec in (("psnr", "PSNR of its picture (dB)", ".2f"),
                                      ("l1", "L1 of its picture", ".4f"),
                                      ("codebook_usage", "codebook usage", ".3f"),
-                                     ("perplexity", "perplexity", ".1f"))
+                                     ("perplexity", "perplexity", ".1f"),
+                                     ("normalized_entropy", "usage entropy / log K", ".3f"),
+                                     ("top10_share", "tokens on top-10 % codes", ".3f"))
             if f"{key}_{level}" in results]
 
   def static(self, context):

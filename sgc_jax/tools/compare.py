@@ -8,7 +8,7 @@ replaces the text between the file's `<!-- quality-table -->` markers (with
 runs of one name are seeds of one column: each cell is the mean ± the
 standard deviation over them (ddof 1) and the header says how many. Where the
 runs hold per-class results, a per-class table of zero-shot and linear-probe
-IoU and of the units per class follows.
+IoU (PAT: its map's IoU) and of the units per class follows.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sgc_jax.utils.run_output import markdown_table
 
 
 # The per-class results in the per-class table (labelled by their evaluator).
-CLASS_KEYS = ("zero_shot_iou", "probe_iou", "units")
+CLASS_KEYS = ("zero_shot_iou", "probe_iou", "pat_map_iou", "units")
 
 
 def cell(seeds: list[dict], key: str, spec: str) -> str:
@@ -53,7 +53,7 @@ def table(runs: dict[str, list[dict]]) -> str:
 
 
 def class_table(runs: dict[str, list[dict]]) -> str | None:
-  """Per class: each run's zero-shot and probe IoU and units, where measured."""
+  """Per class: each run's zero-shot, probe and PAT map IoU and units, where measured."""
   class_names = next((r["class_names"] for seeds in runs.values() for r in seeds
                       if r.get("class_names")), None)
   if not class_names:
