@@ -61,9 +61,9 @@ def check_checkout(path: str | None, files, subcommand: str, repository: str) ->
   return path
 
 
-def need_torch(subcommand: str, extra: str = "torch") -> None:
+def need_torch(subcommand: str) -> None:
   if importlib.util.find_spec("torch") is None:
-    raise BenchError(f"{subcommand} needs PyTorch: pip install -e '.[{extra}]'")
+    raise BenchError(f"{subcommand} needs PyTorch: pip install -e '.[torch]'")
 
 
 def cpu_description(cpuinfo: str) -> tuple[str, str]:
