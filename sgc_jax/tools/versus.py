@@ -131,14 +131,19 @@ def write_ours_start(tree: dict, work: str) -> None:
   torch_file.write_npz(tree, os.path.join(work, OURS_START))
 
 
-def synthetic_images(config, batch_size: int, same_views: bool) -> np.ndarray:
-  """The batch both sides step on: `bench train`'s synthetic images [B, V, H,
-  W, 3]; `same_views`: every view a copy of the first."""
+def synthetic_inputs(config, batch_size: int, same_views: bool) -> dict[str, np.ndarray]:
+  """The batch both sides step on: `bench train`'s synthetic batch (images
+  [B, V, H, W, 3]); `same_views`: every view a copy of the first."""
   from sgc_jax.tools import synthetic
-  images = synthetic.synthetic_batch(config, batch_size, 10)["image"]
+  host = synthetic.synthetic_batch(config, batch_size, 10)
   if same_views:
-    images[:, 1:] = images[:, :1]
-  return images
+    host["image"][:, 1:] = host["image"][:, :1]
+  return host
+
+
+def synthetic_images(config, batch_size: int, same_views: bool) -> np.ndarray:
+  """`synthetic_inputs`' images, which the official side is fed."""
+  return synthetic_inputs(config, batch_size, same_views)["image"]
 
 
 # ------------------------------------------------------------------ our side
@@ -155,8 +160,7 @@ class Ours:
     self.jax = jax
     self.trainer = trainer = synthetic.make_trainer(config)
     self.state = trainer.initial_state(trainer.create_train_state(config.seed))
-    host = synthetic.synthetic_batch(config, batch_size, 10)
-    host["image"] = synthetic_images(config, batch_size, same_views)
+    host = synthetic_inputs(config, batch_size, same_views)
     self.batch = jax.tree.map(
         lambda x: jax.device_put(x, sharding.batch_sharding(trainer.mesh)), host)
     start = time.perf_counter()
